@@ -1,0 +1,3 @@
+"""gender_lib: face gender classification from VGG-Face / dlib descriptors."""
+
+__version__ = "0.1.0"

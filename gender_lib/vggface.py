@@ -1,0 +1,343 @@
+"""Build the Keras VGG-Face from a MatConvNet layer list, check it, save and load it.
+
+The Keras model takes RGB images in 0-255 at the network's input size (224 x 224) and
+subtracts the file's ``averageImage`` itself, so a saved model cannot be fed wrongly
+normalised inputs. It has two outputs:
+
+* ``fc7``: the 4096-d descriptor the authors recommend (after ``relu7``, L2-normalised);
+* ``fc8``: the 2622-d identity scores before the softmax (what the original work used,
+  without its extra ReLU).
+
+:func:`reference_forward` is an independent NumPy implementation of the same layer list
+with MatConvNet's semantics; :func:`max_relative_error` compares the two.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from gender_lib.fileio import atomic_write, write_json
+from gender_lib.matconvnet import ConversionError, Network, descriptor_indices, read_network
+
+DESCRIPTOR_LAYERS = ("fc7", "fc8")
+#: Largest allowed ``max|keras - reference| / max|reference|`` per output: float32 round-off
+#: over up to 25,088-term sums is ~1e-6; a wrong pad, activation or mean is >1e-2.
+EQUIVALENCE_TOLERANCE = 1e-4
+
+
+# --------------------------------------------------------------------------- preprocessing
+
+
+def resize_images(images: np.ndarray | list[Any], size: tuple[int, int] = (224, 224), keep_aspect: bool = True) -> np.ndarray:
+    """RGB uint8 batch (n, h, w, 3) -> float32 (n, size, 3) in 0-255, bicubic as MatConvNet.
+
+    With ``keep_aspect`` the shorter side is scaled to ``size`` and the centre is cropped
+    (MatConvNet's ``keepAspect``); square face crops are simply resized.
+    """
+    out = np.empty((len(images), size[0], size[1], 3), np.float32)
+    for i, image in enumerate(images):
+        out[i] = resize_one(image, size, keep_aspect)
+    return out
+
+
+def resize_one(image: np.ndarray | Image.Image, size: tuple[int, int] = (224, 224), keep_aspect: bool = True) -> np.ndarray:
+    """One RGB image -> float32 (size, 3), bicubic."""
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
+    pil = pil.convert("RGB")
+    height, width = size
+    if keep_aspect and pil.width * height != pil.height * width:
+        scale = max(width / pil.width, height / pil.height)
+        scaled = (max(width, round(pil.width * scale)), max(height, round(pil.height * scale)))
+        pil = pil.resize(scaled, Image.BICUBIC)
+        left, top = (pil.width - width) // 2, (pil.height - height) // 2
+        pil = pil.crop((left, top, left + width, top + height))
+    elif pil.size != (width, height):
+        pil = pil.resize((width, height), Image.BICUBIC)
+    return np.asarray(pil, np.float32)
+
+
+# --------------------------------------------------------------------------- Keras model
+
+
+def build_model(network: Network, name: str = "vgg_face") -> Any:
+    """Walk ``network.layers`` and build the Keras model with its weights loaded.
+
+    Outputs a dict ``{"fc7": (n, C7) L2-normalised, "fc8": (n, C8) raw scores}``.
+    """
+    import keras
+    from keras import layers
+
+    height, width, channels = network.image_size
+    inputs = keras.Input((height, width, channels), name="rgb_0_255")
+    x = layers.Normalization(
+        mean=network.average_image.tolist(), variance=[1.0, 1.0, 1.0], name="subtract_average_image"
+    )(inputs)
+    taps = {index: key for key, index in descriptor_indices(network).items()}
+    outputs: dict[str, Any] = {}
+    pending: list[tuple[Any, Any]] = []
+    previous = None
+    for index, layer in enumerate(network.layers):
+        if layer.type == "conv":
+            kh, kw = layer.kernel.shape[:2]
+            same = layer.stride == (1, 1) and layer.pad == ((kh - 1) // 2,) * 2 + ((kw - 1) // 2,) * 2 and kh % 2 and kw % 2
+            if not same and any(layer.pad):
+                top, bottom, left, right = layer.pad
+                x = layers.ZeroPadding2D(((top, bottom), (left, right)), name=f"{layer.name}_pad")(x)
+            conv = layers.Conv2D(
+                layer.kernel.shape[3], (kh, kw), strides=layer.stride,
+                padding="same" if same else "valid", name=layer.name,
+            )
+            x = conv(x)
+            pending.append((conv, layer))
+        elif layer.type == "relu":
+            x = layers.ReLU(name=layer.name)(x)
+        elif layer.type == "pool":
+            if any(layer.pad):
+                if previous is None or previous.type != "relu":
+                    raise ConversionError(network.source or "<network>", f"pool '{layer.name}' pads a signed input; only padding after a ReLU is supported")
+                # After a ReLU every value is >= 0, so zero padding equals MatConvNet's -inf padding.
+                top, bottom, left, right = layer.pad
+                x = layers.ZeroPadding2D(((top, bottom), (left, right)), name=f"{layer.name}_pad")(x)
+            x = layers.MaxPooling2D(layer.pool, strides=layer.stride, padding="valid", name=layer.name)(x)
+        elif layer.type in ("dropout", "softmax"):
+            pass  # inference: dropout is the identity; the softmax is replaced by the raw fc8 scores
+        if layer.type != "dropout":
+            previous = layer
+        if taps.get(index) == "fc7":
+            outputs["fc7"] = layers.UnitNormalization(axis=-1, name="fc7_l2")(layers.Flatten(name="fc7_flat")(x))
+        elif taps.get(index) == "fc8":
+            outputs["fc8"] = layers.Flatten(name="fc8_flat")(x)
+    if set(outputs) != set(DESCRIPTOR_LAYERS):
+        raise ConversionError(network.source or "<network>", f"could not locate descriptor layers, found {sorted(outputs)}")
+    model = keras.Model(inputs, {key: outputs[key] for key in DESCRIPTOR_LAYERS}, name=name)
+    for conv, layer in pending:
+        conv.set_weights([layer.kernel, layer.bias])
+    return model
+
+
+def descriptors(model: Any, images: np.ndarray, layer: str = "fc7", batch_size: int = 32) -> np.ndarray:
+    """Float32 (n, d) descriptors of a preprocessed batch (n, 224, 224, 3) in 0-255."""
+    if layer not in DESCRIPTOR_LAYERS:
+        raise ValueError(f"descriptor layer must be one of {DESCRIPTOR_LAYERS}, got {layer!r}")
+    out = model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
+    return np.asarray(out[layer], np.float32)
+
+
+# --------------------------------------------------------------------------- NumPy reference
+
+
+def _conv2d(x: np.ndarray, kernel: np.ndarray, bias: np.ndarray, stride: tuple[int, int], pad: tuple[int, int, int, int]) -> np.ndarray:
+    top, bottom, left, right = pad
+    x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    kh, kw, cin, cout = kernel.shape
+    n, h, w, _ = x.shape
+    oh, ow = (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
+    out = np.zeros((n, oh, ow, cout), np.float64)
+    for i in range(kh):  # sum of shifted 1x1 convolutions: simple, exact and memory-light
+        for j in range(kw):
+            patch = x[:, i : i + stride[0] * (oh - 1) + 1 : stride[0], j : j + stride[1] * (ow - 1) + 1 : stride[1], :]
+            out += patch @ kernel[i, j].astype(np.float64)
+    return out + bias.astype(np.float64)
+
+
+def _maxpool(x: np.ndarray, pool: tuple[int, int], stride: tuple[int, int], pad: tuple[int, int, int, int]) -> np.ndarray:
+    top, bottom, left, right = pad
+    x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=-np.inf)
+    n, h, w, c = x.shape
+    oh, ow = (h - pool[0]) // stride[0] + 1, (w - pool[1]) // stride[1] + 1
+    out = np.full((n, oh, ow, c), -np.inf)
+    for i in range(pool[0]):
+        for j in range(pool[1]):
+            out = np.maximum(out, x[:, i : i + stride[0] * (oh - 1) + 1 : stride[0], j : j + stride[1] * (ow - 1) + 1 : stride[1], :])
+    return out
+
+
+def reference_forward(network: Network, images: np.ndarray) -> dict[str, np.ndarray]:
+    """MatConvNet's forward pass in float64 NumPy, straight from the layer list.
+
+    ``images``: (n, H, W, 3) RGB in 0-255 at the network's input size. Returns the same
+    ``fc7`` (post-ReLU, L2-normalised) and ``fc8`` (pre-softmax) as :func:`build_model`, plus
+    ``prob`` (the softmax).
+    """
+    x = np.asarray(images, np.float64) - network.average_image.astype(np.float64)
+    taps = {index: key for key, index in descriptor_indices(network).items()}
+    result: dict[str, np.ndarray] = {}
+    for index, layer in enumerate(network.layers):
+        if layer.type == "conv":
+            x = _conv2d(x, layer.kernel, layer.bias, layer.stride, layer.pad)
+        elif layer.type == "relu":
+            x = np.maximum(x, 0.0)
+        elif layer.type == "pool":
+            x = _maxpool(x, layer.pool, layer.stride, layer.pad)
+        elif layer.type == "softmax":
+            flat = x.reshape(len(x), -1)
+            flat = np.exp(flat - flat.max(axis=1, keepdims=True))
+            x = flat / flat.sum(axis=1, keepdims=True)
+            result["prob"] = x
+        if taps.get(index) == "fc7":
+            flat = x.reshape(len(x), -1)
+            result["fc7"] = flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-12)
+        elif taps.get(index) == "fc8":
+            result["fc8"] = x.reshape(len(x), -1)
+    return result
+
+
+def max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
+    """``max|actual - expected| / max|expected|``: a scale-free float32 round-off measure."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        return float("inf")
+    scale = max(float(np.abs(expected).max()), 1e-30)
+    return float(np.abs(actual - expected).max() / scale)
+
+
+def check_equivalence(model: Any, network: Network, images: np.ndarray, tolerance: float = EQUIVALENCE_TOLERANCE) -> dict[str, float]:
+    """Compare every descriptor output of ``model`` with :func:`reference_forward`.
+
+    Returns ``{output: max relative error}``; raises ``AssertionError``-free
+    :class:`EquivalenceError` when any output exceeds ``tolerance``.
+    """
+    expected = reference_forward(network, images)
+    actual = model.predict(np.asarray(images, np.float32), verbose=0)
+    errors = {key: max_relative_error(actual[key], expected[key]) for key in DESCRIPTOR_LAYERS}
+    bad = {key: value for key, value in errors.items() if not value <= tolerance}
+    if bad:
+        raise EquivalenceError(f"Keras model differs from the NumPy reference: {bad} (tolerance {tolerance})", errors)
+    return errors
+
+
+class EquivalenceError(RuntimeError):
+    """The Keras model does not compute what the MatConvNet layers compute."""
+
+    def __init__(self, message: str, errors: dict[str, float]):
+        super().__init__(message)
+        self.errors = errors
+
+
+# --------------------------------------------------------------------------- save / load
+
+
+def metadata(network: Network, model: Any, errors: dict[str, float] | None = None) -> dict[str, Any]:
+    """JSON sidecar describing where a converted model came from and how to feed it."""
+    import keras
+
+    return {
+        "format": "gender_lib.vggface/1",
+        "source": str(network.source) if network.source else None,
+        "source_sha256": network.sha256,
+        "layout": network.layout,
+        "input": {"size": list(network.image_size), "colour": "RGB", "range": [0, 255], "resize": network.interpolation, "keep_aspect": network.keep_aspect},
+        "normalization": {"average_image_rgb": [round(float(v), 4) for v in network.average_image], "border": list(network.border)},
+        "descriptor_layers": {
+            "fc7": {"dim": int(model.output["fc7"].shape[-1]), "after": "relu7", "l2_normalised": True, "default": True},
+            "fc8": {"dim": int(model.output["fc8"].shape[-1]), "after": "fc8 (pre-softmax, no ReLU)", "l2_normalised": False},
+        },
+        "layers": [layer.name for layer in network.layers],
+        "num_parameters": int(model.count_params()),
+        "num_classes": network.num_classes,
+        "equivalence_max_relative_error": errors,
+        "keras_version": keras.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def convert(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    check_images: int = 2,
+    seed: int = 0,
+    strict: bool = True,
+) -> dict[str, Any]:
+    """Convert a MatConvNet ``.mat`` into ``output`` (``.keras``) plus its JSON sidecar.
+
+    Before saving, the model is checked against the NumPy reference on ``check_images``
+    random images; nothing is written if that fails. Returns the sidecar's contents.
+    """
+    output = Path(output)
+    if output.suffix != ".keras":
+        raise ValueError(f"{output}: the converted model must be saved with the .keras suffix")
+    network = read_network(source, strict=strict)
+    model = build_model(network)
+    errors = None
+    if check_images:
+        rng = np.random.default_rng(seed)
+        images = rng.uniform(0, 255, (check_images, *network.image_size)).astype(np.float32)
+        errors = check_equivalence(model, network, images)
+    meta = metadata(network, model, errors)
+    atomic_write(output, lambda tmp: model.save(tmp))
+    write_json(sidecar_path(output), meta)
+    return meta
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """Load a converted ``.keras`` model and its sidecar; clear errors for missing/corrupt files."""
+    import keras
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no converted VGG-Face model here; run notebooks/01_convert.ipynb or `gender-lib convert` first")
+    side = sidecar_path(path)
+    try:
+        meta = json.loads(side.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{side}: the model's metadata sidecar is missing; convert the .mat again") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{side}: metadata is not valid JSON ({error}); convert the .mat again") from None
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for damaged archives
+        raise ValueError(f"{path}: cannot load the converted model ({type(error).__name__}: {error}); convert the .mat again") from None
+    return model, meta
+
+
+def convert_or_demo(source: str | os.PathLike[str] | None = None, output: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Convert the user's ``vgg_face.mat``; where it is absent, say so and convert a synthetic one.
+
+    The synthetic model goes to ``checkpoints/vggface_synthetic.keras`` so it is never mistaken
+    for the real network by later stages.
+    """
+    from gender_lib import config
+    from gender_lib.matconvnet import write_synthetic_mat
+
+    p = config.paths()
+    source = Path(source) if source else p.vgg_face_mat
+    if source.exists():
+        return convert(source, Path(output) if output else p.vggface_model)
+    print(
+        f"The real VGG-Face weights are not at {source.relative_to(p.root) if source.is_relative_to(p.root) else source}.\n"
+        "Converting a small synthetic file with the same layout instead, so the notebook still runs.\n"
+        "To use the real network, place vgg_face.mat there (see README, 'The VGG-Face weights')."
+    )
+    demo = write_synthetic_mat(p.data / "interim" / "vgg_face_synthetic.mat")
+    meta = convert(demo, p.checkpoints / "vggface_synthetic.keras")
+    meta["synthetic"] = True
+    write_json(p.checkpoints / "vggface_synthetic.json", meta)
+    return meta
+
+
+def describe(meta: dict[str, Any]) -> str:
+    """A short, stable text summary of a conversion (what the notebook prints)."""
+    errors = meta.get("equivalence_max_relative_error") or {}
+    lines = [
+        f"layout: {meta['layout']}{' (synthetic)' if meta.get('synthetic') else ''}",
+        f"layers: {len(meta['layers'])}, parameters: {meta['num_parameters']:,}, identities: {meta['num_classes']}",
+        f"input: {meta['input']['size']} RGB 0-255, {meta['input']['resize']} resize, minus mean {meta['normalization']['average_image_rgb']}",
+    ]
+    for key, info in meta["descriptor_layers"].items():
+        lines.append(f"descriptor {key}: {info['dim']}-d, after {info['after']}, L2-normalised: {info['l2_normalised']}")
+    if errors:
+        ok = all(value <= EQUIVALENCE_TOLERANCE for value in errors.values())
+        lines.append(f"matches the NumPy reference on fc7 and fc8 within {EQUIVALENCE_TOLERANCE:g}: {ok}")
+    return "\n".join(lines)
