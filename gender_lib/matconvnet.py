@@ -276,7 +276,10 @@ def read_network(path: str | os.PathLike[str], *, strict: bool = True) -> Networ
     keep_aspect = bool(np.asarray(_field(normalization, "keepAspect", where, path, default=True)).reshape(-1)[0])
     border_raw = _field(normalization, "border", where, path, default=np.zeros(2))
     border = _ints(border_raw, 2, "normalization.border", path) if np.size(border_raw) else (0, 0)
-    names_value = _field(classes, "name", "'classes'", path)
+    # Person names are in classes.description in the real file (classes.name holds ids).
+    names_value = _field(classes, "description", "'classes'", path, default=None)
+    if names_value is None or not np.size(names_value):
+        names_value = _field(classes, "name", "'classes'", path)
     class_names = [_text(name) for name in _cell_list(names_value)] if np.size(names_value) else []
 
     network = Network(
@@ -425,7 +428,7 @@ def synthetic_network(
         image_size=(224, 224, 3),
         interpolation="bicubic",
         keep_aspect=True,
-        border=(0, 0),
+        border=(32, 32),
         class_names=[f"Synthetic_Person_{i:04d}" for i in range(fc_widths[2])],
         layout="memory",
     )
@@ -474,17 +477,19 @@ def write_mat(network: Network, path: str | os.PathLike[str], layout: str = "201
         raise ValueError(f"layout must be '2015' or 'tidy', got {layout!r}")
     layers = _cell([_layer_struct(layer, layout) for layer in network.layers])
     average = network.average_image.astype(np.float32)
+    # dtypes as in the real 2015 file: imageSize and border uint8, averageImage float32 3x1
+    # (the tidy file stores it 1x1x3), keepAspect a logical.
     normalization = {
-        # The 2015 file stores a 3-vector, the tidy one a 1x1x3 array.
         "averageImage": average.reshape(3, 1) if layout == "2015" else average.reshape(1, 1, 3),
-        "imageSize": np.array([network.image_size], np.float64),
+        "imageSize": np.array([network.image_size], np.uint8 if max(network.image_size) < 256 else np.float64),
         "interpolation": network.interpolation,
-        "keepAspect": np.array([[network.keep_aspect]]),
-        "border": np.array([network.border], np.float64),
+        "keepAspect": np.array([[network.keep_aspect]], np.uint8),
+        "border": np.array([network.border], np.uint8),
     }
+    # The real file's classes.name holds ids ('n00000001'), classes.description the person names.
     classes = {
-        "name": _cell(network.class_names),
-        "description": _cell([name.replace("_", " ") for name in network.class_names]),
+        "name": _cell([f"n{i + 1:08d}" for i in range(len(network.class_names))]),
+        "description": _cell(network.class_names),
     }
     if layout == "2015":
         contents = {"net": {"layers": layers, "normalization": normalization, "classes": classes}}
