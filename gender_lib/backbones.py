@@ -290,3 +290,19 @@ def get_backbone(
 def stack(prepared: Sequence[np.ndarray]) -> np.ndarray:
     """Stack prepared inputs into one batch (a batch of one is still a batch)."""
     return np.stack(list(prepared)) if len(prepared) else np.zeros((0,))
+
+
+def from_description(description: dict[str, Any], vggface_path: str | os.PathLike[str] | None = None) -> Backbone:
+    """Rebuild the backbone a head was trained with (from its recorded ``describe()``), checking the id."""
+    name = description.get("name")
+    if name == "dlib":
+        align = "chip" if "-chip-" in description["id"] else "resize"
+        backbone: Backbone = DlibBackbone(align=align)
+    elif name == "vggface":
+        backbone = get_backbone("vggface", vggface_path=vggface_path, layer=description.get("layer", "fc7"), precision=description.get("precision", "float32"))
+    else:
+        raise ValueError(f"unknown backbone in the head's metadata: {description!r}")
+    if backbone.id != description["id"]:
+        raise ValueError(f"the head was trained on {description['id']} but this machine's {name} is {backbone.id} (other weights); "
+                         "its predictions would be meaningless")
+    return backbone

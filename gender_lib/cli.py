@@ -16,6 +16,18 @@ def _convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _extract(args: argparse.Namespace) -> int:
+    from gender_lib import features
+
+    _, x, _, _ = features.build_and_extract(
+        args.data_root, args.workdir, layout=args.layout, backbone=args.backbone, align=args.align,
+        precision=args.precision, sample_size=args.sample_size, batch_size=args.batch_size, seed=args.seed,
+        protocol=args.protocol, progress=not args.quiet,
+    )
+    print(f"{x.shape[0]} descriptors of {x.shape[1]} dims; manifest and extraction.json in {args.workdir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gender_lib import config
 
@@ -27,6 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("-o", "--output", default=str(p.vggface_model), help=f"the .keras file to write (default {p.vggface_model})")
     convert.add_argument("--lenient", action="store_true", help="accept networks that are not VGG-Face-shaped")
     convert.set_defaults(func=_convert)
+
+    extract = sub.add_parser("extract", help="build the manifest (clean, split by person) and extract descriptors",
+                             description="Read a face folder in any supported layout, clean it, split it by person, write "
+                                         "manifest.csv to WORKDIR and embed every image (cached, resumable).")
+    extract.add_argument("--data-root", default=str(p.datasets / "combined" / "aligned"), help="face folder or label CSV (default: the shared combined/aligned)")
+    extract.add_argument("--layout", default=None, choices=["combined", "adience", "utkface", "folders", "csv"], help="force a layout (default: detect)")
+    extract.add_argument("--workdir", default=str(p.processed), help=f"where manifest.csv goes (default {p.processed})")
+    extract.add_argument("--backbone", default="auto", choices=["auto", "vggface", "dlib"])
+    extract.add_argument("--align", default="chip", choices=["chip", "resize"], help="dlib: 5-point chip or plain resize")
+    extract.add_argument("--precision", default="float32", choices=["float32", "bfloat16"], help="vggface compute precision")
+    extract.add_argument("--sample-size", type=int, default=0, help="seeded subset size (0 = all images)")
+    extract.add_argument("--batch-size", type=int, default=32)
+    extract.add_argument("--seed", type=int, default=0)
+    extract.add_argument("--protocol", default="person", choices=["person", "original"], help="person-disjoint split, or the original work's leaky image-level split")
+    extract.add_argument("--quiet", action="store_true", help="no progress bars")
+    extract.set_defaults(func=_extract)
     return parser
 
 

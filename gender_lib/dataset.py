@@ -667,3 +667,20 @@ def absolute_paths(dataset: Dataset) -> list[Path]:
     """The images' absolute paths (manifest paths are relative to its ``root``)."""
     root = Path(dataset.meta["root"])
     return [root / p for p in dataset.table["path"]]
+
+
+def sample(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
+    """A seeded subset of about ``n`` images in the same proportions per split and gender.
+
+    ``n <= 0`` (or >= the dataset) returns the dataset unchanged. Subsetting keeps every
+    split person-disjoint.
+    """
+    table = dataset.table
+    if n <= 0 or n >= len(table):
+        return dataset
+    fraction = n / len(table)
+    parts = [group.sample(n=max(1, round(len(group) * fraction)), random_state=seed)
+             for _, group in table.groupby(["split", "gender"], sort=True)]
+    picked = pd.concat(parts).sort_index().reset_index(drop=True)
+    meta = {**dataset.meta, "sample_size": int(n), "n_images": int(len(picked)), "n_people": int(picked["group"].nunique())}
+    return Dataset(picked, dataset.excluded, meta)

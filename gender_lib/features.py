@@ -284,7 +284,49 @@ def extract_dataset(
         excluded = pd.concat([dataset.excluded, failed], ignore_index=True).drop_duplicates()
         atomic_write(Path(manifest_dir) / "excluded.csv", lambda tmp: excluded.to_csv(tmp, index=False))
     kept = table[keep].reset_index(drop=True)
+    if manifest_dir is not None:
+        write_json(Path(manifest_dir) / "extraction.json", {
+            "backbone": backbone.describe(), "cache": str(cache.dir), "images": int(len(kept)),
+            "failures": len(report.failures), "manifest_sha256": dataset.meta.get("manifest_sha256"),
+        })
     return cache.get(kept["sha256"].tolist()), kept, report
+
+
+def build_and_extract(
+    data_root: str | Path,
+    workdir: str | Path,
+    *,
+    layout: str | None = None,
+    backbone: str = "auto",
+    align: str = "chip",
+    precision: str = "float32",
+    sample_size: int = 0,
+    batch_size: int = 32,
+    seed: int = 0,
+    protocol: str = "person",
+    cache_root: str | Path | None = None,
+    progress: bool = True,
+) -> tuple[Any, np.ndarray, Any, ExtractReport]:
+    """Read, clean, split, sample and write the manifest to ``workdir``, then extract descriptors.
+
+    Returns (dataset, descriptors, rows with descriptors, report). What the CLI's ``extract`` runs.
+    """
+    from gender_lib import backbones
+    from gender_lib import dataset as ds
+
+    full = ds.build(data_root, layout=layout, seed=seed, protocol=protocol, progress=progress)
+    print(ds.cleaning_summary(full.meta["n_read"], full.table, full.excluded))
+    data = ds.sample(full, sample_size, seed=seed)
+    ds.write_manifest(data, workdir)
+    data = ds.read_manifest(Path(workdir) / "manifest.csv")
+    print(ds.split_report(data.table))
+    net = backbones.get_backbone(backbone, precision=precision, align=align)
+    try:
+        x, table, report = extract_dataset(data, net, cache_root=cache_root, manifest_dir=workdir, batch_size=batch_size, progress=progress)
+    finally:
+        net.close()
+    print(report.summary())
+    return data, x, table, report
 
 
 def load_descriptors(table: Any, backbone_id: str, dim: int, cache_root: str | Path | None = None) -> np.ndarray:

@@ -313,3 +313,12 @@ def test_real_combined_folder_is_read_deduplicated_and_split_by_person(real_comb
     by_subject = dataset.table.groupby("subject")["split"].nunique()
     assert (by_subject == 1).all()
     assert set(dataset.table["source"]) == {"adience", "imdb", "wiki"}
+
+
+def test_sample_keeps_proportions_and_is_seeded(people_table):
+    table = ds.assign_splits(people_table, seed=0)
+    full = ds.Dataset(table, pd.DataFrame(columns=["path", "reason", "detail"]), {})
+    a, b = ds.sample(full, 200, seed=1), ds.sample(full, 200, seed=1)
+    assert abs(len(a.table) - 200) <= 6 and a.table.equals(b.table)
+    assert abs((a.table["split"] == "test").mean() - (table["split"] == "test").mean()) < 0.03
+    assert ds.sample(full, 0).table is table

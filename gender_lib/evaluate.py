@@ -1,0 +1,253 @@
+"""Honest evaluation of a gender head: metrics with intervals, calibration, and group breakdowns.
+
+Pure functions on arrays (``y`` 0 = male, 1 = female; ``p`` = P(female)) plus thin writers.
+Bootstrap intervals resample *people*, not images, because photos of one person are not
+independent (resampling images would give intervals that are too narrow).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from gender_lib.fileio import write_json, write_text
+from gender_lib.head import CLASSES
+
+
+def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """Accuracy, per-class and macro precision/recall/F1, ROC-AUC, confusion matrix, ECE, Brier."""
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score
+
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, np.float64)
+    if len(y) == 0:
+        raise ValueError("no examples to evaluate")
+    pred = (p >= threshold).astype(int)
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=[0, 1], zero_division=0)
+    out: dict[str, Any] = {
+        "n": int(len(y)),
+        "threshold": float(threshold),
+        "accuracy": float((pred == y).mean()),
+        "balanced_accuracy": float(np.mean([recall[0], recall[1]])),
+        "per_class": {CLASSES[c]: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]), "support": int(support[c])} for c in (0, 1)},
+        "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
+        "confusion_matrix": confusion_matrix(y, pred, labels=[0, 1]).tolist(),
+        "roc_auc": float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None,
+        "brier": float(np.mean((p - y) ** 2)),
+        "ece": expected_calibration_error(y, p),
+    }
+    return out
+
+
+def reliability_curve(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
+    """Per equal-width bin of P(female): mean predicted, observed fraction female, count."""
+    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.clip(np.digitize(p, edges[1:-1]), 0, bins - 1)
+    mean_p, observed, count = [], [], []
+    for b in range(bins):
+        mask = index == b
+        count.append(int(mask.sum()))
+        mean_p.append(float(p[mask].mean()) if mask.any() else float("nan"))
+        observed.append(float(y[mask].mean()) if mask.any() else float("nan"))
+    return {"edges": edges.tolist(), "mean_predicted": mean_p, "fraction_female": observed, "count": count}
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """ECE over equal-width bins of P(female): sum of |observed - predicted| weighted by bin size."""
+    curve = reliability_curve(y, p, bins)
+    n = max(1, sum(curve["count"]))
+    return float(sum(c / n * abs(o - m) for c, o, m in zip(curve["count"], curve["fraction_female"], curve["mean_predicted"]) if c))
+
+
+def bootstrap_intervals(
+    y: np.ndarray, p: np.ndarray, threshold: float, groups: Sequence[str] | None = None,
+    n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+) -> dict[str, list[float]]:
+    """Percentile intervals for accuracy, macro F1 and ROC-AUC, resampling people (``groups``)."""
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
+    groups = np.asarray(groups if groups is not None else np.arange(len(y)))
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    scores: dict[str, list[float]] = {"accuracy": [], "macro_f1": [], "roc_auc": []}
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+        yb, pb = y[idx], p[idx]
+        pred = (pb >= threshold).astype(int)
+        scores["accuracy"].append(float((pred == yb).mean()))
+        scores["macro_f1"].append(float(f1_score(yb, pred, average="macro", labels=[0, 1], zero_division=0)))
+        if len(np.unique(yb)) == 2:
+            scores["roc_auc"].append(float(roc_auc_score(yb, pb)))
+    tail = (1 - level) / 2 * 100
+    return {k: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for k, v in scores.items() if v}
+
+
+def breakdown(y: np.ndarray, p: np.ndarray, threshold: float, by: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Accuracy (and recall per class, AUC where both classes occur) for each value of ``by``."""
+    from sklearn.metrics import roc_auc_score
+
+    y, p, by = np.asarray(y).astype(int), np.asarray(p, np.float64), np.asarray(by).astype(str)
+    out = {}
+    for value in sorted(set(by), key=_natural):
+        mask = by == value
+        yv, pv = y[mask], p[mask]
+        pred = pv >= threshold
+        row: dict[str, Any] = {"n": int(mask.sum()), "accuracy": float((pred == yv).mean())}
+        for c in (0, 1):
+            if (yv == c).any():
+                row[f"recall_{CLASSES[c]}"] = float((pred[yv == c] == c).mean())
+        row["roc_auc"] = float(roc_auc_score(yv, pv)) if len(np.unique(yv)) == 2 else None
+        out[value] = row
+    return out
+
+
+def _natural(label: str) -> tuple[float, str]:
+    head = label.split("-")[0].rstrip("+")
+    return (float(head), label) if head.replace(".", "", 1).isdigit() else (1e9, label)
+
+
+def evaluate(y: np.ndarray, p: np.ndarray, threshold: float, table: Any | None = None, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """Everything the report shows, for one set of predictions."""
+    report = classification_metrics(y, p, threshold)
+    groups = table["group"].tolist() if table is not None and "group" in table else None
+    report["intervals_95"] = bootstrap_intervals(y, p, threshold, groups, n_boot=n_boot, seed=seed)
+    report["reliability"] = reliability_curve(y, p)
+    if table is not None:
+        report["by"] = {column: breakdown(y, p, threshold, table[column].tolist()) for column in ("gender", "age_group", "source") if column in table}
+        report["people"] = int(table["group"].nunique()) if "group" in table else None
+    return report
+
+
+def summary_lines(report: dict[str, Any], name: str = "head") -> list[str]:
+    """The rounded headline numbers, as printed beside the plots."""
+    ci = report.get("intervals_95", {})
+
+    def with_ci(key: str, value: float | None) -> str:
+        if value is None:
+            return "n/a"
+        low_high = ci.get(key)
+        return f"{value:.3f}" + (f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else "")
+
+    return [
+        f"{name}: n={report['n']}, threshold={report['threshold']:.3f}",
+        f"  accuracy {with_ci('accuracy', report['accuracy'])}, macro F1 {with_ci('macro_f1', report['macro']['f1'])}, ROC-AUC {with_ci('roc_auc', report['roc_auc'])}",
+        f"  F1 male {report['per_class']['M']['f1']:.3f}, F1 female {report['per_class']['F']['f1']:.3f}; ECE {report['ece']:.3f}; Brier {report['brier']:.3f}",
+    ]
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """A Markdown report of one evaluation run (``results`` as written by :func:`write_reports`)."""
+    lines = [f"# Evaluation: {results.get('title', 'gender head')}", ""]
+    meta = results.get("meta", {})
+    if meta:
+        lines += [f"- {k}: `{v}`" for k, v in meta.items()] + [""]
+    lines += ["| model | n | accuracy (95% CI) | macro F1 (95% CI) | ROC-AUC | ECE |", "|---|---|---|---|---|---|"]
+    for name, report in results["models"].items():
+        ci = report.get("intervals_95", {})
+        fmt = lambda key, v: f"{v:.3f}" + (f" ({ci[key][0]:.3f}-{ci[key][1]:.3f})" if key in ci else "")  # noqa: E731
+        auc = f"{report['roc_auc']:.3f}" if report["roc_auc"] is not None else "n/a"
+        lines.append(f"| {name} | {report['n']} | {fmt('accuracy', report['accuracy'])} | {fmt('macro_f1', report['macro']['f1'])} | {auc} | {report['ece']:.3f} |")
+    head = next(iter(results["models"].values()))
+    for column, rows in head.get("by", {}).items():
+        lines += ["", f"## By {column.replace('_', ' ')}", "", "| value | n | accuracy | recall M | recall F | ROC-AUC |", "|---|---|---|---|---|---|"]
+        for value, row in rows.items():
+            cell = lambda k: f"{row[k]:.3f}" if row.get(k) is not None else "n/a"  # noqa: E731
+            lines.append(f"| {value} | {row['n']} | {cell('accuracy')} | {cell('recall_M')} | {cell('recall_F')} | {cell('roc_auc')} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_reports(results: dict[str, Any], out_dir: str | os.PathLike[str], name: str = "evaluation") -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>.md`` under ``out_dir`` atomically."""
+    out_dir = Path(out_dir)
+    json_path = write_json(out_dir / f"{name}.json", results)
+    md_path = write_text(out_dir / f"{name}.md", markdown(json.loads(json_path.read_text())))
+    return json_path, md_path
+
+
+def evaluate_workdir(
+    head_path: str | os.PathLike[str],
+    workdir: str | os.PathLike[str],
+    *,
+    reports_dir: str | os.PathLike[str] | None = None,
+    n_boot: int = 1000,
+    cache_root: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Score a saved head on the workdir's **test** split, beside the logistic-regression baseline.
+
+    The threshold is the head's (chosen on validation at training time). The baseline is
+    refitted on the same train split (seconds) with its own validation-chosen threshold.
+    Writes ``evaluation.json``/``.md`` to ``reports_dir`` when given.
+    """
+    from gender_lib import head as hd
+
+    model, meta = hd.load_head(head_path)
+    table, x, info, manifest_meta = hd.load_split_descriptors(workdir, backbone=meta["backbone"], cache_root=cache_root)
+    y = hd.labels_from_genders(table["gender"])
+    test = (table["split"] == "test").to_numpy()
+    train, val = (table["split"] == "train").to_numpy(), (table["split"] == "val").to_numpy()
+    if not test.any():
+        raise ValueError(f"{workdir}: the manifest has no test split")
+    p_test = hd.predict_proba(model, x[test])
+    seed = int(meta["config"].get("seed", 0))
+    results: dict[str, Any] = {
+        "title": f"{Path(head_path).name} on {Path(workdir).name} (test split)",
+        "meta": {"head": str(head_path), "backbone": meta["backbone"]["id"], "protocol": manifest_meta.get("protocol"),
+                 "leaky_split": manifest_meta.get("leaky"), "threshold_from": "validation split"},
+        "models": {"mlp head": evaluate(y[test], p_test, meta["threshold"], table[test], n_boot=n_boot, seed=seed)},
+    }
+    if train.any() and val.any():
+        baseline = hd.logistic_baseline(x[train], y[train], seed=seed)
+        threshold = hd.choose_threshold(y[val], baseline.predict_proba(x[val])[:, 1])
+        results["models"]["logistic regression"] = evaluate(y[test], baseline.predict_proba(x[test])[:, 1], threshold, table[test], n_boot=n_boot, seed=seed)
+    results["test_predictions"] = {"path": table.loc[test, "path"].tolist(), "gender": table.loc[test, "gender"].tolist(), "p_female": p_test.round(6).tolist()}
+    results["root"] = manifest_meta.get("root")
+    if reports_dir is not None:
+        write_reports(results, reports_dir)
+    return results
+
+
+def evaluate_folder(
+    head_path: str | os.PathLike[str],
+    data_root: str | os.PathLike[str],
+    *,
+    layout: str | None = None,
+    workdir: str | os.PathLike[str] | None = None,
+    reports_dir: str | os.PathLike[str] | None = None,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Score a saved head on every image of another labelled folder (cross-dataset evaluation)."""
+    import tempfile
+
+    from gender_lib import backbones
+    from gender_lib import dataset as ds
+    from gender_lib import features
+    from gender_lib import head as hd
+
+    model, meta = hd.load_head(head_path)
+    data = ds.build(data_root, layout=layout)
+    data.table["split"] = "test"
+    backbone = backbones.from_description(meta["backbone"])
+    with tempfile.TemporaryDirectory() as scratch:
+        target = Path(workdir or scratch)
+        ds.write_manifest(data, target)
+        data = ds.read_manifest(target / "manifest.csv")
+        try:
+            x, table, _ = features.extract_dataset(data, backbone, manifest_dir=target)
+        finally:
+            backbone.close()
+    y = hd.labels_from_genders(table["gender"])
+    results = {
+        "title": f"{Path(head_path).name} on {Path(data_root).name} (all images)",
+        "meta": {"head": str(head_path), "backbone": meta["backbone"]["id"], "data": str(data_root), "threshold_from": "validation split of the training data"},
+        "models": {"mlp head": evaluate(y, hd.predict_proba(model, x), meta["threshold"], table, n_boot=n_boot)},
+    }
+    if reports_dir is not None:
+        write_reports(results, reports_dir, name=f"evaluation_{Path(data_root).name}")
+    return results

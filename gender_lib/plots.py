@@ -1,0 +1,121 @@
+"""Figures: training curves, confusion matrix, ROC, reliability diagram, the 30-face grid.
+
+Every function returns a matplotlib ``Figure`` (shown inline in notebooks); :func:`save`
+writes it as PNG atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from gender_lib.fileio import atomic_write
+from gender_lib.head import CLASSES
+
+
+def save(figure: Any, path: str | os.PathLike[str], dpi: int = 110) -> Path:
+    """Write ``figure`` to ``path`` (PNG) atomically."""
+    return atomic_write(Path(path), lambda tmp: figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
+
+
+def training_curves(history: dict[str, list[float]]) -> Any:
+    """Accuracy and loss per epoch for train and validation, best epoch marked."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 3.6))
+    axes = figure.subplots(1, 2)
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    best = int(history.get("best_epoch", [np.argmin(history["val_loss"]) + 1])[0])
+    for ax, key, title in ((axes[0], "accuracy", "accuracy"), (axes[1], "loss", "binary cross-entropy")):
+        ax.plot(epochs, history[key], label="train")
+        ax.plot(epochs, history[f"val_{key}"], label="validation")
+        ax.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.legend()
+    figure.tight_layout()
+    return figure
+
+
+def confusion(matrix: Sequence[Sequence[int]], title: str = "test split") -> Any:
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(matrix)
+    figure = Figure(figsize=(3.8, 3.4))
+    ax = figure.subplots()
+    ax.imshow(matrix, cmap="Blues")
+    for (i, j), value in np.ndenumerate(matrix):
+        ax.text(j, i, f"{value}\n{value / max(1, matrix[i].sum()):.1%}", ha="center", va="center",
+                color="white" if value > matrix.max() / 2 else "black")
+    ax.set_xticks([0, 1], [f"pred {c}" for c in CLASSES])
+    ax.set_yticks([0, 1], [f"true {c}" for c in CLASSES])
+    ax.set_title(f"confusion matrix ({title})")
+    figure.tight_layout()
+    return figure
+
+
+def roc(y: np.ndarray, p: np.ndarray, threshold: float | None = None) -> Any:
+    from matplotlib.figure import Figure
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fpr, tpr, thresholds = roc_curve(y, p)
+    figure = Figure(figsize=(3.8, 3.6))
+    ax = figure.subplots()
+    ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.3f}")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
+    if threshold is not None:
+        i = int(np.argmin(np.abs(thresholds - threshold)))
+        ax.scatter([fpr[i]], [tpr[i]], color="red", zorder=3, label=f"threshold {threshold:.2f}")
+    ax.set_xlabel("false female rate (men called women)")
+    ax.set_ylabel("true female rate")
+    ax.set_title("ROC (test split)")
+    ax.legend(loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def reliability(curve: dict[str, list[float]], ece: float | None = None) -> Any:
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(3.8, 3.6))
+    ax = figure.subplots()
+    mean_p, observed, count = (np.asarray(curve[k], float) for k in ("mean_predicted", "fraction_female", "count"))
+    ok = count > 0
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
+    ax.plot(mean_p[ok], observed[ok], marker="o", label="head" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    ax.set_xlabel("predicted P(female)")
+    ax.set_ylabel("observed fraction female")
+    ax.set_title("reliability (test split)")
+    ax.legend(loc="upper left")
+    figure.tight_layout()
+    return figure
+
+
+def face_grid(images: Sequence[np.ndarray], p_female: Sequence[float], true: Sequence[str], threshold: float = 0.5, columns: int = 6) -> Any:
+    """Faces titled with the predicted label and its probability; wrong ones in red with the true label."""
+    from matplotlib.figure import Figure
+
+    rows = int(np.ceil(len(images) / columns))
+    figure = Figure(figsize=(columns * 1.7, rows * 1.95))
+    axes = np.atleast_1d(figure.subplots(rows, columns)).reshape(-1)
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, p, label in zip(axes, images, p_female, true):
+        predicted = "F" if p >= threshold else "M"
+        confidence = p if predicted == "F" else 1 - p
+        wrong = predicted != label
+        ax.imshow(image)
+        ax.set_title(f"{predicted} {confidence:.0%}" + (f" (true {label})" if wrong else ""), fontsize=9, color="red" if wrong else "black")
+        if wrong:
+            for spine in ax.spines.values():
+                spine.set_visible(True)
+                spine.set_color("red")
+                spine.set_linewidth(3)
+            ax.axis("on")
+            ax.set_xticks([])
+            ax.set_yticks([])
+    figure.tight_layout()
+    return figure
