@@ -28,6 +28,30 @@ def _extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from gender_lib import head
+
+    config = head.HeadConfig(widths=tuple(args.widths), dropout=args.dropout, l2=args.l2, learning_rate=args.learning_rate,
+                             batch_size=args.batch_size, epochs=args.epochs, patience=args.patience, seed=args.seed)
+    result = head.fit_from_workdir(args.workdir, args.output, config)
+    print(head.describe(result.meta))
+    print(f"saved {result.path} and {result.path.with_suffix('.json')}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from gender_lib import evaluate
+
+    if args.data_root:
+        results = evaluate.evaluate_folder(args.head, args.data_root, layout=args.layout, reports_dir=args.reports, n_boot=args.n_boot)
+    else:
+        results = evaluate.evaluate_workdir(args.head, args.workdir, reports_dir=args.reports, n_boot=args.n_boot)
+    for name, report in results["models"].items():
+        print("\n".join(evaluate.summary_lines(report, name)))
+    print(f"reports written to {args.reports}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gender_lib import config
 
@@ -55,6 +79,30 @@ def build_parser() -> argparse.ArgumentParser:
     extract.add_argument("--protocol", default="person", choices=["person", "original"], help="person-disjoint split, or the original work's leaky image-level split")
     extract.add_argument("--quiet", action="store_true", help="no progress bars")
     extract.set_defaults(func=_extract)
+
+    train = sub.add_parser("train", help="train the gender head on a workdir's train split",
+                           description="Train the MLP head (seeded; early stopping and threshold on the val split) and save it with metadata.")
+    train.add_argument("--workdir", default=str(p.processed), help="folder with manifest.csv and extraction.json")
+    train.add_argument("-o", "--output", default=str(p.checkpoints / "head.keras"), help="where the head goes (.keras + .json)")
+    train.add_argument("--widths", type=int, nargs="+", default=[16, 16])
+    train.add_argument("--dropout", type=float, default=0.4)
+    train.add_argument("--l2", type=float, default=0.0)
+    train.add_argument("--learning-rate", type=float, default=1e-3)
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--epochs", type=int, default=100)
+    train.add_argument("--patience", type=int, default=8)
+    train.add_argument("--seed", type=int, default=0)
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser("evaluate", help="score a head on the test split, or on any labelled folder",
+                              description="Evaluate a saved head: on WORKDIR's test split (default) or, with --data-root, on every image of another labelled folder.")
+    evaluate.add_argument("--head", default=str(p.checkpoints / "head.keras"))
+    evaluate.add_argument("--workdir", default=str(p.processed))
+    evaluate.add_argument("--data-root", default=None, help="a labelled folder in any supported layout (cross-dataset evaluation)")
+    evaluate.add_argument("--layout", default=None, choices=["combined", "adience", "utkface", "folders", "csv"])
+    evaluate.add_argument("--reports", default=str(p.reports), help="where evaluation.json/.md go")
+    evaluate.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95% intervals")
+    evaluate.set_defaults(func=_evaluate)
     return parser
 
 

@@ -251,3 +251,24 @@ def evaluate_folder(
     if reports_dir is not None:
         write_reports(results, reports_dir, name=f"evaluation_{Path(data_root).name}")
     return results
+
+
+def breakdown_text(report: dict[str, Any]) -> str:
+    """The group breakdowns as aligned text tables (rounded to 3 decimals)."""
+    blocks = []
+    for column, rows in report.get("by", {}).items():
+        lines = [f"by {column.replace('_', ' ')}:", f"  {'value':<10}{'n':>6}{'accuracy':>10}{'recall M':>10}{'recall F':>10}"]
+        for value, row in rows.items():
+            cell = lambda k: f"{row[k]:.3f}" if row.get(k) is not None else "-"  # noqa: E731
+            lines.append(f"  {value:<10}{row['n']:>6}{cell('accuracy'):>10}{cell('recall_M'):>10}{cell('recall_F'):>10}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def test_arrays(results: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(y, P(female)) of the head's test predictions stored in ``results``."""
+    predictions = results["test_predictions"]
+    return (np.asarray(predictions["gender"]) == "F").astype(int), np.asarray(predictions["p_female"], np.float64)
+
+
+test_arrays.__test__ = False  # not a pytest test, despite the name

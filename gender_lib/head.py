@@ -292,3 +292,19 @@ def fit_from_workdir(
     }
     path = save_head(model, meta, out)
     return TrainResult(model, json.loads(path.with_suffix(".json").read_text()), history, baseline, path)
+
+
+def describe(meta: dict[str, Any]) -> str:
+    """Rounded, stable summary of a trained head (what notebooks print)."""
+    history = meta.get("history", {})
+    best = int(history.get("best_epoch", [0])[0])
+    val = meta["val_metrics"]
+    counts = meta["counts"]
+    return "\n".join([
+        f"backbone: {meta['backbone']['id']} ({meta['descriptor_dim']}-d)",
+        f"split ({meta['manifest']['protocol']}{', LEAKY' if meta['manifest'].get('leaky') else ''}): train {counts['train']}, val {counts['val']}, test {counts['test']}",
+        f"head: widths {meta['config']['widths']}, dropout {meta['config']['dropout']}, l2 {meta['config']['l2']}, seed {meta['config']['seed']}",
+        f"best epoch {best} of {len(history.get('loss', []))}; threshold (chosen on val) {meta['threshold']:.3f}",
+        f"val: accuracy {val['accuracy']:.3f}, macro F1 {val['macro_f1']:.3f}, ROC-AUC {val['roc_auc']:.3f}",
+        f"logistic-regression baseline val: accuracy {meta['baseline_val_metrics']['accuracy']:.3f}, ROC-AUC {meta['baseline_val_metrics']['roc_auc']:.3f}",
+    ])

@@ -119,3 +119,25 @@ def face_grid(images: Sequence[np.ndarray], p_female: Sequence[float], true: Seq
             ax.set_yticks([])
     figure.tight_layout()
     return figure
+
+
+def test_face_grid(results: dict[str, Any], n: int = 30, seed: int = 0, columns: int = 6) -> tuple[Any, list[str]]:
+    """The 30-face grid from an evaluation's test predictions: a seeded sample of test faces.
+
+    Returns (figure, one text line per face) so notebooks can print what the picture shows.
+    """
+    from gender_lib.dataset import load_rgb
+
+    predictions = results["test_predictions"]
+    root = Path(results.get("root") or ".")
+    rng = np.random.default_rng(seed)
+    picks = sorted(rng.choice(len(predictions["path"]), size=min(n, len(predictions["path"])), replace=False))
+    threshold = results["models"]["mlp head"]["threshold"]
+    images = [load_rgb(root / predictions["path"][i]) for i in picks]
+    p = [predictions["p_female"][i] for i in picks]
+    true = [predictions["gender"][i] for i in picks]
+    lines = []
+    for i, probability, label in zip(picks, p, true):
+        predicted = "F" if probability >= threshold else "M"
+        lines.append(f"{Path(predictions['path'][i]).name[:40]:<40} predicted {predicted} (P(female)={probability:.2f}) true {label}{'  WRONG' if predicted != label else ''}")
+    return face_grid(images, p, true, threshold, columns), lines
