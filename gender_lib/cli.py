@@ -52,6 +52,48 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gender_lib import predict
+
+    predictor = predict.Predictor(args.head)
+    try:
+        if len(args.images) == 1 and Path(args.images[0]).is_dir():
+            out = args.csv or str(Path(args.images[0]).name) + "_predictions.csv"
+            predictor.predict_folder(args.images[0], out, detect=not args.no_detect)
+            print(f"wrote {out}")
+            return 0
+        rows = predictor.predict_paths(args.images, detect=not args.no_detect)
+    finally:
+        predictor.close()
+    failed = False
+    for row in rows:
+        if row["message"]:
+            failed = failed or row["message"] != "no face found"
+            print(f"{row['path']}: {row['message']}")
+        else:
+            word = "female" if row["label"] == "F" else "male"
+            confidence = row["p_female"] if row["label"] == "F" else 1 - row["p_female"]
+            print(f"{row['path']}: face {row['face'] + 1}: {word} (P(female)={row['p_female']:.3f}, confidence {confidence:.0%}) box {row['box']}")
+    if args.csv:
+        import pandas as pd
+
+        from gender_lib.fileio import atomic_write
+
+        frame = pd.DataFrame(rows)
+        atomic_write(Path(args.csv), lambda tmp: frame.to_csv(tmp, index=False))
+    return 1 if failed else 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gender_lib import pipeline
+
+    run_dir = pipeline.run(args.config, args.name, only=args.only)
+    print(f"all notebooks ran; executed copies, manifest, head and reports in {run_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from gender_lib import config
 
@@ -101,8 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-root", default=None, help="a labelled folder in any supported layout (cross-dataset evaluation)")
     evaluate.add_argument("--layout", default=None, choices=["combined", "adience", "utkface", "folders", "csv"])
     evaluate.add_argument("--reports", default=str(p.reports), help="where evaluation.json/.md go")
-    evaluate.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95% intervals")
+    evaluate.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
     evaluate.set_defaults(func=_evaluate)
+
+    predict = sub.add_parser("predict", help="label the faces in photos (or every image of a folder)",
+                             description="Detect faces in each photo and print box, label and P(female). A single folder argument writes a CSV with one row per face.")
+    predict.add_argument("images", nargs="+", help="image files, or one folder")
+    predict.add_argument("--head", default=None, help="a trained head (default: the committed checkpoints/dlib_gender_head.keras)")
+    predict.add_argument("--no-detect", action="store_true", help="the images are already face crops: skip detection")
+    predict.add_argument("--csv", default=None, help="also write the results to this CSV")
+    predict.set_defaults(func=_predict)
+
+    run = sub.add_parser("run", help="execute the numbered notebooks in order with papermill",
+                         description="Run notebooks/01..06 with parameters from a YAML file into runs/<name>/; stops at the first failing notebook.")
+    run.add_argument("--config", default=str(p.root / "pipeline.yml"), help="pipeline YAML (default: pipeline.yml)")
+    run.add_argument("--name", default=None, help="run name (default: the YAML's name)")
+    run.add_argument("--only", nargs="+", default=None, help="run just these notebooks (e.g. 03_train 04_evaluate)")
+    run.set_defaults(func=_run)
     return parser
 
 
@@ -112,7 +169,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, FileNotFoundError, OSError, RuntimeError, KeyError) as error:
         print(f"gender-lib {args.command}: error: {error}", file=sys.stderr)
         return 2
 

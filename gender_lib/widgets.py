@@ -1,0 +1,75 @@
+"""The upload-and-predict UI for notebooks (the package's only ipywidgets import).
+
+:func:`handle_upload` is the pure part (uploaded files -> results) and is what tests call;
+:func:`upload_and_predict` wires it to a ``FileUpload`` and renders each image with its
+boxes, labels and probabilities.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+from typing import Any, Sequence
+
+from gender_lib.predict import Face, PredictionError, Predictor, draw, read_image
+
+
+@dataclasses.dataclass
+class UploadResult:
+    """What one uploaded file gave: faces, or a message saying why not."""
+
+    name: str
+    faces: list[Face]
+    message: str = ""
+    rgb: Any = None
+
+    def text(self) -> str:
+        if self.message:
+            return f"{self.name}: {self.message}"
+        return f"{self.name}: " + "; ".join(f"face {i + 1}: {face.text()}" for i, face in enumerate(self.faces))
+
+
+def handle_upload(files: Sequence[dict[str, Any]], predictor: Predictor, detect: bool = True) -> list[UploadResult]:
+    """ipywidgets 8 ``FileUpload.value`` (dicts with ``name`` and ``content``) -> one result per file."""
+    results = []
+    for item in files:
+        name = item.get("name", "upload")
+        try:
+            rgb = read_image(bytes(item["content"]), name)
+            faces = predictor.predict(rgb, detect=detect, name=name)
+        except PredictionError as error:
+            results.append(UploadResult(name, [], str(error).removeprefix(f"{name}: ")))
+            continue
+        results.append(UploadResult(name, faces, "" if faces else "no face found (try a larger, frontal photo)", rgb))
+    return results
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def upload_and_predict(predictor: Predictor | None = None, detect: bool = True) -> Any:
+    """A ``FileUpload`` (several files at once) that shows each image with its faces labelled."""
+    import ipywidgets as w
+
+    predictor = predictor or Predictor()
+    upload = w.FileUpload(accept="image/*", multiple=True, description="Upload photos")
+    output = w.VBox([w.HTML("<i>Choose one or more photos with faces.</i>")])
+
+    def on_change(change: dict[str, Any]) -> None:
+        results = handle_upload(change["new"], predictor, detect)
+        children = []
+        for result in results:
+            label = w.HTML(f"<b class='gender-lib-result'>{result.text()}</b>")
+            if result.rgb is not None:
+                children.append(w.VBox([label, w.Image(value=_png(draw(result.rgb, result.faces, result.name)), format="png", width=360)]))
+            else:
+                children.append(label)
+        output.children = children or [w.HTML("<i>No files.</i>")]
+
+    upload.observe(on_change, names="value")
+    box = w.VBox([upload, output])
+    box.upload, box.output = upload, output  # for tests and advanced use
+    return box

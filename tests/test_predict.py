@@ -1,0 +1,155 @@
+"""Predictor on photos and crops, bad inputs, the folder CSV, the upload widget's callback, and the CLI."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from gender_lib import cli
+from gender_lib import head as hd
+from gender_lib import predict as pr
+from gender_lib import widgets
+from gender_lib.backbones import DlibBackbone
+
+
+@pytest.fixture(scope="module")
+def toy_head(tmp_path_factory) -> Path:
+    """A head on dlib descriptors trained on random numbers: tests plumbing, not accuracy."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 128)).astype(np.float32), np.arange(64) % 2
+    model, _ = hd.train_head(x, y, x, y, hd.HeadConfig(epochs=2, seed=0))
+    backbone = DlibBackbone(workers=1)
+    path = tmp_path_factory.mktemp("head") / "toy_head.keras"
+    return hd.save_head(model, {"backbone": backbone.describe(), "descriptor_dim": 128, "threshold": 0.5}, path)
+
+
+@pytest.fixture(scope="module")
+def predictor(toy_head) -> pr.Predictor:
+    return pr.Predictor(toy_head, backbone=DlibBackbone(workers=1))
+
+
+@pytest.fixture
+def face_photo(real_combined, tmp_path) -> Path:
+    """A 'photo': a real face crop pasted into a larger grey scene, off-centre."""
+    face = Image.open(next(real_combined.glob("30_M/nm*.jpg"))).convert("RGB").resize((160, 160))
+    scene = Image.new("RGB", (640, 420), (120, 130, 125))
+    scene.paste(face, (400, 120))
+    path = tmp_path / "photo.jpg"
+    scene.save(path, quality=95)
+    return path
+
+
+def test_face_in_a_photo_is_found_boxed_and_labelled(predictor, face_photo):
+    faces = predictor.predict(face_photo)
+    assert len(faces) == 1
+    left, top, right, bottom = faces[0].box
+    assert 390 <= left and right <= 570 and 110 <= top and bottom <= 290  # inside the pasted face
+    assert faces[0].label in ("M", "F") and 0 <= faces[0].p_female <= 1
+
+
+def test_every_input_type_gives_the_same_answer(predictor, face_photo):
+    by_path = predictor.predict(face_photo)[0].p_female
+    data = face_photo.read_bytes()
+    pil = Image.open(io.BytesIO(data))
+    array = np.asarray(pil.convert("RGB"))
+    for image in (data, pil, array):
+        assert predictor.predict(image)[0].p_female == pytest.approx(by_path, abs=1e-6)
+
+
+def test_grayscale_and_cmyk_photos_are_handled(predictor, face_photo, tmp_path):
+    for mode in ("L", "CMYK"):
+        path = tmp_path / f"photo_{mode}.jpg"
+        Image.open(face_photo).convert(mode).save(path)
+        assert len(predictor.predict(path)) == 1
+
+
+def test_pre_cut_face_can_skip_detection(predictor, real_combined):
+    crop = next(real_combined.glob("30_F/nm*.jpg"))
+    faces = predictor.predict(crop, detect=False)
+    assert len(faces) == 1 and faces[0].box == (0, 0, 127, 127) and not faces[0].detected
+
+
+def test_no_face_gives_an_empty_result(predictor):
+    assert predictor.predict(np.full((200, 300, 3), 127, np.uint8)) == []
+
+
+def _truncated_jpeg() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    return buffer.getvalue()[:600]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"%PDF-1.4 not an image", "not an image"),
+    (_truncated_jpeg(), "damaged"),
+])
+def test_bad_files_give_a_clear_message(predictor, tmp_path, content, message):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(content)
+    with pytest.raises(pr.PredictionError, match=f"bad.jpg: .*{message}"):
+        predictor.predict(path)
+
+
+def test_huge_image_is_refused_with_a_message(predictor, tmp_path, monkeypatch):
+    monkeypatch.setattr(pr, "MAX_PIXELS", 10_000)
+    path = tmp_path / "big.png"
+    Image.new("RGB", (200, 100)).save(path)
+    with pytest.raises(pr.PredictionError, match="too large .*200x100"):
+        predictor.predict(path)
+
+
+def test_folder_prediction_writes_one_row_per_face_and_reports_problems(predictor, face_photo, tmp_path):
+    folder = tmp_path / "album"
+    folder.mkdir()
+    (folder / "photo.jpg").write_bytes(face_photo.read_bytes())
+    (folder / "broken.jpg").write_bytes(b"nope")
+    Image.new("RGB", (50, 50), (0, 0, 0)).save(folder / "blank.png")
+    out = predictor.predict_folder(folder, tmp_path / "out.csv")
+    rows = pd.read_csv(out, keep_default_na=False)
+    by_name = {Path(p).name: r for p, r in zip(rows["path"], rows.to_dict("records"))}
+    assert by_name["photo.jpg"]["label"] in ("M", "F")
+    assert "not an image" in by_name["broken.jpg"]["message"]
+    assert by_name["blank.png"]["message"] == "no face found"
+
+
+def test_upload_callback_labels_each_file_as_ipywidgets_8_delivers_them(predictor, face_photo):
+    import datetime
+
+    box = widgets.upload_and_predict(predictor)
+    content = face_photo.read_bytes()
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    box.upload.value = (
+        {"name": "photo.jpg", "type": "image/jpeg", "size": len(content), "content": memoryview(content), "last_modified": now},
+        {"name": "notes.txt", "type": "text/plain", "size": 5, "content": memoryview(b"hello"), "last_modified": now},
+    )
+    texts = [child.children[0].value if hasattr(child, "children") else child.value for child in box.output.children]
+    assert len(texts) == 2
+    assert "photo.jpg: face 1: " in texts[0] and ("male" in texts[0] or "female" in texts[0])
+    assert "notes.txt: not an image" in texts[1]
+    assert box.output.children[0].children[1].value[:8] == b"\x89PNG\r\n\x1a\n"  # the drawn image
+
+
+def test_cli_predict_prints_label_and_probability(toy_head, face_photo, capsys, tmp_path):
+    assert cli.main(["predict", str(face_photo), "--head", str(toy_head), "--csv", str(tmp_path / "p.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "photo.jpg: face 1: " in out and "P(female)=" in out
+    assert pd.read_csv(tmp_path / "p.csv")["label"].iloc[0] in ("M", "F")
+
+
+def test_cli_errors_are_one_line_not_a_traceback(tmp_path, capsys):
+    assert cli.main(["predict", str(tmp_path / "x.jpg"), "--head", str(tmp_path / "missing.keras")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gender-lib predict: error:") and "no trained head" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["convert", "extract", "train", "evaluate", "predict", "run"])
+def test_every_cli_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([command, "--help"])
+    assert exit_.value.code == 0 and "usage: gender-lib" in capsys.readouterr().out
