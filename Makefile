@@ -16,5 +16,8 @@ setup:  ## fresh machine -> .venv with the package, test tools and Chromium for 
 test:   ## all tests, notebooks included (nbval)
 	$(BIN)/python -m pytest -ra --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
+run:    ## the whole notebook chain with papermill into runs/<name>/ (parameters: pipeline.yml)
+	$(BIN)/gender-lib run --config pipeline.yml
+
 test-fast:  ## unit tests only
 	$(BIN)/python -m pytest -ra -m "not slow" tests
