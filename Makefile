@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 export IPYTHONDIR := $(CURDIR)/.ipython
 
-.PHONY: setup test test-fast run notebooks clean
+.PHONY: setup test test-fast run results benchmarks
 
 setup:  ## fresh machine -> .venv with the package, test tools and Chromium for the browser test
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,19 @@ test:   ## all tests, notebooks included (nbval)
 
 run:    ## the whole notebook chain with papermill into runs/<name>/ (parameters: pipeline.yml)
 	$(BIN)/gender-lib run --config pipeline.yml
+
+results:  ## the README's real-data results: dlib backbone, all 29k faces, person-disjoint vs the original leaky split (~40 min)
+	$(BIN)/gender-lib extract --sample-size 0 --workdir runs/full-person --protocol person --quiet
+	$(BIN)/gender-lib train --workdir runs/full-person -o checkpoints/dlib_gender_head.keras
+	$(BIN)/gender-lib evaluate --head checkpoints/dlib_gender_head.keras --workdir runs/full-person --reports runs/full-person/reports
+	$(BIN)/gender-lib extract --sample-size 0 --workdir runs/full-original --protocol original --quiet
+	$(BIN)/gender-lib train --workdir runs/full-original -o runs/full-original/head.keras
+	$(BIN)/gender-lib evaluate --head runs/full-original/head.keras --workdir runs/full-original --reports runs/full-original/reports
+
+benchmarks:  ## speed benchmarks (medians and ratios; JSON under benchmarks/results/)
+	$(BIN)/python benchmarks/dataset.py
+	$(BIN)/python benchmarks/dlib_align.py
+	$(BIN)/python benchmarks/extract.py
 
 test-fast:  ## unit tests only
 	$(BIN)/python -m pytest -ra -m "not slow" tests

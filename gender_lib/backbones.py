@@ -205,6 +205,16 @@ def with_precision(model: Any, precision: str) -> Any:
     return copy
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether this CPU has bfloat16 matrix instructions (AVX512-BF16 or AMX); without them
+    Keras' mixed_bfloat16 runs but is not faster than float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
+
+
 class VGGFaceBackbone:
     """The converted VGG-Face: fc7 (4096-d, L2-normalised, default) or fc8 (2622-d)."""
 
@@ -216,6 +226,10 @@ class VGGFaceBackbone:
         if layer not in ("fc7", "fc8"):
             raise ValueError(f"VGG-Face descriptor layer must be 'fc7' or 'fc8', got {layer!r}")
         self.layer, self.precision, self.meta = layer, precision, meta
+        if precision == "bfloat16" and not cpu_supports_bf16():
+            import warnings
+
+            warnings.warn("this CPU has no bfloat16 matrix instructions (AVX512-BF16/AMX): bfloat16 will not be faster than float32", stacklevel=2)
         self.model = with_precision(model, precision)
         size = meta["input"]["size"]
         self.input_size = (int(size[0]), int(size[1]))
