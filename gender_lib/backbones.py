@@ -301,11 +301,6 @@ def get_backbone(
     raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES} or 'auto'")
 
 
-def stack(prepared: Sequence[np.ndarray]) -> np.ndarray:
-    """Stack prepared inputs into one batch (a batch of one is still a batch)."""
-    return np.stack(list(prepared)) if len(prepared) else np.zeros((0,))
-
-
 def from_description(description: dict[str, Any], vggface_path: str | os.PathLike[str] | None = None) -> Backbone:
     """Rebuild the backbone a head was trained with (from its recorded ``describe()``), checking the id."""
     name = description.get("name")

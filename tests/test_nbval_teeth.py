@@ -58,7 +58,7 @@ def _nbval(notebook: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, env=env, cwd=notebook.parent)
 
 
-def test_changing_the_head_width_makes_nbval_fail(tmp_path):
+def test_changing_the_head_width_makes_nbval_fail(tmp_path, monkeypatch):
     import papermill as pm
 
     workdir = _workdir(tmp_path)
@@ -71,16 +71,9 @@ def test_changing_the_head_width_makes_nbval_fail(tmp_path):
     notebook = tmp_path / "03_train.ipynb"
     notebook.write_text((ROOT / "notebooks" / "03_train.ipynb").read_text())
     _set_parameters(notebook, workdir=str(workdir), head_path=str(tmp_path / "head.keras"), reports_dir=str(tmp_path / "reports"), epochs=15)
-    old = {k: os.environ.get(k) for k in ("IPYTHONDIR", "GENDER_LIB_ROOT")}
-    os.environ.update({k: env[k] for k in old})
-    try:
-        pm.execute_notebook(str(notebook), str(notebook), kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    for key in ("IPYTHONDIR", "GENDER_LIB_ROOT"):  # the kernel papermill starts inherits these
+        monkeypatch.setenv(key, env[key])
+    pm.execute_notebook(str(notebook), str(notebook), kernel_name="python3", progress_bar=False, cwd=str(tmp_path))
     unchanged = _nbval(notebook, env)
     assert unchanged.returncode == 0, unchanged.stdout[-3000:]
     _set_parameters(notebook, widths=[32, 16])
