@@ -33,3 +33,20 @@ def test_first_failing_notebook_stops_the_run_with_its_name_and_error(tmp_path, 
         pipeline.run(config)
     assert (pipeline_root / "runs" / "broken" / "02_extract.ipynb").is_file()
     assert not (pipeline_root / "runs" / "broken" / "03_train.ipynb").exists()
+
+
+def test_pipeline_yml_defaults_are_the_committed_notebooks_defaults():
+    import ast
+    from pathlib import Path
+
+    import papermill as pm
+
+    root = Path(__file__).resolve().parents[1]
+    config = pipeline.load_config(root / "pipeline.yml")
+    declared: dict[str, list] = {}
+    for name in pipeline.NOTEBOOKS:
+        for parameter, info in pm.inspect_notebook(str(root / "notebooks" / f"{name}.ipynb")).items():
+            declared.setdefault(parameter, []).append(ast.literal_eval(info["default"]))
+    for parameter, value in config["parameters"].items():
+        assert parameter in declared, f"pipeline.yml sets {parameter}, which no notebook declares"
+        assert all(default == value for default in declared[parameter]), f"{parameter}: pipeline.yml {value!r} vs notebooks {declared[parameter]}"
