@@ -571,8 +571,12 @@ def _age_sort_key(label: str) -> float:
 
 
 def cleaning_summary(n_read: int, table: pd.DataFrame, excluded: pd.DataFrame) -> str:
-    """One paragraph: how many files were read, kept, converted and excluded (by reason)."""
-    lines = [f"read {n_read} images; kept {len(table)}; excluded {len(excluded)}"]
+    """One paragraph: how many files were read, kept, converted and excluded (by reason).
+
+    Report lines whose reason ends in "(kept)" are notes about files that were kept.
+    """
+    kept_notes = excluded["reason"].str.endswith("(kept)") if len(excluded) else pd.Series(dtype=bool)
+    lines = [f"read {n_read} images; kept {len(table)}; excluded {int((~kept_notes).sum())}"]
     if len(excluded):
         for reason, count in excluded["reason"].value_counts().sort_index().items():
             lines.append(f"  {reason}: {count}")
@@ -617,7 +621,7 @@ def build(
         "n_read": int(len(records)),
         "n_images": int(len(table)),
         "n_people": int(table["group"].nunique()) if len(table) else 0,
-        "n_excluded": int(len(excluded)),
+        "n_excluded": int((~excluded["reason"].str.endswith("(kept)")).sum()) if len(excluded) else 0,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     return Dataset(table[[c for c in MANIFEST_COLUMNS if c in table] + [c for c in table if c not in MANIFEST_COLUMNS]], excluded, meta)

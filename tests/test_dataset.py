@@ -322,3 +322,12 @@ def test_sample_keeps_proportions_and_is_seeded(people_table):
     assert abs(len(a.table) - 200) <= 6 and a.table.equals(b.table)
     assert abs((a.table["split"] == "test").mean() - (table["split"] == "test").mean()) < 0.03
     assert ds.sample(full, 0).table is table
+
+
+def test_summary_does_not_count_kept_notes_as_exclusions(combined: Path):
+    _jpeg(combined / "aligned" / "25_M" / "holiday photo.jpg", seed=50)
+    (combined / "aligned" / "25_M" / "notes.txt").write_text("hello")
+    dataset = ds.build(combined, progress=False)
+    summary = ds.cleaning_summary(dataset.meta["n_read"], dataset.table, dataset.excluded)
+    assert summary.splitlines()[0] == "read 11 images; kept 11; excluded 1"
+    assert dataset.meta["n_excluded"] == 1
