@@ -33,6 +33,13 @@ class CacheMismatchError(ValueError):
     """Descriptors from one backbone offered to a consumer built for another."""
 
 
+class MissingDescriptorsError(KeyError):
+    """Images asked for that the cache does not hold; prints as a plain sentence."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
 class DescriptorCache:
     """Content-addressed descriptor store for one backbone id."""
 
@@ -109,10 +116,10 @@ class DescriptorCache:
         return path
 
     def get(self, keys: Sequence[str]) -> np.ndarray:
-        """Descriptors for ``keys`` in order, float32 (n, dim); KeyError names what is missing."""
+        """Descriptors for ``keys`` in order, float32 (n, dim); :class:`MissingDescriptorsError` says what is missing."""
         missing = self.missing(keys)
         if missing:
-            raise KeyError(f"{len(missing)} images have no {self.backbone_id} descriptors in {self.dir} (e.g. {missing[0][:12]}); run extraction first")
+            raise MissingDescriptorsError(f"{len(missing)} images have no {self.backbone_id} descriptors in {self.dir} (e.g. {missing[0][:12]}); run extraction first")
         out = np.empty((len(keys), self.dim), np.float32)
         wanted: dict[int, list[tuple[int, int]]] = {}
         for i, key in enumerate(keys):
@@ -276,7 +283,7 @@ def extract_dataset(
     table = dataset.table
     report = extract(absolute_paths(dataset), table["sha256"].tolist(), backbone, cache,
                      batch_size=batch_size, chunk_size=chunk_size, progress=progress)
-    keep = table["sha256"].isin(set(k for k in table["sha256"] if k in cache))
+    keep = table["sha256"].map(cache.__contains__)
     if report.failures and manifest_dir is not None:
         root = Path(dataset.meta["root"])
         failed = pd.DataFrame(report.failures)
@@ -329,12 +336,17 @@ def build_and_extract(
     return data, x, table, report
 
 
-def load_descriptors(table: Any, backbone_id: str, dim: int, cache_root: str | Path | None = None) -> np.ndarray:
-    """Cached descriptors for ``table`` rows (by ``sha256``) from the cache of ``backbone_id``."""
+def open_cache(backbone_id: str, dim: int, cache_root: str | Path | None = None) -> DescriptorCache:
+    """The existing descriptor cache of ``backbone_id``; a clear error naming what is there if absent."""
     from gender_lib import config
 
     root = Path(cache_root or config.paths().descriptors)
     if not (root / backbone_id).is_dir():
         available = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
         raise CacheMismatchError(f"{root}: no descriptors for backbone {backbone_id}; available: {available or 'none'}. Run extraction with that backbone.")
-    return DescriptorCache(root, backbone_id, dim).get(table["sha256"].tolist())
+    return DescriptorCache(root, backbone_id, dim)
+
+
+def load_descriptors(table: Any, backbone_id: str, dim: int, cache_root: str | Path | None = None) -> np.ndarray:
+    """Cached descriptors for ``table`` rows (by ``sha256``) from the cache of ``backbone_id``."""
+    return open_cache(backbone_id, dim, cache_root).get(table["sha256"].tolist())

@@ -233,7 +233,7 @@ def load_split_descriptors(workdir: str | os.PathLike[str], backbone: dict[str, 
     extracted with; a mismatch is a clear error rather than silently wrong predictions.
     """
     from gender_lib import dataset as ds
-    from gender_lib.features import CacheMismatchError, load_descriptors
+    from gender_lib.features import CacheMismatchError, open_cache
 
     workdir = Path(workdir)
     data = ds.read_manifest(workdir / "manifest.csv")
@@ -245,15 +245,10 @@ def load_split_descriptors(workdir: str | os.PathLike[str], backbone: dict[str, 
     if backbone is not None and backbone.get("id") != info["backbone"]["id"]:
         raise CacheMismatchError(f"the head was trained on {backbone.get('id')} descriptors but {workdir} was extracted with {info['backbone']['id']}; "
                                  f"extract again with that backbone or evaluate a head trained on it")
-    from gender_lib.features import DescriptorCache
-    from gender_lib import config
-
-    root = Path(cache_root or config.paths().descriptors)
-    cache = DescriptorCache(root, used["id"], int(used["dim"])) if (root / used["id"]).is_dir() else None
-    table = data.table
-    if cache is not None:
-        table = table[[k in cache for k in table["sha256"]]].reset_index(drop=True)
-    x = load_descriptors(table, used["id"], int(used["dim"]), root)
+    # Rows whose image failed to decode at extraction have no descriptor; the cache is opened once.
+    cache = open_cache(used["id"], int(used["dim"]), cache_root)
+    table = data.table[data.table["sha256"].map(cache.__contains__)].reset_index(drop=True)
+    x = cache.get(table["sha256"].tolist())
     return table, x, info, data.meta
 
 

@@ -174,7 +174,8 @@ class Predictor:
             try:
                 faces = self.predict(path, detect=detect, name=str(path))
             except PredictionError as error:
-                rows.append({"path": str(path), "face": "", "label": "", "p_female": "", "box": "", "message": str(error)})
+                message = str(error).removeprefix(f"{path}: ")  # the path has its own column
+                rows.append({"path": str(path), "face": "", "label": "", "p_female": "", "box": "", "message": message})
                 continue
             if not faces:
                 rows.append({"path": str(path), "face": "", "label": "", "p_female": "", "box": "", "message": "no face found"})

@@ -201,8 +201,8 @@ def max_relative_error(actual: np.ndarray, expected: np.ndarray) -> float:
 def check_equivalence(model: Any, network: Network, images: np.ndarray, tolerance: float = EQUIVALENCE_TOLERANCE) -> dict[str, float]:
     """Compare every descriptor output of ``model`` with :func:`reference_forward`.
 
-    Returns ``{output: max relative error}``; raises ``AssertionError``-free
-    :class:`EquivalenceError` when any output exceeds ``tolerance``.
+    Returns ``{output: max relative error}``; raises :class:`EquivalenceError` (which carries
+    the errors) when any output exceeds ``tolerance``.
     """
     expected = reference_forward(network, images)
     actual = model.predict(np.asarray(images, np.float32), verbose=0)
