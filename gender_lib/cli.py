@@ -1,89 +1,159 @@
-"""``gender-lib`` command line: the same functions the notebooks call."""
+"""``gender-lib`` command line: thin wrappers over :mod:`gender_lib.stages`.
+
+Flags are made from :class:`gender_lib.config.Config` (same names with dashes, same defaults),
+so the CLI, ``pipeline.yml`` and the notebooks cannot drift. The output is what the user asked
+for: TensorFlow's and Jupyter's start-up chatter is hidden unless ``--verbose``. User errors
+(:class:`gender_lib.errors.GenderLibError`) print one line and exit 2; anything else is a bug
+and keeps its traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
-from typing import Sequence
+from typing import Any, Iterator, Sequence
+
+from gender_lib.config import BACKBONES, DEFAULT, LAYOUTS, Config
+
+HELP = {
+    "seed": "seed of the split, sample, head and bootstrap",
+    "data_root": "face folder or label CSV in any supported layout (default: the embedded sample data/sample)",
+    "layout": "force a layout (default: detect)",
+    "sample_size": "seeded subset of the data (0 = every image)",
+    "protocol": "person-disjoint split, or the original work's leaky image-level split (for comparison only)",
+    "val_fraction": "share of people in the validation split",
+    "test_fraction": "share of people in the test split",
+    "folds": "number of person-disjoint folds in the manifest's fold column",
+    "backbone": "descriptor network",
+    "dlib_align": "dlib: 5-point chip or plain resize",
+    "precision": "vggface compute precision",
+    "vggface_layer": "vggface descriptor layer",
+    "batch_size": "images per backbone batch",
+    "widths": "hidden layer widths of the head",
+    "dropout": "dropout before the output",
+    "l2": "L2 weight penalty",
+    "learning_rate": "Adam learning rate",
+    "head_batch_size": "training batch size",
+    "epochs": "maximum epochs (early stopping on validation loss)",
+    "patience": "epochs without improvement before stopping",
+    "class_balance": "weight classes to balance them (true/false)",
+    "n_boot": "bootstrap resamples (over people) for the 95%% intervals",
+    "n_faces": "faces in the prediction grid",
+    "workdir": "work folder: manifest, extraction record, head, reports (default $GENDER_LIB_WORKDIR or data/processed)",
+    "cache_dir": "descriptor cache root (default $GENDER_LIB_CACHE or data/cache/descriptors)",
+    "head_path": "the head to use",
+    "vgg_face_mat": "the MatConvNet vgg_face.mat",
+    "vggface_model": "where the converted VGG-Face model goes",
+    "example_image": "example photo",
+}
+CHOICES = {"layout": [c for c in LAYOUTS if c], "protocol": ["person", "original"], "backbone": list(BACKBONES),
+           "dlib_align": ["chip", "resize"], "precision": ["float32", "bfloat16"], "vggface_layer": ["fc7", "fc8"]}
+STAGE_FLAGS = {
+    "data": ["data_root", "layout", "sample_size", "protocol", "val_fraction", "test_fraction", "folds"],
+    "backbone": ["backbone", "dlib_align", "precision", "vggface_layer", "batch_size"],
+    "head": ["widths", "dropout", "l2", "learning_rate", "head_batch_size", "epochs", "patience", "class_balance"],
+    "where": ["workdir", "cache_dir"],
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    defaults = DEFAULT.flat()
+    for name in names:
+        default = defaults[name]
+        flag = "--" + name.replace("_", "-")
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": f"{HELP[name]} (default: {default if default != '' else 'see above'})"}
+        if isinstance(default, list):
+            kwargs.update(type=int, nargs="+")
+        elif isinstance(default, bool):
+            kwargs.update(type=lambda v: v.lower() in ("1", "true", "yes"), metavar="{true,false}")
+        elif isinstance(default, (int, float)):
+            kwargs.update(type=type(default))
+        if name in CHOICES:
+            kwargs["choices"] = CHOICES[name]
+        parser.add_argument(flag, **kwargs)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    """DEFAULT, then ``--config FILE``'s parameters, then the flags given on the command line."""
+    config = DEFAULT
+    if getattr(args, "config_file", None):
+        from gender_lib.config import load_yaml_parameters
+
+        config = config.replace(load_yaml_parameters(args.config_file)["parameters"], source=args.config_file)
+    given = {k: v for k, v in vars(args).items() if k in Config.field_sections() and v is not None}
+    return config.replace(given, source="command line")
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    return not getattr(args, "quiet", False)
 
 
 def _convert(args: argparse.Namespace) -> int:
     from gender_lib import vggface
 
-    meta = vggface.convert(args.source, args.output, strict=not args.lenient)
+    config = _config(args)
+    output = config.vggface_model()
+    meta = vggface.convert(config.vgg_face_mat(), output, strict=not args.lenient)
     print(vggface.describe(meta))
-    print(f"saved {args.output} and {vggface.sidecar_path(args.output)}")
+    print(f"saved {output} and {vggface.sidecar_path(output)}")
+    return 0
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    from gender_lib import stages
+
+    result = stages.manifest(_config(args), progress=_progress(args))
+    print(result.summary())
+    print(f"manifest.csv, manifest.json and excluded.csv in {result.workdir}")
     return 0
 
 
 def _extract(args: argparse.Namespace) -> int:
-    from gender_lib import features
+    from gender_lib import stages
 
-    _, x, _, _ = features.build_and_extract(
-        args.data_root, args.workdir, layout=args.layout, backbone=args.backbone, align=args.align,
-        precision=args.precision, sample_size=args.sample_size, batch_size=args.batch_size, seed=args.seed,
-        protocol=args.protocol, progress=not args.quiet,
-    )
-    print(f"{x.shape[0]} descriptors of {x.shape[1]} dims; manifest and extraction.json in {args.workdir}")
+    config = _config(args)
+    built = stages.manifest(config, progress=_progress(args))
+    print(built.summary())
+    result = stages.extract(config, progress=_progress(args))
+    print(result.report.summary())
+    print(result.summary())
+    print(f"manifest and extraction.json in {result.workdir}")
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    from gender_lib import head
+    from gender_lib import stages
 
-    config = head.HeadConfig(widths=tuple(args.widths), dropout=args.dropout, l2=args.l2, learning_rate=args.learning_rate,
-                             batch_size=args.batch_size, epochs=args.epochs, patience=args.patience, seed=args.seed)
-    result = head.fit_from_workdir(args.workdir, args.output, config)
-    print(head.describe(result.meta))
+    result = stages.train(_config(args), output=args.output)
+    print(result.summary())
     print(f"saved {result.path} and {result.path.with_suffix('.json')}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from gender_lib import evaluate
+    from gender_lib import stages
 
+    config = _config(args)
     if args.data_root:
-        results = evaluate.evaluate_folder(args.head, args.data_root, layout=args.layout, reports_dir=args.reports, n_boot=args.n_boot)
+        result = stages.cross_evaluate(config, args.data_root, head=args.head_path, progress=_progress(args))
     else:
-        results = evaluate.evaluate_workdir(args.head, args.workdir, reports_dir=args.reports, n_boot=args.n_boot)
-    for name, report in results["models"].items():
-        print("\n".join(evaluate.summary_lines(report, name)))
-    print(f"reports written to {args.reports}")
+        result = stages.evaluate(config, head=args.head_path)
+    print(result.summary())
+    print(f"reports: {result.reports[0]} and {result.reports[1].name}")
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from gender_lib import stages
 
-    from gender_lib import predict
-
-    predictor = predict.Predictor(args.head)
-    try:
-        if len(args.images) == 1 and Path(args.images[0]).is_dir():
-            out = args.csv or str(Path(args.images[0]).name) + "_predictions.csv"
-            predictor.predict_folder(args.images[0], out, detect=not args.no_detect)
-            print(f"wrote {out}")
-            return 0
-        rows = predictor.predict_paths(args.images, detect=not args.no_detect)
-    finally:
-        predictor.close()
-    failed = False
-    for row in rows:
-        if row["message"]:
-            failed = failed or row["message"] != "no face found"
-            print(f"{row['path']}: {row['message']}")
-        else:
-            word = "female" if row["label"] == "F" else "male"
-            confidence = row["p_female"] if row["label"] == "F" else 1 - row["p_female"]
-            print(f"{row['path']}: face {row['face'] + 1}: {word} (P(female)={row['p_female']:.3f}, confidence {confidence:.0%}) box {row['box']}")
-    if args.csv:
-        import pandas as pd
-
-        from gender_lib.fileio import atomic_write
-
-        frame = pd.DataFrame(rows)
-        atomic_write(Path(args.csv), lambda tmp: frame.to_csv(tmp, index=False))
-    return 1 if failed else 0
+    result = stages.predict(_config(args), args.images, head=args.head_path, detect=not args.no_detect, csv=args.csv)
+    for text, problem in result.lines():
+        print(text, file=sys.stderr if problem else sys.stdout)
+    if args.csv or len(result.rows) > 1:
+        print(result.summary(), file=sys.stderr if result.exit_code else sys.stdout)
+    return result.exit_code
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -95,83 +165,128 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from gender_lib import config
+    from gender_lib import config as cfg
 
-    p = config.paths()
+    p = cfg.paths()
     parser = argparse.ArgumentParser(prog="gender-lib", description="Face gender classification from VGG-Face / dlib descriptors.")
+    parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's, Jupyter's and the library's log lines")
     sub = parser.add_subparsers(dest="command", required=True)
-    convert = sub.add_parser("convert", help="convert vgg_face.mat to a verified Keras model", description="Convert MatConvNet vgg_face.mat (either published layout) to checkpoints/vggface.keras + .json, checked against a NumPy reference.")
-    convert.add_argument("source", nargs="?", default=str(p.vgg_face_mat), help=f"the .mat file (default {p.vgg_face_mat})")
-    convert.add_argument("-o", "--output", default=str(p.vggface_model), help=f"the .keras file to write (default {p.vggface_model})")
+
+    def command(name: str, help_: str, description: str, *flag_groups: str, func: Any) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help_, description=description)
+        sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="also show log lines")
+        for group in flag_groups:
+            _add_config_flags(sp, STAGE_FLAGS[group])
+        if flag_groups:
+            _add_config_flags(sp, ["seed"])
+            sp.add_argument("--config", dest="config_file", default=None, help="take parameters from a pipeline YAML (flags override)")
+        sp.set_defaults(func=func)
+        return sp
+
+    convert = command("convert", "convert vgg_face.mat to a verified Keras model",
+                      f"Convert MatConvNet vgg_face.mat (either published layout) to {p.vggface_model} + .json, checked against a NumPy reference.",
+                      func=_convert)
+    _add_config_flags(convert, ["vgg_face_mat", "vggface_model"])
     convert.add_argument("--lenient", action="store_true", help="accept networks that are not VGG-Face-shaped")
-    convert.set_defaults(func=_convert)
 
-    extract = sub.add_parser("extract", help="build the manifest (clean, split by person) and extract descriptors",
-                             description="Read a face folder in any supported layout, clean it, split it by person, write "
-                                         "manifest.csv to WORKDIR and embed every image (cached, resumable).")
-    extract.add_argument("--data-root", default=str(p.datasets / "combined" / "aligned"), help="face folder or label CSV (default: the shared combined/aligned)")
-    extract.add_argument("--layout", default=None, choices=["combined", "adience", "utkface", "folders", "csv"], help="force a layout (default: detect)")
-    extract.add_argument("--workdir", default=str(p.processed), help=f"where manifest.csv goes (default {p.processed})")
-    extract.add_argument("--backbone", default="auto", choices=["auto", "vggface", "dlib"])
-    extract.add_argument("--align", default="chip", choices=["chip", "resize"], help="dlib: 5-point chip or plain resize")
-    extract.add_argument("--precision", default="float32", choices=["float32", "bfloat16"], help="vggface compute precision")
-    extract.add_argument("--sample-size", type=int, default=0, help="seeded subset size (0 = all images)")
-    extract.add_argument("--batch-size", type=int, default=32)
-    extract.add_argument("--seed", type=int, default=0)
-    extract.add_argument("--protocol", default="person", choices=["person", "original"], help="person-disjoint split, or the original work's leaky image-level split")
+    manifest = command("manifest", "read, clean and split a face folder (no descriptors)",
+                       "Read a face folder in any supported layout, clean it, split it by person and write manifest.csv to the work folder.",
+                       "data", "where", func=_manifest)
+    manifest.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    extract = command("extract", "build the manifest and extract descriptors",
+                      "The manifest stage, then every image through the backbone (cached by content and backbone, resumable).",
+                      "data", "backbone", "where", func=_extract)
     extract.add_argument("--quiet", action="store_true", help="no progress bars")
-    extract.set_defaults(func=_extract)
 
-    train = sub.add_parser("train", help="train the gender head on a workdir's train split",
-                           description="Train the MLP head (seeded; early stopping and threshold on the val split) and save it with metadata.")
-    train.add_argument("--workdir", default=str(p.processed), help="folder with manifest.csv and extraction.json")
-    train.add_argument("-o", "--output", default=str(p.checkpoints / "head.keras"), help="where the head goes (.keras + .json)")
-    train.add_argument("--widths", type=int, nargs="+", default=[16, 16])
-    train.add_argument("--dropout", type=float, default=0.4)
-    train.add_argument("--l2", type=float, default=0.0)
-    train.add_argument("--learning-rate", type=float, default=1e-3)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--epochs", type=int, default=100)
-    train.add_argument("--patience", type=int, default=8)
-    train.add_argument("--seed", type=int, default=0)
-    train.set_defaults(func=_train)
+    train = command("train", "train the gender head on a work folder's train split",
+                    "Train the MLP head (seeded; early stopping and threshold on the val split) and save it with metadata.",
+                    "head", "where", func=_train)
+    train.add_argument("-o", "--output", default=None, help="where the head goes (default: <workdir>/head.keras; a .json goes beside it)")
 
-    evaluate = sub.add_parser("evaluate", help="score a head on the test split, or on any labelled folder",
-                              description="Evaluate a saved head: on WORKDIR's test split (default) or, with --data-root, on every image of another labelled folder.")
-    evaluate.add_argument("--head", default=str(p.checkpoints / "head.keras"))
-    evaluate.add_argument("--workdir", default=str(p.processed))
+    evaluate = command("evaluate", "score a head on the test split, or on any labelled folder",
+                       "Evaluate a saved head on the work folder's test split (default head: the one trained there) or, with "
+                       f"--data-root, on every image of another labelled folder (default head: the committed {p.default_head.name}).",
+                       "where", func=_evaluate)
+    evaluate.add_argument("--head", dest="head_path", default=None, help="the head to evaluate")
     evaluate.add_argument("--data-root", default=None, help="a labelled folder in any supported layout (cross-dataset evaluation)")
-    evaluate.add_argument("--layout", default=None, choices=["combined", "adience", "utkface", "folders", "csv"])
-    evaluate.add_argument("--reports", default=str(p.reports), help="where evaluation.json/.md go")
-    evaluate.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the 95%% intervals")
-    evaluate.set_defaults(func=_evaluate)
+    _add_config_flags(evaluate, ["layout", "n_boot"])
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    predict = sub.add_parser("predict", help="label the faces in photos (or every image of a folder)",
-                             description="Detect faces in each photo and print box, label and P(female). A single folder argument writes a CSV with one row per face.")
-    predict.add_argument("images", nargs="+", help="image files, or one folder")
-    predict.add_argument("--head", default=None, help="a trained head (default: the committed checkpoints/dlib_gender_head.keras)")
+    predict = command("predict", "label the faces in photos (files or folders)",
+                      "Detect faces in each photo and print label, P(female) and box. Folders stand for every image below them. "
+                      "Problems go to stderr; the exit status is 1 if any file could not be read or no image was found.",
+                      func=_predict)
+    predict.add_argument("images", nargs="+", help="image files and/or folders")
+    predict.add_argument("--head", dest="head_path", default=None, help=f"a trained head (default: the committed {p.default_head.name})")
     predict.add_argument("--no-detect", action="store_true", help="the images are already face crops: skip detection")
-    predict.add_argument("--csv", default=None, help="also write the results to this CSV")
-    predict.set_defaults(func=_predict)
+    predict.add_argument("--csv", default=None, help="also write one row per face to this CSV")
 
-    run = sub.add_parser("run", help="execute the numbered notebooks in order with papermill",
-                         description="Run notebooks/01..06 with parameters from a YAML file into runs/<name>/; stops at the first failing notebook.")
+    run = command("run", "execute the numbered notebooks in order with papermill",
+                  "Run notebooks/01..06 with parameters from a YAML file into runs/<name>/; stops at the first failing notebook.",
+                  func=_run)
     run.add_argument("--config", default=str(p.root / "pipeline.yml"), help="pipeline YAML (default: pipeline.yml)")
     run.add_argument("--name", default=None, help="run name (default: the YAML's name)")
     run.add_argument("--only", nargs="+", default=None, help="run just these notebooks (e.g. 03_train 04_evaluate)")
-    run.set_defaults(func=_run)
     return parser
+
+
+@contextlib.contextmanager
+def quiet_native_output(enabled: bool) -> Iterator[None]:
+    """Hide what native libraries write to file descriptor 2 (TensorFlow/absl start-up lines,
+    ``E0000 ... use_unbounded_threadpool``) while Python's own ``sys.stderr`` keeps working."""
+    if not enabled:
+        yield
+        return
+    import warnings
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    warnings.filterwarnings("ignore", message=".*running over TCP without encryption.*")
+    warnings.filterwarnings("ignore", category=UserWarning, module="keras")
+    try:
+        from PIL import Image
+
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own size check says it plainly
+    except ImportError:  # pragma: no cover
+        pass
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    python_stderr = sys.stderr
+    try:
+        os.dup2(devnull, 2)
+        sys.stderr = open(saved, "w", closefd=False, buffering=1)
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = python_stderr
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; user errors print one line and exit 2 instead of a traceback."""
+    import logging
+
+    from gender_lib.errors import GenderLibError
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, OSError, RuntimeError, KeyError) as error:
-        print(f"gender-lib {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    verbose = bool(getattr(args, "verbose", False))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        logging.getLogger("papermill").setLevel(logging.WARNING)
+    with quiet_native_output(not verbose):
+        try:
+            return int(args.func(args) or 0)
+        except GenderLibError as error:
+            print(f"gender-lib {args.command}: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"gender-lib {args.command}: interrupted (finished work is kept; run it again to resume)", file=sys.stderr)
+            return 130
 
 
 if __name__ == "__main__":

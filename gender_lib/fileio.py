@@ -31,6 +31,28 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[str], Any], suf
     return path
 
 
+def publish_together(writes: list[tuple[str | os.PathLike[str], Callable[[str], Any]]]) -> list[Path]:
+    """Write several files that belong together (a model and its JSON sidecar): every temp file
+    first, then the renames, so a failed write leaves every previous file as it was."""
+    staged: list[tuple[str, Path]] = []
+    try:
+        for target, writer in writes:
+            target = Path(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix or ".tmp", dir=target.parent)
+            os.close(fd)
+            staged.append((tmp, target))
+            writer(tmp)
+            os.chmod(tmp, 0o666 & ~_umask())
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp, _ in staged:
+            Path(tmp).unlink(missing_ok=True)
+        raise
+    return [target for _, target in staged]
+
+
 def _umask() -> int:
     current = os.umask(0)
     os.umask(current)

@@ -10,7 +10,6 @@ restores the best weights. The decision threshold is chosen on validation data o
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import json
 import os
@@ -20,40 +19,16 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gender_lib.fileio import atomic_write, write_json
+from gender_lib.config import HeadConfig
+from gender_lib.errors import GenderLibError, UserFileNotFoundError
+from gender_lib.fileio import publish_together
+from gender_lib.metrics import CLASSES, labels_from_genders
 
-CLASSES = ("M", "F")  # label 0 = male, 1 = female; the head outputs P(female)
+__all__ = ["CLASSES", "HeadConfig", "HeadError", "build_head", "train_head", "predict_proba", "choose_threshold",
+           "logistic_baseline", "save_head", "load_head", "labels_from_genders", "describe"]
 
-
-class HeadError(ValueError):
+class HeadError(GenderLibError, ValueError):
     """Bad training data or a checkpoint that cannot be used; the message says what to do."""
-
-
-@dataclasses.dataclass
-class HeadConfig:
-    """Everything that defines a training run of the head."""
-
-    widths: tuple[int, ...] = (16, 16)
-    dropout: float = 0.4
-    l2: float = 0.0
-    learning_rate: float = 1e-3
-    batch_size: int = 64
-    epochs: int = 100
-    patience: int = 8
-    class_balance: bool = True
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "widths": list(self.widths)}
-
-
-def labels_from_genders(genders: Sequence[str]) -> np.ndarray:
-    """'M'/'F' -> 0/1 (int); anything else is an error naming it."""
-    genders = np.asarray(genders).astype(str)
-    bad = sorted(set(genders) - set(CLASSES))
-    if bad:
-        raise HeadError(f"gender labels must be 'M' or 'F', found {bad[:5]}")
-    return (genders == "F").astype(np.int32)
 
 
 def _check_split(name: str, x: np.ndarray, y: np.ndarray, dim: int | None = None) -> None:
@@ -71,7 +46,7 @@ def _check_split(name: str, x: np.ndarray, y: np.ndarray, dim: int | None = None
         raise HeadError(f"{name} descriptors contain NaN or inf values")
 
 
-def build_head(dim: int, config: HeadConfig | None = None, x_train: np.ndarray | None = None) -> Any:
+def build_head(dim: int, config: HeadConfig | None = None, x_train: np.ndarray | None = None, seed: int = 0) -> Any:
     """The MLP, with its input Normalization adapted to ``x_train`` when given."""
     import keras
 
@@ -85,14 +60,14 @@ def build_head(dim: int, config: HeadConfig | None = None, x_train: np.ndarray |
     for i, width in enumerate(config.widths):
         x = keras.layers.Dense(width, activation="relu", kernel_regularizer=regularizer, name=f"dense{i + 1}")(x)
     if config.dropout:
-        x = keras.layers.Dropout(config.dropout, seed=config.seed, name="dropout")(x)
+        x = keras.layers.Dropout(config.dropout, seed=seed, name="dropout")(x)
     outputs = keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=regularizer, name="p_female")(x)
     return keras.Model(inputs, outputs, name="gender_head")
 
 
 def train_head(
     x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-    config: HeadConfig | None = None, verbose: int = 0,
+    config: HeadConfig | None = None, seed: int = 0, verbose: int = 0,
 ) -> tuple[Any, dict[str, list[float]]]:
     """Train with Adam and binary cross-entropy; returns (model with best weights, history)."""
     import keras
@@ -103,9 +78,9 @@ def train_head(
     y_train, y_val = np.asarray(y_train, np.float32), np.asarray(y_val, np.float32)
     _check_split("train", x_train, y_train)
     _check_split("val", x_val, y_val, x_train.shape[1])
-    keras.utils.set_random_seed(config.seed)
+    keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()  # same seed -> same weights on CPU
-    model = build_head(x_train.shape[1], config, x_train)
+    model = build_head(x_train.shape[1], config, x_train, seed)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.BinaryCrossentropy(from_logits=False),
@@ -117,7 +92,7 @@ def train_head(
         class_weight = {c: len(y_train) / (2.0 * counts[c]) for c in (0, 1)}
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     history = model.fit(
-        x_train, y_train, validation_data=(x_val, y_val), epochs=config.epochs, batch_size=config.batch_size,
+        x_train, y_train, validation_data=(x_val, y_val), epochs=config.epochs, batch_size=config.head_batch_size,
         class_weight=class_weight, callbacks=[stop], shuffle=True, verbose=verbose,
     )
     record = {key: [float(v) for v in values] for key, values in history.history.items()}
@@ -180,11 +155,11 @@ def save_head(model: Any, meta: dict[str, Any], path: str | os.PathLike[str]) ->
     """Save ``<name>.keras`` and ``<name>.json`` (metadata) atomically."""
     path = Path(path)
     if path.suffix != ".keras":
-        raise ValueError(f"{path}: a head is saved with the .keras suffix")
+        raise HeadError(f"{path}: a head is saved with the .keras suffix")
     meta = {"format": "gender_lib.head/1", "classes": list(CLASSES), "output": "P(female)",
             "versions": versions(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **meta}
-    atomic_write(path, lambda tmp: model.save(tmp))
-    write_json(path.with_suffix(".json"), meta)
+    text = json.dumps(meta, indent=2, default=str) + "\n"
+    publish_together([(path, lambda tmp: model.save(tmp)), (path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))])
     return path
 
 
@@ -195,7 +170,7 @@ def load_head(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
     path = Path(path)
     side = path.with_suffix(".json")
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no trained head here; run notebooks/03_train.ipynb or `gender-lib train`")
+        raise UserFileNotFoundError(f"{path}: no trained head here; run notebooks/03_train.ipynb or `gender-lib train`, or name another with --head")
     try:
         meta = json.loads(side.read_text())
         if meta.get("format") != "gender_lib.head/1":
@@ -212,83 +187,6 @@ def load_head(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
     return model, meta
 
 
-# --------------------------------------------------------------------------- from a workdir (what notebooks and the CLI call)
-
-
-@dataclasses.dataclass
-class TrainResult:
-    """A trained head with its metadata, history and the baseline trained beside it."""
-
-    model: Any
-    meta: dict[str, Any]
-    history: dict[str, list[float]]
-    baseline: Any
-    path: Path
-
-
-def load_split_descriptors(workdir: str | os.PathLike[str], backbone: dict[str, Any] | None = None, cache_root: str | os.PathLike[str] | None = None) -> tuple[Any, np.ndarray, dict[str, Any], dict[str, Any]]:
-    """(manifest rows with descriptors, descriptors, extraction info, manifest meta) for a workdir.
-
-    ``backbone`` (a head's recorded backbone) must match the descriptors the workdir was
-    extracted with; a mismatch is a clear error rather than silently wrong predictions.
-    """
-    from gender_lib import dataset as ds
-    from gender_lib.features import CacheMismatchError, open_cache
-
-    workdir = Path(workdir)
-    data = ds.read_manifest(workdir / "manifest.csv")
-    info_path = workdir / "extraction.json"
-    if not info_path.is_file():
-        raise FileNotFoundError(f"{info_path}: no descriptors were extracted for this manifest; run notebooks/02_extract.ipynb or `gender-lib extract`")
-    info = json.loads(info_path.read_text())
-    used = backbone or info["backbone"]
-    if backbone is not None and backbone.get("id") != info["backbone"]["id"]:
-        raise CacheMismatchError(f"the head was trained on {backbone.get('id')} descriptors but {workdir} was extracted with {info['backbone']['id']}; "
-                                 f"extract again with that backbone or evaluate a head trained on it")
-    # Rows whose image failed to decode at extraction have no descriptor; the cache is opened once.
-    cache = open_cache(used["id"], int(used["dim"]), cache_root)
-    table = data.table[data.table["sha256"].map(cache.__contains__)].reset_index(drop=True)
-    x = cache.get(table["sha256"].tolist())
-    return table, x, info, data.meta
-
-
-def fit_from_workdir(
-    workdir: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    config: HeadConfig | None = None,
-    cache_root: str | os.PathLike[str] | None = None,
-) -> TrainResult:
-    """Train the head on a workdir's train split, pick the threshold on val, save it with metadata."""
-    config = config or HeadConfig()
-    table, x, info, manifest_meta = load_split_descriptors(workdir, cache_root=cache_root)
-    y = labels_from_genders(table["gender"])
-    train, val = (table["split"] == "train").to_numpy(), (table["split"] == "val").to_numpy()
-    model, history = train_head(x[train], y[train], x[val], y[val], config)
-    p_val = predict_proba(model, x[val])
-    threshold = choose_threshold(y[val], p_val)
-    baseline = logistic_baseline(x[train], y[train], seed=config.seed)
-    from gender_lib.evaluate import classification_metrics
-
-    val_metrics = classification_metrics(y[val], p_val, threshold)
-    baseline_val = classification_metrics(y[val], baseline.predict_proba(x[val])[:, 1], 0.5)
-    meta = {
-        "backbone": info["backbone"],
-        "descriptor_dim": int(x.shape[1]),
-        "preprocessing": info["backbone"].get("preprocessing"),
-        "manifest": {"sha256": manifest_meta.get("manifest_sha256"), "protocol": manifest_meta.get("protocol"),
-                     "leaky": manifest_meta.get("leaky"), "seed": manifest_meta.get("seed"), "layout": manifest_meta.get("layout"),
-                     "root": manifest_meta.get("root"), "sample_size": manifest_meta.get("sample_size", 0)},
-        "counts": {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")},
-        "threshold": threshold,
-        "config": config.to_dict(),
-        "val_metrics": {k: val_metrics[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece")} | {"macro_f1": val_metrics["macro"]["f1"]},
-        "baseline_val_metrics": {"accuracy": baseline_val["accuracy"], "macro_f1": baseline_val["macro"]["f1"], "roc_auc": baseline_val["roc_auc"]},
-        "history": history,
-    }
-    path = save_head(model, meta, out)
-    return TrainResult(model, json.loads(path.with_suffix(".json").read_text()), history, baseline, path)
-
-
 def describe(meta: dict[str, Any]) -> str:
     """Rounded, stable summary of a trained head (what notebooks print)."""
     history = meta.get("history", {})
@@ -298,7 +196,7 @@ def describe(meta: dict[str, Any]) -> str:
     return "\n".join([
         f"backbone: {meta['backbone']['id']} ({meta['descriptor_dim']}-d)",
         f"split ({meta['manifest']['protocol']}{', LEAKY' if meta['manifest'].get('leaky') else ''}): train {counts['train']}, val {counts['val']}, test {counts['test']}",
-        f"head: widths {meta['config']['widths']}, dropout {meta['config']['dropout']}, l2 {meta['config']['l2']}, seed {meta['config']['seed']}",
+        f"head: widths {meta['config']['widths']}, dropout {meta['config']['dropout']}, l2 {meta['config']['l2']}, seed {meta.get('seed', meta['config'].get('seed'))}",
         f"best epoch {best} of {len(history.get('loss', []))}; threshold (chosen on val) {meta['threshold']:.3f}",
         f"val: accuracy {val['accuracy']:.3f}, macro F1 {val['macro_f1']:.3f}, ROC-AUC {val['roc_auc']:.3f}",
         f"logistic-regression baseline val: accuracy {meta['baseline_val_metrics']['accuracy']:.3f}, ROC-AUC {meta['baseline_val_metrics']['roc_auc']:.3f}",

@@ -1,4 +1,4 @@
-"""Honest evaluation of a gender head: metrics with intervals, calibration, and group breakdowns.
+"""Honest evaluation metrics for a gender classifier: intervals, calibration, group breakdowns.
 
 Pure functions on arrays (``y`` 0 = male, 1 = female; ``p`` = P(female)) plus thin writers.
 Bootstrap intervals resample *people*, not images, because photos of one person are not
@@ -14,8 +14,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from gender_lib.errors import GenderLibError
 from gender_lib.fileio import write_json, write_text
-from gender_lib.head import CLASSES
+
+CLASSES = ("M", "F")  # label 0 = male, 1 = female; P(female) is the score
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
@@ -25,7 +27,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5)
     y = np.asarray(y).astype(int)
     p = np.asarray(p, np.float64)
     if len(y) == 0:
-        raise ValueError("no examples to evaluate")
+        raise LabelError("no examples to evaluate")
     pred = (p >= threshold).astype(int)
     precision, recall, f1, support = precision_recall_fscore_support(y, pred, labels=[0, 1], zero_division=0)
     out: dict[str, Any] = {
@@ -171,88 +173,6 @@ def write_reports(results: dict[str, Any], out_dir: str | os.PathLike[str], name
     return json_path, md_path
 
 
-def evaluate_workdir(
-    head_path: str | os.PathLike[str],
-    workdir: str | os.PathLike[str],
-    *,
-    reports_dir: str | os.PathLike[str] | None = None,
-    n_boot: int = 1000,
-    cache_root: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
-    """Score a saved head on the workdir's **test** split, beside the logistic-regression baseline.
-
-    The threshold is the head's (chosen on validation at training time). The baseline is
-    refitted on the same train split (seconds) with its own validation-chosen threshold.
-    Writes ``evaluation.json``/``.md`` to ``reports_dir`` when given.
-    """
-    from gender_lib import head as hd
-
-    model, meta = hd.load_head(head_path)
-    table, x, info, manifest_meta = hd.load_split_descriptors(workdir, backbone=meta["backbone"], cache_root=cache_root)
-    y = hd.labels_from_genders(table["gender"])
-    test = (table["split"] == "test").to_numpy()
-    train, val = (table["split"] == "train").to_numpy(), (table["split"] == "val").to_numpy()
-    if not test.any():
-        raise ValueError(f"{workdir}: the manifest has no test split")
-    p_test = hd.predict_proba(model, x[test])
-    seed = int(meta["config"].get("seed", 0))
-    results: dict[str, Any] = {
-        "title": f"{Path(head_path).name} on {Path(workdir).name} (test split)",
-        "meta": {"head": str(head_path), "backbone": meta["backbone"]["id"], "protocol": manifest_meta.get("protocol"),
-                 "leaky_split": manifest_meta.get("leaky"), "threshold_from": "validation split"},
-        "models": {"mlp head": evaluate(y[test], p_test, meta["threshold"], table[test], n_boot=n_boot, seed=seed)},
-    }
-    if train.any() and val.any():
-        baseline = hd.logistic_baseline(x[train], y[train], seed=seed)
-        threshold = hd.choose_threshold(y[val], baseline.predict_proba(x[val])[:, 1])
-        results["models"]["logistic regression"] = evaluate(y[test], baseline.predict_proba(x[test])[:, 1], threshold, table[test], n_boot=n_boot, seed=seed)
-    results["test_predictions"] = {"path": table.loc[test, "path"].tolist(), "gender": table.loc[test, "gender"].tolist(), "p_female": p_test.round(6).tolist()}
-    results["root"] = manifest_meta.get("root")
-    if reports_dir is not None:
-        write_reports(results, reports_dir)
-    return results
-
-
-def evaluate_folder(
-    head_path: str | os.PathLike[str],
-    data_root: str | os.PathLike[str],
-    *,
-    layout: str | None = None,
-    workdir: str | os.PathLike[str] | None = None,
-    reports_dir: str | os.PathLike[str] | None = None,
-    n_boot: int = 1000,
-) -> dict[str, Any]:
-    """Score a saved head on every image of another labelled folder (cross-dataset evaluation)."""
-    import tempfile
-
-    from gender_lib import backbones
-    from gender_lib import dataset as ds
-    from gender_lib import features
-    from gender_lib import head as hd
-
-    model, meta = hd.load_head(head_path)
-    data = ds.build(data_root, layout=layout)
-    data.table["split"] = "test"
-    backbone = backbones.from_description(meta["backbone"])
-    with tempfile.TemporaryDirectory() as scratch:
-        target = Path(workdir or scratch)
-        ds.write_manifest(data, target)
-        data = ds.read_manifest(target / "manifest.csv")
-        try:
-            x, table, _ = features.extract_dataset(data, backbone, manifest_dir=target)
-        finally:
-            backbone.close()
-    y = hd.labels_from_genders(table["gender"])
-    results = {
-        "title": f"{Path(head_path).name} on {Path(data_root).name} (all images)",
-        "meta": {"head": str(head_path), "backbone": meta["backbone"]["id"], "data": str(data_root), "threshold_from": "validation split of the training data"},
-        "models": {"mlp head": evaluate(y, hd.predict_proba(model, x), meta["threshold"], table, n_boot=n_boot)},
-    }
-    if reports_dir is not None:
-        write_reports(results, reports_dir, name=f"evaluation_{Path(data_root).name}")
-    return results
-
-
 def breakdown_text(report: dict[str, Any]) -> str:
     """The group breakdowns as aligned text tables (rounded to 3 decimals)."""
     blocks = []
@@ -265,10 +185,20 @@ def breakdown_text(report: dict[str, Any]) -> str:
     return "\n\n".join(blocks)
 
 
-def test_arrays(results: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    """(y, P(female)) of the head's test predictions stored in ``results``."""
-    predictions = results["test_predictions"]
-    return (np.asarray(predictions["gender"]) == "F").astype(int), np.asarray(predictions["p_female"], np.float64)
+def prediction_arrays(results: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(y, P(female)) of the head's per-image predictions stored in ``results``."""
+    predictions = results["predictions"]
+    return labels_from_genders(predictions["gender"]), np.asarray(predictions["p_female"], np.float64)
 
 
-test_arrays.__test__ = False  # not a pytest test, despite the name
+class LabelError(GenderLibError, ValueError):
+    """Labels other than 'M'/'F'."""
+
+
+def labels_from_genders(genders: Sequence[str]) -> np.ndarray:
+    """'M'/'F' -> 0/1 (int); anything else is an error naming it."""
+    genders = np.asarray(genders).astype(str)
+    bad = sorted(set(genders) - set(CLASSES))
+    if bad:
+        raise LabelError(f"gender labels must be 'M' or 'F', found {bad[:5]}")
+    return (genders == "F").astype(np.int32)

@@ -1,11 +1,13 @@
-"""Figures: training curves, confusion matrix, ROC, reliability diagram, the 30-face grid.
+"""Figures: training curves, confusion matrix, ROC, reliability diagram, the 30-face grid, detections.
 
-Every function returns a matplotlib ``Figure`` (shown inline in notebooks); :func:`save`
-writes it as PNG atomically.
+Every function returns a :class:`Plot`: a matplotlib figure (made without pyplot, so nothing
+depends on a GUI backend) that a notebook displays as a PNG image (``_repr_png_``) with a
+short, stable text form beside it (what nbval compares). ``Plot.save`` writes the PNG atomically.
 """
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -13,12 +15,36 @@ from typing import Any, Sequence
 import numpy as np
 
 from gender_lib.fileio import atomic_write
-from gender_lib.head import CLASSES
+from gender_lib.metrics import CLASSES
 
 
-def save(figure: Any, path: str | os.PathLike[str], dpi: int = 110) -> Path:
-    """Write ``figure`` to ``path`` (PNG) atomically."""
-    return atomic_write(Path(path), lambda tmp: figure.savefig(tmp, dpi=dpi, bbox_inches="tight", format="png"))
+class Plot:
+    """A figure that shows itself as an image in notebooks (and as one stable line of text elsewhere)."""
+
+    def __init__(self, figure: Any, title: str, dpi: int = 110):
+        self.figure, self.title, self.dpi = figure, title, dpi
+
+    def png(self) -> bytes:
+        buffer = io.BytesIO()
+        self.figure.savefig(buffer, dpi=self.dpi, bbox_inches="tight", format="png")
+        return buffer.getvalue()
+
+    def _repr_png_(self) -> bytes:
+        return self.png()
+
+    def __repr__(self) -> str:
+        return f"<figure: {self.title}>"
+
+    def save(self, path: str | os.PathLike[str]) -> "Plot":
+        """Write the PNG to ``path`` atomically; returns itself so a notebook cell can end with it."""
+        atomic_write(Path(path), lambda tmp: self.figure.savefig(tmp, dpi=self.dpi, bbox_inches="tight", format="png"))
+        return self
+
+
+def save(plot: Plot, path: str | os.PathLike[str]) -> Path:
+    """Write ``plot`` to ``path`` (PNG) atomically."""
+    plot.save(path)
+    return Path(path)
 
 
 def training_curves(history: dict[str, list[float]]) -> Any:
@@ -37,7 +63,7 @@ def training_curves(history: dict[str, list[float]]) -> Any:
         ax.set_title(title)
         ax.legend()
     figure.tight_layout()
-    return figure
+    return Plot(figure, "training curves")
 
 
 def confusion(matrix: Sequence[Sequence[int]], title: str = "test split") -> Any:
@@ -54,7 +80,7 @@ def confusion(matrix: Sequence[Sequence[int]], title: str = "test split") -> Any
     ax.set_yticks([0, 1], [f"true {c}" for c in CLASSES])
     ax.set_title(f"confusion matrix ({title})")
     figure.tight_layout()
-    return figure
+    return Plot(figure, f"confusion matrix ({title})")
 
 
 def roc(y: np.ndarray, p: np.ndarray, threshold: float | None = None) -> Any:
@@ -74,7 +100,7 @@ def roc(y: np.ndarray, p: np.ndarray, threshold: float | None = None) -> Any:
     ax.set_title("ROC (test split)")
     ax.legend(loc="lower right")
     figure.tight_layout()
-    return figure
+    return Plot(figure, "ROC curve")
 
 
 def reliability(curve: dict[str, list[float]], ece: float | None = None) -> Any:
@@ -91,11 +117,11 @@ def reliability(curve: dict[str, list[float]], ece: float | None = None) -> Any:
     ax.set_title("reliability (test split)")
     ax.legend(loc="upper left")
     figure.tight_layout()
-    return figure
+    return Plot(figure, "reliability diagram")
 
 
 def face_grid(images: Sequence[np.ndarray], p_female: Sequence[float], true: Sequence[str], threshold: float = 0.5, columns: int = 6) -> Any:
-    """Faces titled with the predicted label and its probability; wrong ones in red with the true label."""
+    """Faces titled with the predicted label and P(female); wrong ones framed in red with the true label."""
     from matplotlib.figure import Figure
 
     rows = int(np.ceil(len(images) / columns))
@@ -105,10 +131,9 @@ def face_grid(images: Sequence[np.ndarray], p_female: Sequence[float], true: Seq
         ax.axis("off")
     for ax, image, p, label in zip(axes, images, p_female, true):
         predicted = "F" if p >= threshold else "M"
-        confidence = p if predicted == "F" else 1 - p
         wrong = predicted != label
         ax.imshow(image)
-        ax.set_title(f"{predicted} {confidence:.0%}" + (f" (true {label})" if wrong else ""), fontsize=9, color="red" if wrong else "black")
+        ax.set_title(f"{predicted} P(F)={p:.2f}" + (f" (true {label})" if wrong else ""), fontsize=9, color="red" if wrong else "black")
         if wrong:
             for spine in ax.spines.values():
                 spine.set_visible(True)
@@ -118,17 +143,17 @@ def face_grid(images: Sequence[np.ndarray], p_female: Sequence[float], true: Seq
             ax.set_xticks([])
             ax.set_yticks([])
     figure.tight_layout()
-    return figure
+    return Plot(figure, f"{len(images)} faces")
 
 
-def test_face_grid(results: dict[str, Any], n: int = 30, seed: int = 0, columns: int = 6) -> tuple[Any, list[str]]:
-    """The 30-face grid from an evaluation's test predictions: a seeded sample of test faces.
+def prediction_grid(results: dict[str, Any], n: int = 30, seed: int = 0, columns: int = 6) -> tuple[Plot, list[str]]:
+    """The 30-face grid from an evaluation's per-image predictions: a seeded sample of test faces.
 
-    Returns (figure, one text line per face) so notebooks can print what the picture shows.
+    Returns (plot, one text line per face) so notebooks can print what the picture shows.
     """
-    from gender_lib.dataset import load_rgb
+    from gender_lib.images import load_rgb
 
-    predictions = results["test_predictions"]
+    predictions = results["predictions"]
     root = Path(results.get("root") or ".")
     rng = np.random.default_rng(seed)
     picks = sorted(rng.choice(len(predictions["path"]), size=min(n, len(predictions["path"])), replace=False))
@@ -141,3 +166,24 @@ def test_face_grid(results: dict[str, Any], n: int = 30, seed: int = 0, columns:
         predicted = "F" if probability >= threshold else "M"
         lines.append(f"{Path(predictions['path'][i]).name[:40]:<40} predicted {predicted} (P(female)={probability:.2f}) true {label}{'  WRONG' if predicted != label else ''}")
     return face_grid(images, p, true, threshold, columns), lines
+
+
+def detections(rgb: np.ndarray, faces: Sequence[Any], title: str = "") -> Plot:
+    """The image with each face's box, label and P(female) (faces: :class:`gender_lib.predict.Face`)."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    height, width = rgb.shape[:2]
+    figure = Figure(figsize=(5, 5 * height / max(width, 1)))
+    ax = figure.subplots()
+    ax.imshow(rgb)
+    for face in faces:
+        left, top, right, bottom = face.box
+        color = "#d6336c" if face.label == "F" else "#1c7ed6"
+        ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor=color, linewidth=2.5))
+        ax.text(left, max(0, top - 4), f"{face.label} P(F)={face.p_female:.2f}", color="white", fontsize=11, va="bottom",
+                bbox={"facecolor": color, "edgecolor": "none", "pad": 2})
+    ax.set_title(title or ("no face found" if not faces else ""), fontsize=10)
+    ax.axis("off")
+    figure.tight_layout()
+    return Plot(figure, f"{title or 'image'}: {len(faces)} face(s)", dpi=90)

@@ -17,15 +17,14 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from gender_lib.dataset import IMAGE_EXTENSIONS
+from gender_lib.errors import GenderLibError
+from gender_lib.images import IMAGE_EXTENSIONS
 
-#: The head trained by the package's own pipeline on the shared data (committed, a few KB).
-DEFAULT_HEAD = "dlib_gender_head.keras"
 MAX_PIXELS = 80_000_000  # larger images are refused with a message (decompression-bomb guard)
-DETECT_MAX_SIDE = 1600  # detection runs on a copy no larger than this; boxes are mapped back
+NO_FACE = "no face found (if the image is already a cropped face, predict it with detect=False / --no-detect)"
 
 
-class PredictionError(ValueError):
+class PredictionError(GenderLibError, ValueError):
     """An input that cannot be predicted; the message says which and why."""
 
 
@@ -36,22 +35,27 @@ class Face:
     box: tuple[int, int, int, int]
     label: str
     p_female: float
+    threshold: float = 0.5
     detected: bool = True
 
     @property
-    def confidence(self) -> float:
-        return self.p_female if self.label == "F" else 1.0 - self.p_female
+    def word(self) -> str:
+        return "female" if self.label == "F" else "male"
 
     def text(self) -> str:
-        word = "female" if self.label == "F" else "male"
-        return f"{word} ({self.confidence:.0%}) at {self.box}"
+        """E.g. ``female, P(female) 0.97 (threshold 0.45), box (16, 17, 106, 106)``.
+
+        The label is P(female) compared with the head's threshold (chosen on validation data),
+        so the number shown is P(female) itself, never a 'confidence' that could read below 50%.
+        """
+        return f"{self.word}, P(female) {self.p_female:.2f} (threshold {self.threshold:.2f}), box {self.box}"
 
 
 def read_image(image: Any, name: str = "image") -> np.ndarray:
     """Path, bytes, PIL image or array -> uint8 RGB (h, w, 3); :class:`PredictionError` otherwise."""
     from PIL import Image, UnidentifiedImageError
 
-    from gender_lib.dataset import load_rgb
+    from gender_lib.images import load_rgb
 
     if isinstance(image, np.ndarray):
         array = image
@@ -95,43 +99,6 @@ def read_image(image: Any, name: str = "image") -> np.ndarray:
         raise PredictionError(f"{name}: the image is damaged and cannot be decoded ({error})") from None
 
 
-def detect_faces(rgb: np.ndarray, upsample: int = 1) -> list[tuple[int, int, int, int]]:
-    """dlib HOG face boxes (left, top, right, bottom) in ``rgb``'s pixels, largest first."""
-    from PIL import Image
-
-    from gender_lib.backbones import _dlib_models
-
-    height, width = rgb.shape[:2]
-    scale = min(1.0, DETECT_MAX_SIDE / max(height, width))
-    small = rgb if scale == 1.0 else np.asarray(Image.fromarray(rgb).resize((round(width * scale), round(height * scale)), Image.BILINEAR))
-    # Small images (face crops) need upsampling for HOG to see the face; big photos do not.
-    found = _dlib_models().detector(np.ascontiguousarray(small), upsample if max(small.shape[:2]) < 800 else 0)
-    boxes = []
-    for r in found:
-        left, top, right, bottom = (int(round(v / scale)) for v in (r.left(), r.top(), r.right(), r.bottom()))
-        boxes.append((max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom)))
-    return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
-
-
-def _dlib_face_input(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-    import dlib
-
-    from gender_lib.backbones import _dlib_models
-
-    models = _dlib_models()
-    shape = models.landmarks(rgb, dlib.rectangle(*box))
-    return np.asarray(dlib.get_face_chip(rgb, shape, size=150, padding=0.25), np.uint8)
-
-
-def _margin_crop(rgb: np.ndarray, box: tuple[int, int, int, int], margin: float = 0.3) -> np.ndarray:
-    left, top, right, bottom = box
-    w, h = right - left, bottom - top
-    side = int(max(w, h) * (1 + 2 * margin))
-    cx, cy = (left + right) // 2, (top + bottom) // 2
-    x0, y0 = max(0, cx - side // 2), max(0, cy - side // 2)
-    return rgb[y0 : min(rgb.shape[0], y0 + side), x0 : min(rgb.shape[1], x0 + side)]
-
-
 class Predictor:
     """A trained head plus its backbone, ready for photos."""
 
@@ -139,33 +106,31 @@ class Predictor:
         from gender_lib import backbones, config
         from gender_lib import head as hd
 
-        self.head_path = Path(head_path) if head_path else config.paths().checkpoints / DEFAULT_HEAD
+        self.head_path = Path(head_path) if head_path else config.paths().default_head
         self.model, self.meta = hd.load_head(self.head_path)
-        self.backbone = backbone or backbones.from_description(self.meta["backbone"], vggface_path)
+        # Single photos: one process (worker start-up would cost more than it saves).
+        self.backbone = backbone or backbones.from_description(self.meta["backbone"], vggface_path, workers=1)
         if self.backbone.id != self.meta["backbone"]["id"]:
             raise PredictionError(f"{self.head_path}: trained on {self.meta['backbone']['id']} descriptors, not {self.backbone.id}")
         self.threshold = float(self.meta["threshold"])
 
-    def _inputs(self, rgb: np.ndarray, boxes: Sequence[tuple[int, int, int, int]]) -> np.ndarray:
-        if self.backbone.name == "dlib":
-            return np.stack([_dlib_face_input(rgb, box) for box in boxes])
-        return np.stack([self.backbone.prepare(_margin_crop(rgb, box)) for box in boxes])
-
     def predict(self, image: Any, detect: bool = True, name: str = "image") -> list[Face]:
-        """Faces in ``image`` (largest first). ``detect=False`` treats the whole image as one face."""
+        """Faces in ``image`` (largest first). ``detect=False`` treats the whole image as one face crop."""
+        from gender_lib import backbones
         from gender_lib import head as hd
 
         rgb = read_image(image, name)
         if detect:
-            boxes = detect_faces(rgb)
+            boxes: list[Any] = backbones.detect_faces(rgb)
             if not boxes:
                 return []
-            x = self._inputs(rgb, boxes)
+            x = np.stack([self.backbone.prepare_face(rgb, box) for box in boxes])
         else:
             boxes = [(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)]
-            x = np.stack([self.backbone.prepare(rgb)])
+            x = np.stack([self.backbone.prepare_face(rgb)])
         p = hd.predict_proba(self.model, self.backbone.embed(x))
-        return [Face(tuple(int(v) for v in box), "F" if pi >= self.threshold else "M", float(pi), detect) for box, pi in zip(boxes, p)]
+        return [Face(tuple(int(v) for v in box), "F" if pi >= self.threshold else "M", float(pi), self.threshold, detect)
+                for box, pi in zip(boxes, p)]
 
     def predict_paths(self, paths: Iterable[str | os.PathLike[str]], detect: bool = True) -> list[dict[str, Any]]:
         """One row per face (or per problem) for each path; never raises for a bad file."""
@@ -178,46 +143,53 @@ class Predictor:
                 rows.append({"path": str(path), "face": "", "label": "", "p_female": "", "box": "", "message": message})
                 continue
             if not faces:
-                rows.append({"path": str(path), "face": "", "label": "", "p_female": "", "box": "", "message": "no face found"})
+                rows.append({"path": str(path), "face": "", "label": "", "p_female": "", "box": "", "message": NO_FACE})
             for i, face in enumerate(faces):
                 rows.append({"path": str(path), "face": i, "label": face.label, "p_female": round(face.p_female, 4),
-                             "box": " ".join(map(str, face.box)), "message": ""})
+                             "threshold": round(face.threshold, 4), "box": " ".join(map(str, face.box)), "message": ""})
         return rows
 
     def predict_folder(self, folder: str | os.PathLike[str], csv_path: str | os.PathLike[str], detect: bool = True) -> Path:
         """Predict every image below ``folder``; write one CSV row per face (atomically)."""
-        import pandas as pd
-
-        from gender_lib.fileio import atomic_write
-
         folder = Path(folder)
         if not folder.is_dir():
             raise PredictionError(f"{folder}: not a folder")
-        paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-        rows = self.predict_paths(paths, detect=detect)
-        frame = pd.DataFrame(rows, columns=["path", "face", "label", "p_female", "box", "message"])
-        return atomic_write(Path(csv_path), lambda tmp: frame.to_csv(tmp, index=False))
+        return write_csv(self.predict_paths(images_in(folder), detect=detect), csv_path)
 
     def close(self) -> None:
         self.backbone.close()
 
 
-def draw(rgb: np.ndarray, faces: Sequence[Face], title: str = "") -> Any:
-    """A matplotlib figure of the image with each face's box and label."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+CSV_COLUMNS = ["path", "face", "label", "p_female", "threshold", "box", "message"]
 
-    height, width = rgb.shape[:2]
-    figure = Figure(figsize=(5, 5 * height / max(width, 1)))
-    ax = figure.subplots()
-    ax.imshow(rgb)
-    for face in faces:
-        left, top, right, bottom = face.box
-        color = "#d6336c" if face.label == "F" else "#1c7ed6"
-        ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor=color, linewidth=2.5))
-        ax.text(left, max(0, top - 4), f"{face.label} {face.confidence:.0%}", color="white", fontsize=11, va="bottom",
-                bbox={"facecolor": color, "edgecolor": "none", "pad": 2})
-    ax.set_title(title or ("no face found" if not faces else ""), fontsize=10)
-    ax.axis("off")
-    figure.tight_layout()
-    return figure
+
+def images_in(folder: str | os.PathLike[str]) -> list[Path]:
+    """Every image file below ``folder`` (by extension, sorted, hidden files skipped)."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
+def expand_inputs(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files stay as they are; each folder becomes the images below it (order kept)."""
+    out: list[Path] = []
+    for item in items:
+        path = Path(item)
+        out.extend(images_in(path) if path.is_dir() else [path])
+    return out
+
+
+def write_csv(rows: Sequence[dict[str, Any]], csv_path: str | os.PathLike[str]) -> Path:
+    """The rows of :meth:`Predictor.predict_paths` as a CSV, written atomically."""
+    import pandas as pd
+
+    from gender_lib.fileio import atomic_write
+
+    frame = pd.DataFrame(list(rows), columns=CSV_COLUMNS)
+    return atomic_write(Path(csv_path), lambda tmp: frame.to_csv(tmp, index=False))
+
+
+def draw(rgb: np.ndarray, faces: Sequence[Face], title: str = "") -> Any:
+    """The image with each face's box and label, as a :class:`gender_lib.plots.Plot`."""
+    from gender_lib import plots
+
+    return plots.detections(rgb, faces, title)

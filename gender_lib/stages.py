@@ -1,0 +1,419 @@
+"""The chain, one function per stage; notebooks, the CLI, the pipeline and tests all call these.
+
+Each stage takes a :class:`~gender_lib.config.Config` and a work folder (default: the
+config's), reads what the previous stage wrote there, writes its own artefacts atomically,
+and returns a result whose ``summary()`` is the rounded, stable text a notebook prints::
+
+    manifest   data folder -> <workdir>/manifest.csv, manifest.json, excluded.csv
+    extract    manifest -> descriptors in the shared cache, <workdir>/extraction.json
+    train      descriptors -> <workdir>/head.keras + head.json
+    evaluate   head + test split -> <workdir>/reports/evaluation.json|md
+    cross_evaluate  head + any labelled folder -> <workdir>/cross/<name>/, reports/evaluation_<name>.*
+    predict    head + photos -> faces, labels, P(female) (and a CSV)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from gender_lib.config import Config
+from gender_lib.errors import GenderLibError, UserFileNotFoundError
+
+log = logging.getLogger(__name__)
+
+HEAD_NAME = "head.keras"
+
+
+class StageError(GenderLibError, ValueError):
+    """A stage cannot run with what the work folder holds; the message says what to run first."""
+
+
+def _workdir(config: Config, workdir: str | os.PathLike[str] | None) -> Path:
+    return Path(workdir).expanduser().resolve() if workdir else config.workdir()
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+@dataclasses.dataclass
+class ManifestResult:
+    workdir: Path
+    dataset: Any  # gender_lib.manifest.Dataset, as read back from disk
+    n_read: int
+    cleaning: str
+    splits: str
+
+    def summary(self) -> str:
+        return f"{self.cleaning}\n\n{self.splits}"
+
+    __str__ = summary
+
+
+def manifest(config: Config, workdir: str | os.PathLike[str] | None = None, *, progress: bool = True,
+             data_root: str | os.PathLike[str] | None = None, all_test: bool = False) -> ManifestResult:
+    """Read, clean and split the config's data folder (seeded sample if asked), write the manifest."""
+    from gender_lib import dataset as ds
+    from gender_lib.manifest import read_manifest, write_manifest
+
+    work = _workdir(config, workdir)
+    root = Path(data_root).expanduser().resolve() if data_root else config.data_root()
+    if not root.exists():
+        from gender_lib.config import paths
+
+        raise UserFileNotFoundError(f"{root}: no such data folder. Leave data_root empty for the embedded sample ({paths().sample}), "
+                                    f"or point it at a face folder in a supported layout (see README, 'Data')")
+    full = ds.build(root, layout=config.data.layout or None, seed=config.seed, protocol=config.data.protocol,
+                    val=config.data.val_fraction, test=config.data.test_fraction, k=config.data.folds, progress=progress)
+    data = full if all_test else ds.sample(full, config.data.sample_size, seed=config.seed)
+    if all_test:
+        data.table["split"] = "test"
+    write_manifest(data, work)
+    data = read_manifest(work / "manifest.csv")
+    cleaning = ds.cleaning_summary(full.meta["n_read"], full.table, full.excluded)
+    return ManifestResult(work, data, int(full.meta["n_read"]), cleaning, ds.split_report(data.table))
+
+
+# --------------------------------------------------------------------------- extract
+
+
+@dataclasses.dataclass
+class ExtractResult:
+    workdir: Path
+    backbone: dict[str, Any]
+    n_images: int
+    dim: int
+    report: Any  # features.ExtractReport: cache hits, rate (varies between runs)
+    mean_norm: float
+
+    def summary(self) -> str:
+        return "\n".join([
+            f"backbone: {self.backbone['id']} ({self.backbone['name']}, {self.dim}-d, {self.backbone.get('preprocessing')})",
+            f"descriptors: {self.n_images} images x {self.dim} dims; failed to decode: {len(self.report.failures)}",
+            f"mean descriptor norm: {self.mean_norm:.3f}",
+        ])
+
+    __str__ = summary
+
+
+def extract(config: Config, workdir: str | os.PathLike[str] | None = None, *, progress: bool = True, backbone: Any = None) -> ExtractResult:
+    """Embed every manifest image not yet in the cache; record which backbone made them.
+
+    Images that fail to decode are added to ``excluded.csv`` with the reason and left out.
+    """
+    import pandas as pd
+
+    from gender_lib import backbones, features
+    from gender_lib.fileio import atomic_write, write_json
+    from gender_lib.manifest import absolute_paths, read_manifest
+
+    work = _workdir(config, workdir)
+    data = read_manifest(work / "manifest.csv")
+    net = backbone or backbones.from_config(config)
+    try:
+        cache = features.cache_for(net, config.cache_dir())
+        keys = data.table["sha256"].tolist()
+        report = features.extract(absolute_paths(data), keys, net, cache, batch_size=config.backbone.batch_size, progress=progress)
+        description = net.describe()
+    finally:
+        if backbone is None:
+            net.close()
+    log.info(report.summary())
+    if report.failures:
+        root = Path(data.meta["root"])
+        failed = pd.DataFrame(report.failures)
+        failed["path"] = [str(Path(p).relative_to(root)) if Path(p).is_relative_to(root) else p for p in failed["path"]]
+        excluded = pd.concat([data.excluded, failed], ignore_index=True).drop_duplicates()
+        atomic_write(work / "excluded.csv", lambda tmp: excluded.to_csv(tmp, index=False))
+    kept = data.table[data.table["sha256"].map(cache.__contains__)]
+    x = cache.get(kept["sha256"].tolist())
+    write_json(work / "extraction.json", {
+        "backbone": description, "images": int(len(kept)), "failures": len(report.failures),
+        "manifest_sha256": data.meta.get("manifest_sha256"),
+    })
+    return ExtractResult(work, description, int(len(kept)), int(x.shape[1]), report, float(np.linalg.norm(x, axis=1).mean()) if len(x) else 0.0)
+
+
+def load_descriptors(config: Config, workdir: str | os.PathLike[str] | None = None, backbone: dict[str, Any] | None = None) -> tuple[Any, np.ndarray, dict[str, Any], dict[str, Any]]:
+    """(manifest rows that have descriptors, descriptors, extraction record, manifest meta) of a work folder.
+
+    ``backbone`` (a head's recorded backbone) must be the one the folder was extracted with.
+    """
+    from gender_lib import features
+    from gender_lib.manifest import read_manifest
+
+    work = _workdir(config, workdir)
+    data = read_manifest(work / "manifest.csv")
+    info_path = work / "extraction.json"
+    if not info_path.is_file():
+        raise StageError(f"{info_path}: no descriptors were extracted for this manifest; run notebooks/02_extract.ipynb or `gender-lib extract`")
+    info = json.loads(info_path.read_text())
+    if info.get("manifest_sha256") != data.meta.get("manifest_sha256"):
+        raise StageError(f"{work}: the manifest changed after extraction (extraction.json is for another manifest); run extraction again")
+    if backbone is not None and backbone.get("id") != info["backbone"]["id"]:
+        raise features.CacheMismatchError(f"the head was trained on {backbone.get('id')} descriptors but {work} was extracted with {info['backbone']['id']}; "
+                                          "extract again with that backbone or evaluate a head trained on it")
+    used = info["backbone"]
+    cache = features.open_cache(used["id"], int(used["dim"]), config.cache_dir())
+    table = data.table[data.table["sha256"].map(cache.__contains__)].reset_index(drop=True)
+    return table, cache.get(table["sha256"].tolist()), info, data.meta
+
+
+# --------------------------------------------------------------------------- train
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model: Any
+    meta: dict[str, Any]
+    path: Path
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        return self.meta["history"]
+
+    def best_epoch_line(self) -> str:
+        h = self.history
+        best = int(h["best_epoch"][0]) - 1
+        return (f"at the best epoch: train accuracy {h['accuracy'][best]:.3f}, val accuracy {h['val_accuracy'][best]:.3f}, "
+                f"train loss {h['loss'][best]:.3f}, val loss {h['val_loss'][best]:.3f}")
+
+    def summary(self) -> str:
+        from gender_lib import head
+
+        return f"{head.describe(self.meta)}\nparameters: {self.model.count_params()}"
+
+    __str__ = summary
+
+
+def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, output: str | os.PathLike[str] | None = None) -> TrainResult:
+    """Train the head on the train split, choose its threshold on val, save it (default ``<workdir>/head.keras``)."""
+    from gender_lib import head, metrics
+
+    work = _workdir(config, workdir)
+    table, x, info, manifest_meta = load_descriptors(config, work)
+    y = metrics.labels_from_genders(table["gender"])
+    train_rows, val_rows = (table["split"] == "train").to_numpy(), (table["split"] == "val").to_numpy()
+    model, history = head.train_head(x[train_rows], y[train_rows], x[val_rows], y[val_rows], config.head, seed=config.seed)
+    p_val = head.predict_proba(model, x[val_rows])
+    threshold = head.choose_threshold(y[val_rows], p_val)
+    baseline = head.logistic_baseline(x[train_rows], y[train_rows], seed=config.seed)
+    val_metrics = metrics.classification_metrics(y[val_rows], p_val, threshold)
+    baseline_val = metrics.classification_metrics(y[val_rows], baseline.predict_proba(x[val_rows])[:, 1], 0.5)
+    meta = {
+        "backbone": info["backbone"],
+        "descriptor_dim": int(x.shape[1]),
+        "preprocessing": info["backbone"].get("preprocessing"),
+        "manifest": {"sha256": manifest_meta.get("manifest_sha256"), "protocol": manifest_meta.get("protocol"),
+                     "leaky": manifest_meta.get("leaky"), "seed": manifest_meta.get("seed"), "layout": manifest_meta.get("layout"),
+                     "data": Path(manifest_meta.get("root", "")).name, "sample_size": manifest_meta.get("sample_size", 0)},
+        "counts": {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")},
+        "threshold": threshold,
+        "seed": config.seed,
+        "config": config.head.to_dict(),
+        "val_metrics": {k: val_metrics[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece")} | {"macro_f1": val_metrics["macro"]["f1"]},
+        "baseline_val_metrics": {"accuracy": baseline_val["accuracy"], "macro_f1": baseline_val["macro"]["f1"], "roc_auc": baseline_val["roc_auc"]},
+        "history": history,
+    }
+    path = head.save_head(model, meta, Path(output) if output else work / HEAD_NAME)
+    return TrainResult(model, json.loads(path.with_suffix(".json").read_text()), path)
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+@dataclasses.dataclass
+class EvaluateResult:
+    results: dict[str, Any]
+    reports: tuple[Path, Path]
+    excluded: int = 0
+    excluded_list: Path | None = None
+
+    @property
+    def head_report(self) -> dict[str, Any]:
+        return self.results["models"]["mlp head"]
+
+    def summary(self) -> str:
+        from gender_lib import metrics
+
+        lines = [line for name, report in self.results["models"].items() for line in metrics.summary_lines(report, name)]
+        if self.excluded_list is not None:
+            lines.append(f"left out: {self.excluded} images that could not be used (corrupt, missing, unlabelled or duplicate); "
+                         f"listed in {self.excluded_list.name}")
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+def _score(model: Any, meta: dict[str, Any], table: Any, x: np.ndarray, seed: int, n_boot: int) -> dict[str, Any]:
+    from gender_lib import head, metrics
+
+    y = metrics.labels_from_genders(table["gender"])
+    p = head.predict_proba(model, x)
+    return {"report": metrics.evaluate(y, p, meta["threshold"], table, n_boot=n_boot, seed=seed),
+            "predictions": {"path": table["path"].tolist(), "gender": table["gender"].tolist(), "p_female": p.round(6).tolist()}}
+
+
+def _resolve_head(config: Config, head: str | os.PathLike[str] | None, fallback: Path) -> Path:
+    return Path(head or config.paths.head_path or fallback).expanduser().resolve()
+
+
+def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, head: str | os.PathLike[str] | None = None) -> EvaluateResult:
+    """Score a head on the work folder's **test** split, beside a logistic-regression baseline.
+
+    The head defaults to the one trained in this work folder (``<workdir>/head.keras``): a head
+    trained elsewhere may have seen these test people. The threshold is the head's (chosen on
+    validation at training time); the baseline is refitted on the same train split (seconds).
+    """
+    from gender_lib import head as hd
+    from gender_lib import metrics
+
+    work = _workdir(config, workdir)
+    head_path = _resolve_head(config, head, work / HEAD_NAME)
+    model, meta = hd.load_head(head_path)
+    table, x, _, manifest_meta = load_descriptors(config, work, backbone=meta["backbone"])
+    split = table["split"].to_numpy()
+    test, train_rows, val_rows = split == "test", split == "train", split == "val"
+    if not test.any():
+        raise StageError(f"{work}: the manifest has no test split")
+    seed = int(meta.get("seed", config.seed))
+    scored = _score(model, meta, table[test], x[test], seed, config.evaluation.n_boot)
+    results: dict[str, Any] = {
+        "title": f"{head_path.name} on {Path(manifest_meta['root']).name} (test split)",
+        "meta": {"head": head_path.name, "backbone": meta["backbone"]["id"], "protocol": manifest_meta.get("protocol"),
+                 "leaky_split": manifest_meta.get("leaky"), "threshold_from": "validation split"},
+        "models": {"mlp head": scored["report"]},
+    }
+    if train_rows.any() and val_rows.any():
+        y = metrics.labels_from_genders(table["gender"])
+        baseline = hd.logistic_baseline(x[train_rows], y[train_rows], seed=seed)
+        threshold = hd.choose_threshold(y[val_rows], baseline.predict_proba(x[val_rows])[:, 1])
+        results["models"]["logistic regression"] = metrics.evaluate(y[test], baseline.predict_proba(x[test])[:, 1], threshold, table[test],
+                                                                    n_boot=config.evaluation.n_boot, seed=seed)
+    results["predictions"] = scored["predictions"]
+    results["root"] = manifest_meta.get("root")
+    reports = metrics.write_reports(results, work / "reports")
+    return EvaluateResult(results, reports)
+
+
+def cross_evaluate(config: Config, data_root: str | os.PathLike[str], workdir: str | os.PathLike[str] | None = None, *,
+                   head: str | os.PathLike[str] | None = None, progress: bool = True) -> EvaluateResult:
+    """Score a head (default: the committed one) on every image of another labelled folder.
+
+    Runs the manifest and extract stages on that folder (in ``<workdir>/cross/<name>``) with the
+    head's own backbone; images that cannot be used are counted and listed, never dropped silently.
+    """
+    import shutil
+
+    from gender_lib import backbones, metrics
+    from gender_lib import head as hd
+    from gender_lib.config import paths
+
+    data_root = Path(data_root).expanduser().resolve()
+    name = data_root.stem if data_root.is_file() else data_root.name
+    head_path = _resolve_head(config, head, paths().default_head)
+    model, meta = hd.load_head(head_path)
+    work = _workdir(config, workdir)
+    target = work / "cross" / name
+    built = manifest(config, target, progress=progress, data_root=data_root, all_test=True)
+    net = backbones.from_description(meta["backbone"])
+    try:
+        extract(config, target, progress=progress, backbone=net)
+    finally:
+        net.close()
+    table, x, _, manifest_meta = load_descriptors(config, target, backbone=meta["backbone"])
+    scored = _score(model, meta, table, x, int(meta.get("seed", config.seed)), config.evaluation.n_boot)
+    results = {
+        "title": f"{head_path.name} on {name} (all images)",
+        "meta": {"head": head_path.name, "backbone": meta["backbone"]["id"], "data": name, "threshold_from": "validation split of the training data"},
+        "models": {"mlp head": scored["report"]},
+        "predictions": scored["predictions"],
+        "root": manifest_meta.get("root"),
+    }
+    from gender_lib.manifest import read_manifest
+
+    excluded = read_manifest(target / "manifest.csv").excluded
+    counted = excluded[~excluded["reason"].astype(str).str.endswith("(kept)")] if len(excluded) else excluded
+    reports_dir = work / "reports"
+    reports = metrics.write_reports(results, reports_dir, name=f"evaluation_{name}")
+    listed = reports_dir / f"evaluation_{name}_excluded.csv"
+    shutil.copyfile(target / "excluded.csv", listed) if (target / "excluded.csv").is_file() else listed.write_text("path,reason,detail\n")
+    log.info("%s: %d images read, %d scored", name, built.n_read, len(table))
+    return EvaluateResult(results, reports, int(len(counted)), listed)
+
+
+# --------------------------------------------------------------------------- predict
+
+
+@dataclasses.dataclass
+class PredictResult:
+    rows: list[dict[str, Any]]
+    csv: Path | None = None
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """Rows for files that could not be read (not an image, damaged, too large, missing)."""
+        return [r for r in self.rows if r["message"] and r["face"] == "" and not r["message"].startswith("no face found")]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input was read (faces or not), 1 when any failed or there were none."""
+        return 1 if self.failed or not self.rows else 0
+
+    def lines(self) -> list[tuple[str, bool]]:
+        """(text, is_problem) per row: faces go to stdout, problems to stderr."""
+        out = []
+        for row in self.rows:
+            if row["message"]:
+                out.append((f"{row['path']}: {row['message']}", True))
+            else:
+                word = "female" if row["label"] == "F" else "male"
+                out.append((f"{row['path']}: face {row['face'] + 1}: {word}, P(female) {row['p_female']:.3f} "
+                            f"(threshold {row['threshold']:.3f}), box {row['box']}", False))
+        return out
+
+    def summary(self) -> str:
+        faces = sum(1 for r in self.rows if not r["message"])
+        files = len({r["path"] for r in self.rows})
+        no_face = sum(1 for r in self.rows if r["message"].startswith("no face found"))
+        text = f"{files} images: {faces} faces, {no_face} without a face, {len(self.failed)} could not be read"
+        return text + (f"; wrote {self.csv}" if self.csv else "")
+
+    __str__ = summary
+
+
+def predict(config: Config, inputs: Sequence[str | os.PathLike[str]], *, head: str | os.PathLike[str] | None = None,
+            detect: bool = True, csv: str | os.PathLike[str] | None = None, predictor: Any = None) -> PredictResult:
+    """Label the faces in photos; folders stand for the images below them (head default: the committed one)."""
+    from gender_lib import predict as pr
+
+    paths = pr.expand_inputs(inputs)
+    if not paths:
+        raise StageError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(pr.IMAGE_EXTENSIONS))})")
+    own = predictor is None
+    predictor = predictor or pr.Predictor(head or config.paths.head_path or None)
+    try:
+        rows = predictor.predict_paths(paths, detect=detect)
+    finally:
+        if own:
+            predictor.close()
+    written = pr.write_csv(rows, csv) if csv else None
+    return PredictResult(rows, written)
+
+
+def example_image(config: Config) -> Path:
+    """The image notebook 06 predicts by default: the config's, else a face of the embedded sample."""
+    from gender_lib.config import paths
+
+    if config.paths.example_image:
+        return Path(config.paths.example_image).expanduser()
+    faces = sorted(paths().sample.glob("*_F/nm*.jpg")) or sorted(paths().sample.glob("*/*.jpg"))
+    if not faces:
+        raise UserFileNotFoundError(f"{paths().sample}: the embedded sample is missing; set example_image to a photo")
+    return faces[len(faces) // 2]
