@@ -22,11 +22,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from gender_lib.errors import GenderLibError
 from gender_lib.fileio import atomic_write, sha256_file
 
 #: VGG-Face's per-channel RGB mean (``normalization.averageImage`` of the real file).
 VGG_FACE_MEAN_RGB = (129.1863, 104.7624, 93.5940)
 VGG_FACE_NUM_CLASSES = 2622
+#: ImageNet classifiers (VGG-16/VGG-VD-16 from MatConvNet's model zoo) share VGG-Face's layer list.
+IMAGENET_NUM_CLASSES = 1000
 #: Real VGG-Face channel widths: 13 conv layers, then fc6, fc7, fc8.
 VGG_FACE_CONV_WIDTHS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 VGG_FACE_FC_WIDTHS = (4096, 4096, VGG_FACE_NUM_CLASSES)
@@ -40,7 +43,7 @@ _KNOWN_TYPES = {"conv", "relu", "pool", "dropout", "softmax"}
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-class ConversionError(ValueError):
+class ConversionError(GenderLibError, ValueError):
     """A ``.mat`` file that cannot be read as VGG-Face; the message names the file."""
 
     def __init__(self, path: str | os.PathLike[str], problem: str):
@@ -333,12 +336,26 @@ def output_shapes(network: Network) -> list[tuple[int, int, int]]:
     return shapes
 
 
+def _count_non_finite(values: np.ndarray) -> int:
+    """How many NaN/inf entries ``values`` holds (cheap when there are none)."""
+    values = np.asarray(values)
+    if values.dtype.kind not in "fc" or np.isfinite(values).all():
+        return 0
+    return int(values.size - np.count_nonzero(np.isfinite(values)))
+
+
 def validate(network: Network, *, strict: bool = True, path: str | os.PathLike[str] | None = None) -> None:
     """Check that the layers chain together (and, if ``strict``, that this is VGG-Face's shape)."""
     where = Path(path) if path is not None else Path(str(network.source or "<network>"))
     convs = network.convs
     if not convs:
         raise ConversionError(where, "has no conv layers")
+    for layer in convs:
+        bad = _count_non_finite(layer.kernel) + _count_non_finite(layer.bias)
+        if bad:
+            raise ConversionError(where, f"layer {layer.name} has {bad} NaN/inf values in its weights: the file is damaged; download it again")
+    if _count_non_finite(network.average_image):
+        raise ConversionError(where, f"normalization.averageImage has NaN/inf values ({network.average_image.tolist()})")
     channels = network.image_size[2]
     for layer in convs:
         if layer.kernel.shape[2] != channels:
@@ -356,6 +373,17 @@ def validate(network: Network, *, strict: bool = True, path: str | os.PathLike[s
         raise ConversionError(where, f"has {len(network.class_names)} class names but fc8 outputs {network.num_classes} scores")
     if not strict:
         return
+    if network.num_classes != VGG_FACE_NUM_CLASSES:
+        if network.num_classes == IMAGENET_NUM_CLASSES:
+            kind = (f"fc8 outputs {IMAGENET_NUM_CLASSES} classes: this is an ImageNet classifier (such as MatConvNet's "
+                    f"imagenet-vgg-verydeep-16.mat), not VGG-Face, whose fc8 scores {VGG_FACE_NUM_CLASSES} identities")
+        else:
+            kind = f"fc8 outputs {network.num_classes} classes, but VGG-Face scores {VGG_FACE_NUM_CLASSES} identities: this is not VGG-Face"
+        raise ConversionError(
+            where,
+            f"{kind}. Use vgg_face.mat from the VGG group's VGG-Face page, or convert it anyway with "
+            "strict=False (`gender-lib convert --lenient`).",
+        )
     types = [layer.type for layer in network.layers if layer.type != "dropout"]
     if len(convs) != 16 or types.count("pool") != 5 or types[-1] != "softmax":
         raise ConversionError(
@@ -382,15 +410,19 @@ def synthetic_network(
     seed: int = 0,
     with_dropout: bool = True,
     random_weights: bool = True,
+    num_classes: int | None = None,
 ) -> Network:
     """A VGG-Face-shaped :class:`Network` with random weights and chosen widths.
 
     The real widths are :data:`VGG_FACE_CONV_WIDTHS` and :data:`VGG_FACE_FC_WIDTHS`; tests
     use narrow ones so a forward pass takes milliseconds. Weights are He-normal so
-    activations neither vanish nor explode through 16 layers.
+    activations neither vanish nor explode through 16 layers. ``num_classes`` replaces
+    fc8's width (e.g. :data:`IMAGENET_NUM_CLASSES` for a VGG-16 ImageNet look-alike).
     """
     if len(conv_widths) != 13 or len(fc_widths) != 3:
         raise ValueError("VGG-Face has 13 conv widths and 3 fully connected widths")
+    if num_classes is not None:
+        fc_widths = (*tuple(fc_widths)[:2], int(num_classes))
     rng = np.random.default_rng(seed)
     layers: list[Layer] = []
     channels = 3
@@ -499,6 +531,12 @@ def write_mat(network: Network, path: str | os.PathLike[str], layout: str = "201
     return atomic_write(path, lambda tmp: scipy.io.savemat(tmp, contents, do_compression=False))
 
 
-def write_synthetic_mat(path: str | os.PathLike[str], layout: str = "2015", seed: int = 0, **widths: Any) -> Path:
-    """Write a narrow synthetic VGG-Face ``.mat`` with the real file's layout and dtypes."""
-    return write_mat(synthetic_network(seed=seed, with_dropout=layout == "2015", **widths), path, layout)
+def write_synthetic_mat(
+    path: str | os.PathLike[str], layout: str = "2015", seed: int = 0, num_classes: int | None = None, **widths: Any
+) -> Path:
+    """Write a narrow synthetic VGG-Face ``.mat`` with the real file's layout and dtypes.
+
+    ``num_classes`` sets fc8's width (default VGG-Face's 2622; 1000 mimics a VGG-16 ImageNet file).
+    """
+    network = synthetic_network(seed=seed, with_dropout=layout == "2015", num_classes=num_classes, **widths)
+    return write_mat(network, path, layout)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from gender_lib.fileio import atomic_write, write_json
+from gender_lib.errors import ConfigError, GenderLibError, UserFileNotFoundError
+from gender_lib.fileio import publish_together, write_json
 from gender_lib.matconvnet import ConversionError, Network, descriptor_indices, read_network
+
+logger = logging.getLogger(__name__)
 
 DESCRIPTOR_LAYERS = ("fc7", "fc8")
 #: Largest allowed ``max|keras - reference| / max|reference|`` per output: float32 round-off
@@ -33,18 +37,6 @@ EQUIVALENCE_TOLERANCE = 1e-4
 
 
 # --------------------------------------------------------------------------- preprocessing
-
-
-def resize_images(images: np.ndarray | list[Any], size: tuple[int, int] = (224, 224), keep_aspect: bool = True) -> np.ndarray:
-    """RGB uint8 batch (n, h, w, 3) -> float32 (n, size, 3) in 0-255, bicubic as MatConvNet.
-
-    With ``keep_aspect`` the shorter side is scaled to ``size`` and the centre is cropped
-    (MatConvNet's ``keepAspect``); square face crops are simply resized.
-    """
-    out = np.empty((len(images), size[0], size[1], 3), np.float32)
-    for i, image in enumerate(images):
-        out[i] = resize_one(image, size, keep_aspect)
-    return out
 
 
 def resize_one(image: np.ndarray | Image.Image, size: tuple[int, int] = (224, 224), keep_aspect: bool = True) -> np.ndarray:
@@ -120,14 +112,6 @@ def build_model(network: Network, name: str = "vgg_face") -> Any:
     for conv, layer in pending:
         conv.set_weights([layer.kernel, layer.bias])
     return model
-
-
-def descriptors(model: Any, images: np.ndarray, layer: str = "fc7", batch_size: int = 32) -> np.ndarray:
-    """Float32 (n, d) descriptors of a preprocessed batch (n, 224, 224, 3) in 0-255."""
-    if layer not in DESCRIPTOR_LAYERS:
-        raise ValueError(f"descriptor layer must be one of {DESCRIPTOR_LAYERS}, got {layer!r}")
-    out = model.predict(np.asarray(images, np.float32), batch_size=batch_size, verbose=0)
-    return np.asarray(out[layer], np.float32)
 
 
 # --------------------------------------------------------------------------- NumPy reference
@@ -214,7 +198,11 @@ def check_equivalence(model: Any, network: Network, images: np.ndarray, toleranc
 
 
 class EquivalenceError(RuntimeError):
-    """The Keras model does not compute what the MatConvNet layers compute."""
+    """The Keras model does not compute what the MatConvNet layers compute.
+
+    A converter bug rather than a user error (a damaged file fails earlier, as a
+    :class:`ConversionError`), so it is deliberately not a ``GenderLibError``.
+    """
 
     def __init__(self, message: str, errors: dict[str, float]):
         super().__init__(message)
@@ -248,6 +236,10 @@ def metadata(network: Network, model: Any, errors: dict[str, float] | None = Non
     }
 
 
+class ConvertedModelError(GenderLibError, ValueError):
+    """A converted ``.keras`` model or its sidecar that cannot be loaded; convert the .mat again."""
+
+
 def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
     return Path(model_path).with_suffix(".json")
 
@@ -259,15 +251,18 @@ def convert(
     check_images: int = 2,
     seed: int = 0,
     strict: bool = True,
+    synthetic: bool = False,
 ) -> dict[str, Any]:
     """Convert a MatConvNet ``.mat`` into ``output`` (``.keras``) plus its JSON sidecar.
 
     Before saving, the model is checked against the NumPy reference on ``check_images``
-    random images; nothing is written if that fails. Returns the sidecar's contents.
+    random images; nothing is written if that fails. Both files are written to temp files
+    first and renamed into place together, so a failure leaves the previous pair intact.
+    ``synthetic`` marks the sidecar of a stand-in model. Returns the sidecar's contents.
     """
     output = Path(output)
     if output.suffix != ".keras":
-        raise ValueError(f"{output}: the converted model must be saved with the .keras suffix")
+        raise ConfigError(f"{output}: the converted model must be saved with the .keras suffix")
     network = read_network(source, strict=strict)
     model = build_model(network)
     errors = None
@@ -276,8 +271,10 @@ def convert(
         images = rng.uniform(0, 255, (check_images, *network.image_size)).astype(np.float32)
         errors = check_equivalence(model, network, images)
     meta = metadata(network, model, errors)
-    atomic_write(output, lambda tmp: model.save(tmp))
-    write_json(sidecar_path(output), meta)
+    if synthetic:
+        meta["synthetic"] = True
+    publish_together([(output, lambda tmp: model.save(tmp)), (sidecar_path(output), lambda tmp: write_json(tmp, meta))])
+    logger.info("saved %s and %s", output, sidecar_path(output))
     return meta
 
 
@@ -287,26 +284,29 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no converted VGG-Face model here; run notebooks/01_convert.ipynb or `gender-lib convert` first")
+        raise UserFileNotFoundError(f"{path}: no converted VGG-Face model here; run notebooks/01_convert.ipynb or `gender-lib convert` first")
     side = sidecar_path(path)
     try:
         meta = json.loads(side.read_text())
     except FileNotFoundError:
-        raise FileNotFoundError(f"{side}: the model's metadata sidecar is missing; convert the .mat again") from None
+        raise UserFileNotFoundError(f"{side}: the model's metadata sidecar is missing; convert the .mat again") from None
     except json.JSONDecodeError as error:
-        raise ValueError(f"{side}: metadata is not valid JSON ({error}); convert the .mat again") from None
+        raise ConvertedModelError(f"{side}: metadata is not valid JSON ({error}); convert the .mat again") from None
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for damaged archives
-        raise ValueError(f"{path}: cannot load the converted model ({type(error).__name__}: {error}); convert the .mat again") from None
+        raise ConvertedModelError(f"{path}: cannot load the converted model ({type(error).__name__}: {error}); convert the .mat again") from None
     return model, meta
 
 
 def convert_or_demo(source: str | os.PathLike[str] | None = None, output: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Convert the user's ``vgg_face.mat``; where it is absent, say so and convert a synthetic one.
 
-    The synthetic model goes to ``checkpoints/vggface_synthetic.keras`` so it is never mistaken
-    for the real network by later stages.
+    The model goes to ``output`` when given. Otherwise the real one goes to
+    ``checkpoints/vggface.keras`` and the synthetic one to ``checkpoints/vggface_synthetic.keras``,
+    so it is never mistaken for the real network by later stages; its sidecar says
+    ``"synthetic": true`` wherever it is saved. The returned metadata of a synthetic
+    conversion carries a ``notice`` (logged, and shown first by :func:`describe`).
     """
     from gender_lib import config
     from gender_lib.matconvnet import write_synthetic_mat
@@ -315,22 +315,23 @@ def convert_or_demo(source: str | os.PathLike[str] | None = None, output: str | 
     source = Path(source) if source else p.vgg_face_mat
     if source.exists():
         return convert(source, Path(output) if output else p.vggface_model)
-    print(
-        f"The real VGG-Face weights are not at {source.relative_to(p.root) if source.is_relative_to(p.root) else source}.\n"
+    shown = source.relative_to(p.root) if source.is_relative_to(p.root) else source
+    notice = (
+        f"The real VGG-Face weights are not at {shown}.\n"
         "Converting a small synthetic file with the same layout instead, so the notebook still runs.\n"
         "To use the real network, place vgg_face.mat there (see README, 'The VGG-Face weights')."
     )
+    logger.info(notice)
     demo = write_synthetic_mat(p.data / "interim" / "vgg_face_synthetic.mat")
-    meta = convert(demo, p.checkpoints / "vggface_synthetic.keras")
-    meta["synthetic"] = True
-    write_json(p.checkpoints / "vggface_synthetic.json", meta)
-    return meta
+    meta = convert(demo, Path(output) if output else p.checkpoints / "vggface_synthetic.keras", synthetic=True)
+    return {**meta, "notice": notice}
 
 
 def describe(meta: dict[str, Any]) -> str:
     """A short, stable text summary of a conversion (what the notebook prints)."""
     errors = meta.get("equivalence_max_relative_error") or {}
-    lines = [
+    lines = [meta["notice"]] if meta.get("notice") else []
+    lines += [
         f"layout: {meta['layout']}{' (synthetic)' if meta.get('synthetic') else ''}",
         f"layers: {len(meta['layers'])}, parameters: {meta['num_parameters']:,}, identities: {meta['num_classes']}",
         f"input: {meta['input']['size']} RGB 0-255, {meta['input']['resize']} resize, minus mean {meta['normalization']['average_image_rgb']}",

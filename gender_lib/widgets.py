@@ -8,6 +8,7 @@ boxes, labels and probabilities.
 from __future__ import annotations
 
 import dataclasses
+import html
 import io
 from typing import Any, Sequence
 
@@ -45,6 +46,9 @@ def handle_upload(files: Sequence[dict[str, Any]], predictor: Predictor, detect:
 
 
 def _png(figure: Any) -> bytes:
+    """PNG bytes of what :func:`draw` returns: a :class:`gender_lib.plots.Plot` or a matplotlib figure."""
+    if hasattr(figure, "png"):
+        return figure.png()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     return buffer.getvalue()
@@ -62,9 +66,12 @@ def upload_and_predict(predictor: Predictor | None = None, detect: bool = True) 
         results = handle_upload(change["new"], predictor, detect)
         children = []
         for result in results:
-            label = w.HTML(f"<b class='gender-lib-result'>{result.text()}</b>")
+            # File names (and messages quoting them) are user text: escape before they reach HTML.
+            label = w.HTML(f"<b class='gender-lib-result'>{html.escape(result.text())}</b>")
             if result.rgb is not None:
-                children.append(w.VBox([label, w.Image(value=_png(draw(result.rgb, result.faces, result.name)), format="png", width=360)]))
+                # A '$' in the name would start matplotlib mathtext (and can raise): show it literally.
+                title = result.name.replace("$", r"\$")
+                children.append(w.VBox([label, w.Image(value=_png(draw(result.rgb, result.faces, title)), format="png", width=360)]))
             else:
                 children.append(label)
         output.children = children or [w.HTML("<i>No files.</i>")]

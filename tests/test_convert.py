@@ -209,3 +209,73 @@ def test_class_names_must_match_fc8(tmp_path):
     network.class_names = network.class_names[:10]
     path = mc.write_mat(network, tmp_path / "vgg_face.mat")
     _convert_fails(path, tmp_path, "10 class names but fc8 outputs 2622")
+
+
+def test_non_finite_weights_are_rejected_naming_the_layer(tmp_path):
+    network = mc.synthetic_network()
+    conv3_2 = network.convs[5]
+    assert conv3_2.name == "conv3_2"
+    conv3_2.kernel.reshape(-1)[:10] = np.nan
+    conv3_2.bias[:2] = np.inf
+    path = mc.write_mat(network, tmp_path / "vgg_face.mat")
+    _convert_fails(path, tmp_path, "vgg_face.mat: layer conv3_2 has 12 NaN/inf values in its weights")
+
+
+def test_imagenet_vgg16_is_rejected_unless_lenient(tmp_path):
+    path = mc.write_synthetic_mat(tmp_path / "imagenet-vgg-verydeep-16.mat", num_classes=1000)
+    with pytest.raises(mc.ConversionError, match="fc8 outputs 1000 classes: this is an ImageNet classifier.*not VGG-Face.*strict=False"):
+        vf.convert(path, tmp_path / "out" / "vggface.keras")
+    assert not (tmp_path / "out").exists()
+    meta = vf.convert(path, tmp_path / "lenient" / "vggface.keras", strict=False, check_images=0)
+    assert meta["num_classes"] == 1000 and meta["descriptor_layers"]["fc8"]["dim"] == 1000
+
+
+def test_conversion_errors_are_gender_lib_errors(tmp_path):
+    from gender_lib.errors import GenderLibError
+
+    with pytest.raises(GenderLibError):
+        vf.convert(tmp_path / "missing.mat", tmp_path / "vggface.keras")
+    with pytest.raises(GenderLibError, match="no converted VGG-Face model"):
+        vf.load_model(tmp_path / "vggface.keras")
+    with pytest.raises(GenderLibError, match="suffix"):
+        vf.convert(tmp_path / "missing.mat", tmp_path / "vggface.h5")
+
+
+def test_failed_sidecar_write_leaves_the_previous_model_and_sidecar_intact(tmp_path, monkeypatch):
+    out = tmp_path / "checkpoints" / "vggface.keras"
+    first = mc.write_synthetic_mat(tmp_path / "first.mat", seed=3)
+    vf.convert(first, out, check_images=0)
+    before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert sorted(before) == ["vggface.json", "vggface.keras"]
+
+    second = mc.write_synthetic_mat(tmp_path / "second.mat", seed=4, fc_widths=(12, 12, mc.VGG_FACE_NUM_CLASSES))
+
+    def disk_full(path, data):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(vf, "write_json", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        vf.convert(second, out, check_images=0)
+    monkeypatch.undo()
+
+    after = {p.name: p.read_bytes() for p in out.parent.iterdir()}
+    assert after == before, "the old pair must be untouched, with no temp files left behind"
+    model, meta = vf.load_model(out)
+    assert meta["source_sha256"] == mc.sha256_file(first)
+    assert model.count_params() == meta["num_parameters"] and meta["descriptor_layers"]["fc7"]["dim"] == 16
+
+
+def test_demo_conversion_writes_to_the_given_output_and_not_to_checkpoints(tmp_path, monkeypatch):
+    root = tmp_path / "root"
+    monkeypatch.setenv("GENDER_LIB_ROOT", str(root))
+    monkeypatch.delenv("GENDER_LIB_VGG_FACE_MAT", raising=False)
+    out = tmp_path / "elsewhere" / "demo.keras"
+    meta = vf.convert_or_demo(None, out)
+    assert not (root / "checkpoints").exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["demo.json", "demo.keras"]
+    model, saved = vf.load_model(out)
+    assert saved["synthetic"] is True and "notice" not in saved
+    assert saved["source_sha256"] == meta["source_sha256"]
+    text = vf.describe(meta)
+    assert text.startswith("The real VGG-Face weights are not at data/external/vgg_face.mat.\n")
+    assert "layout: 2015 (synthetic)" in text
