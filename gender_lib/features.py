@@ -1,24 +1,34 @@
-"""Streaming descriptor extraction with an on-disk cache that survives kills.
+"""Streaming descriptor extraction with an on-disk cache that survives kills and concurrent use.
 
 Cache layout, one folder per backbone id (which includes its weights hash and preprocessing)::
 
     data/processed/descriptors/<backbone id>/
-        backbone.json               what produced these descriptors
-        chunk-<time>-<hash>.npz     keys (image sha256, str) + x (float32 n x dim), written atomically
-        index.json                  chunk names and sizes (rewritten atomically after each chunk)
+        backbone.json                       what produced these descriptors
+        chunk-<time>-<hash>.npz             keys (image sha256, str) + x (float32 n x dim)
+        .chunk-<...>.npz.<host>.<pid>.tmp   a chunk being written by process <pid> on <host>
 
 The chunks are the source of truth: on open, every chunk's ``keys`` array is read (lazily,
 not the vectors) to rebuild the key -> (chunk, row) index; a chunk that cannot be read is
-moved aside as ``*.corrupt`` and its images are embedded again. Because a chunk appears only
-through an atomic rename, a run killed at any moment leaves complete chunks or none, and a
-rerun embeds exactly the images that are not yet in a chunk.
+moved aside as ``*.corrupt`` and its images are embedded again. A chunk is written to a temp
+file, fsynced, and renamed into place, so a run killed at any moment leaves complete chunks or
+none, and a rerun embeds exactly the images that are not yet in a chunk. (Older versions also
+wrote an ``index.json`` nobody read; it is ignored if present.)
+
+Several processes may write and read one cache at once: chunk names are unique per writer,
+readers pick up chunks added after they opened (:meth:`DescriptorCache.refresh`, which
+:meth:`~DescriptorCache.get` calls once before reporting keys as missing), and opening a cache
+removes only temp files that are provably abandoned (see :func:`_stale_temp`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
 import queue
+import re
+import socket
 import threading
 import time
 from pathlib import Path
@@ -26,18 +36,58 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from gender_lib.errors import GenderLibError
 from gender_lib.fileio import atomic_write, sha256_bytes, write_json
 
+log = logging.getLogger(__name__)
 
-class CacheMismatchError(ValueError):
+#: A temp file untouched for this long is abandoned whoever wrote it: writing one chunk takes seconds.
+STALE_TEMP_SECONDS = 3600.0
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname()) or "localhost"
+_TEMP_NAME = re.compile(r"^\.chunk-.+\.npz\.(?P<host>[A-Za-z0-9-]+)\.(?P<pid>\d+)\.tmp$")
+
+
+class CacheMismatchError(GenderLibError, ValueError):
     """Descriptors from one backbone offered to a consumer built for another."""
 
 
-class MissingDescriptorsError(KeyError):
+class MissingDescriptorsError(GenderLibError, KeyError):
     """Images asked for that the cache does not hold; prints as a plain sentence."""
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host; when in doubt, yes."""
+    if os.name != "posix":  # os.kill(pid, 0) is not a probe elsewhere
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it exists, owned by someone else
+        return True
+    return True
+
+
+def _stale_temp(path: Path, now: float | None = None) -> bool:
+    """Whether the chunk temp file ``path`` is provably abandoned, so removing it cannot hurt a writer.
+
+    Either its writer (host and pid are in the name) is this host's and that pid is no longer
+    running, or nobody has written to it for :data:`STALE_TEMP_SECONDS` (temp files of other
+    hosts on a shared disk, and those of older versions, which carry no pid). A live pid is
+    trusted, so a reused pid only delays the clean-up until the file is an hour old.
+    """
+    try:
+        age = (now or time.time()) - path.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if age > STALE_TEMP_SECONDS:
+        return True
+    match = _TEMP_NAME.match(path.name)
+    return bool(match and match["host"] == _HOST and not _pid_alive(int(match["pid"])))
 
 
 class DescriptorCache:
@@ -48,37 +98,74 @@ class DescriptorCache:
         self.backbone_id, self.dim = backbone_id, int(dim)
         self.info = info or {}
         self._chunks: list[Path] = []
+        self._known: set[str] = set()
         self._index: dict[str, tuple[int, int]] = {}
+        self._checked = False
         self.quarantined: list[Path] = []
-        self._open()
+        if self.dir.is_dir():
+            self._remove_stale_temps()
+        self.refresh()
 
-    def _open(self) -> None:
-        if not self.dir.is_dir():
-            return
-        for stale in self.dir.glob(".chunk-*"):  # temp files of a killed writer
-            stale.unlink(missing_ok=True)
+    def _remove_stale_temps(self) -> None:
+        now = time.time()
+        for temp in self.dir.glob(".chunk-*"):
+            if _stale_temp(temp, now):
+                temp.unlink(missing_ok=True)
+                log.info("removed %s, left by a writer that is gone", temp)
+
+    def _check_backbone(self) -> None:
         stored = self.dir / "backbone.json"
-        if stored.is_file():
-            saved = json.loads(stored.read_text())
-            if saved.get("id") != self.backbone_id or int(saved.get("dim", self.dim)) != self.dim:
-                raise CacheMismatchError(f"{self.dir}: holds descriptors of {saved.get('id')} ({saved.get('dim')}-d), not {self.backbone_id} ({self.dim}-d)")
-        for path in sorted(self.dir.glob("chunk-*.npz")):
+        if not stored.is_file():
+            return  # a writer that has not stored anything yet; look again next time
+        saved = json.loads(stored.read_text())
+        if saved.get("id") != self.backbone_id or int(saved.get("dim", self.dim)) != self.dim:
+            raise CacheMismatchError(f"{self.dir}: holds descriptors of {saved.get('id')} ({saved.get('dim')}-d), not {self.backbone_id} ({self.dim}-d)")
+        self._checked = True
+
+    def _read_keys(self, path: Path) -> np.ndarray | None:
+        """The keys of chunk ``path``; None (after moving it aside) when it is unreadable or gone."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                keys = data["keys"]
+                shape = data["x"].shape
+            if shape != (len(keys), self.dim):
+                raise ValueError(f"x has shape {shape}, expected ({len(keys)}, {self.dim})")
+            return keys
+        except FileNotFoundError:
+            return None  # moved aside by another process since the listing
+        except Exception as error:  # noqa: BLE001 - any unreadable chunk is set aside, never trusted
+            corrupt = path.with_suffix(".corrupt")
             try:
-                with np.load(path, allow_pickle=False) as data:
-                    keys = data["keys"]
-                    shape = data["x"].shape
-                if shape != (len(keys), self.dim):
-                    raise ValueError(f"x has shape {shape}, expected ({len(keys)}, {self.dim})")
-            except Exception as error:  # noqa: BLE001 - any unreadable chunk is set aside, never trusted
-                corrupt = path.with_suffix(".corrupt")
                 path.rename(corrupt)
-                self.quarantined.append(corrupt)
-                print(f"warning: {path} is unreadable ({type(error).__name__}: {error}); moved to {corrupt.name}, its images will be re-embedded")
+            except FileNotFoundError:
+                return None  # another process set it aside first
+            self.quarantined.append(corrupt)
+            log.warning("%s is unreadable (%s: %s); moved to %s, its images will be re-embedded", path, type(error).__name__, error, corrupt.name)
+            return None
+
+    def refresh(self) -> int:
+        """Index the chunks stored (by any process) since this cache last looked; returns how many images are new."""
+        if not self.dir.is_dir():
+            return 0
+        if not self._checked:
+            self._check_backbone()
+        before = len(self._index)
+        for path in sorted(self.dir.glob("chunk-*.npz")):
+            if path.name in self._known:
+                continue
+            keys = self._read_keys(path)
+            if keys is None:
                 continue
             number = len(self._chunks)
             self._chunks.append(path)
+            self._known.add(path.name)
             for row, key in enumerate(keys.tolist()):
                 self._index.setdefault(key, (number, row))
+        return len(self._index) - before
+
+    def _rebuild(self) -> None:
+        self._chunks, self._known, self._index = [], set(), {}
+        self.refresh()
 
     def __len__(self) -> int:
         return len(self._index)
@@ -87,39 +174,75 @@ class DescriptorCache:
         return key in self._index
 
     def missing(self, keys: Sequence[str]) -> list[str]:
+        """Keys not in the index as of the last open, :meth:`refresh`, :meth:`add` or :meth:`get`."""
         return [k for k in keys if k not in self._index]
 
-    @property
-    def chunks(self) -> list[Path]:
-        return list(self._chunks)
-
     def add(self, keys: Sequence[str], vectors: np.ndarray) -> Path | None:
-        """Store one chunk atomically; keys already present are ignored."""
+        """Store one chunk atomically; keys already present (stored by anyone) are ignored."""
         vectors = np.asarray(vectors, np.float32)
         if vectors.shape != (len(keys), self.dim):
             raise ValueError(f"vectors have shape {vectors.shape}, expected ({len(keys)}, {self.dim})")
+        self.refresh()
         fresh = [i for i, k in enumerate(keys) if k not in self._index]
         if not fresh:
             return None
         keys = np.asarray([keys[i] for i in fresh])
         vectors = vectors[fresh]
-        if not self._chunks:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self._chunks or not (self.dir / "backbone.json").is_file():
             write_json(self.dir / "backbone.json", {"id": self.backbone_id, "dim": self.dim, **self.info})
-        name = f"chunk-{time.time_ns():020d}-{sha256_bytes(keys.tobytes())[:8]}.npz"
-        path = atomic_write(self.dir / name, lambda tmp: np.savez(tmp, keys=keys, x=vectors))
+        writer = f"{_HOST}.{os.getpid()}"
+        name = f"chunk-{time.time_ns():020d}-{sha256_bytes(keys.tobytes() + writer.encode())[:8]}.npz"
+        path = self._write_chunk(name, keys, vectors)
         number = len(self._chunks)
         self._chunks.append(path)
+        self._known.add(path.name)
         for row, key in enumerate(keys.tolist()):
             self._index[key] = (number, row)
-        write_json(self.dir / "index.json", {"backbone": self.backbone_id, "dim": self.dim, "images": len(self._index),
-                                             "chunks": [{"file": p.name} for p in self._chunks]})
         return path
 
+    def _write_chunk(self, name: str, keys: np.ndarray, vectors: np.ndarray) -> Path:
+        """Write to ``.<name>.<host>.<pid>.tmp``, fsync, rename onto ``name``; once more if the temp vanished."""
+        target = self.dir / name
+        temp = self.dir / f".{name}.{_HOST}.{os.getpid()}.tmp"
+        for attempt in range(2):
+            try:
+                with open(temp, "wb") as handle:
+                    np.savez(handle, keys=keys, x=vectors)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temp, target)
+                return target
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                log.warning("%s vanished before its rename (removed by another process?); writing it again", temp)
+            except BaseException:
+                temp.unlink(missing_ok=True)
+                raise
+        raise AssertionError("unreachable")
+
     def get(self, keys: Sequence[str]) -> np.ndarray:
-        """Descriptors for ``keys`` in order, float32 (n, dim); :class:`MissingDescriptorsError` says what is missing."""
+        """Descriptors for ``keys`` in order, float32 (n, dim); :class:`MissingDescriptorsError` says what is missing.
+
+        Keys not indexed yet trigger one :meth:`refresh` first, so a reader opened before an
+        extraction finished sees what it stored.
+        """
+        if self.missing(keys):
+            self.refresh()
         missing = self.missing(keys)
         if missing:
             raise MissingDescriptorsError(f"{len(missing)} images have no {self.backbone_id} descriptors in {self.dir} (e.g. {missing[0][:12]}); run extraction first")
+        try:
+            return self._gather(keys)
+        except FileNotFoundError:  # a chunk was moved aside by another process: index afresh, once
+            self._rebuild()
+            missing = self.missing(keys)
+            if missing:
+                raise MissingDescriptorsError(f"{len(missing)} images have no {self.backbone_id} descriptors in {self.dir} (e.g. {missing[0][:12]}); run extraction first") from None
+            return self._gather(keys)
+
+    def _gather(self, keys: Sequence[str]) -> np.ndarray:
         out = np.empty((len(keys), self.dim), np.float32)
         wanted: dict[int, list[tuple[int, int]]] = {}
         for i, key in enumerate(keys):
@@ -216,17 +339,26 @@ def extract(
     chunk_size: int = 256,
     prefetch: int = 2,
     progress: bool = True,
+    flush_seconds: float | None = 30.0,
 ) -> ExtractReport:
-    """Embed every image whose key is not cached yet; stream, batch, and store in chunks."""
+    """Embed every image whose key is not cached yet; stream, batch, and store in chunks.
+
+    A chunk is stored every ``chunk_size`` images or, with a slow backbone, as soon as
+    ``flush_seconds`` have passed since the last one (None: only by size), so a kill loses
+    at most about that much work.
+    """
     from tqdm.auto import tqdm
 
     if len(paths) != len(keys):
         raise ValueError(f"{len(paths)} paths but {len(keys)} keys")
     if batch_size < 1 or chunk_size < 1:
         raise ValueError("batch_size and chunk_size must be positive")
+    if flush_seconds is not None and not flush_seconds >= 0:
+        raise ValueError(f"flush_seconds must be >= 0 or None, not {flush_seconds}")
     if cache.backbone_id != backbone.id or cache.dim != backbone.dim:
         raise CacheMismatchError(f"cache {cache.dir} is for {cache.backbone_id}, not {backbone.id}")
     start = time.perf_counter()
+    cache.refresh()  # what other processes stored since the cache was opened is not redone
     seen: set[str] = set()
     todo: list[tuple[Path, str]] = []
     for path, key in zip(paths, keys):
@@ -237,14 +369,17 @@ def extract(
     pending_keys: list[str] = []
     pending: list[np.ndarray] = []
     bar = tqdm(total=len(todo), desc=f"embed {backbone.name}", unit="img", disable=not progress or not todo, mininterval=1.0)
+    last_flush = time.monotonic()
     try:
         for batch_keys, batch in _prefetch(_batches(todo, backbone, batch_size, failures), prefetch):
             pending.append(backbone.embed(batch))
             pending_keys.extend(batch_keys)
             bar.update(len(batch_keys))
-            if len(pending_keys) >= chunk_size:
+            due = flush_seconds is not None and time.monotonic() - last_flush >= flush_seconds
+            if len(pending_keys) >= chunk_size or due:
                 cache.add(pending_keys, np.concatenate(pending))
                 pending_keys, pending = [], []
+                last_flush = time.monotonic()
         if pending_keys:
             cache.add(pending_keys, np.concatenate(pending))
     finally:

@@ -1,9 +1,12 @@
-"""Backbones, streaming extraction and the descriptor cache (hits, invalidation, growth, kills, bad images)."""
+"""Backbones, streaming extraction and the descriptor cache (hits, invalidation, growth, kills, bad images, concurrency)."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -137,6 +140,226 @@ def test_run_killed_with_sigkill_resumes_and_embeds_each_image_exactly_once(tmp_
     assert not list(cache_dir.glob(".chunk-*")) and not list(cache_dir.glob("*.corrupt"))
 
 
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_opening_a_cache_removes_only_temp_files_of_writers_that_are_gone(tmp_path):
+    paths, keys = _images(tmp_path / "img", 2)
+    backbone = ColourBackbone()
+    cache = ft.cache_for(backbone, tmp_path / "c")
+    ft.extract(paths, keys, backbone, cache, progress=False)
+    host = ft._HOST
+    live = cache.dir / f".chunk-1-a.npz.{host}.{os.getpid()}.tmp"  # a writer still running (this process)
+    dead = cache.dir / f".chunk-2-b.npz.{host}.{_dead_pid()}.tmp"  # its writer exited without renaming
+    elsewhere = cache.dir / f".chunk-3-c.npz.other-host.{_dead_pid()}.tmp"  # pid means nothing here
+    legacy = cache.dir / ".chunk-4-d.npz.k2j4h1.npz"  # an older version's name: no pid
+    old = cache.dir / f".chunk-5-e.npz.other-host.{os.getpid()}.tmp"
+    old_legacy = cache.dir / ".chunk-6-f.npz.x8y7z6.npz"
+    for temp in (live, dead, elsewhere, legacy, old, old_legacy):
+        temp.write_bytes(b"partial")
+    hours_ago = time.time() - 2 * 3600
+    for temp in (old, old_legacy):
+        os.utime(temp, (hours_ago, hours_ago))
+    reopened = ft.cache_for(backbone, tmp_path / "c")
+    assert sorted(p.name for p in cache.dir.glob(".chunk-*")) == sorted(p.name for p in (live, elsewhere, legacy))
+    assert len(reopened) == 2
+
+
+def test_a_writer_whose_temp_file_vanishes_writes_its_chunk_again(tmp_path, monkeypatch, caplog):
+    backbone = ColourBackbone()
+    cache = ft.cache_for(backbone, tmp_path / "c")
+    real_replace, calls = os.replace, []
+
+    def replace_after_a_reader_deleted_the_temp(src, dst):
+        if Path(src).name.startswith(".chunk-"):
+            calls.append(src)
+            if len(calls) == 1:
+                os.unlink(src)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace_after_a_reader_deleted_the_temp)
+    with caplog.at_level(logging.WARNING, logger="gender_lib.features"):
+        path = cache.add(["k1", "k2"], np.arange(12, dtype=np.float32).reshape(2, 6))
+    monkeypatch.undo()
+    assert len(calls) == 2 and path.is_file() and "vanished" in caplog.text
+    np.testing.assert_array_equal(ft.cache_for(backbone, tmp_path / "c").get(["k2", "k1"])[0], np.arange(6, 12))
+
+
+def test_a_cache_opened_earlier_sees_chunks_added_later_by_another_writer(tmp_path):
+    backbone = ColourBackbone()
+    reader = ft.cache_for(backbone, tmp_path / "c")  # opened before anything exists
+    writer = ft.cache_for(backbone, tmp_path / "c")
+    first = np.ones((2, 6), np.float32)
+    writer.add(["a", "b"], first)
+    np.testing.assert_array_equal(reader.get(["b", "a"]), first)  # get refreshes once on missing keys
+    writer.add(["c"], np.full((1, 6), 3, np.float32))
+    assert "c" not in reader and reader.refresh() == 1 and "c" in reader and len(reader) == 3
+    assert reader.refresh() == 0
+    with pytest.raises(ft.MissingDescriptorsError, match="1 images have no colour-v1 descriptors"):
+        reader.get(["a", "d"])
+    assert reader.add(["c"], np.zeros((1, 6), np.float32)) is None  # already stored by the other writer
+    with pytest.raises(ft.CacheMismatchError, match=r"holds descriptors of colour-v1 \(6-d\)"):
+        ft.DescriptorCache(tmp_path / "c", "colour-v1", 5)
+
+
+_CONCURRENT_WRITER = """
+import json, sys, time; sys.path.insert(0, {root!r})
+from pathlib import Path
+import numpy as np
+from gender_lib import features as ft
+from tests.fakes import ColourBackbone
+savez = np.savez
+def slow_disk_savez(*args, **kwargs):  # a temp file lives long enough for a reader to meet it
+    savez(*args, **kwargs)
+    time.sleep(0.02)
+np.savez = slow_disk_savez
+spec = json.loads(Path({spec!r}).read_text())
+part = spec[sys.argv[1]]
+b = ColourBackbone(delay=0.005)
+ft.extract([Path(p) for p in part["paths"]], part["keys"], b, ft.cache_for(b, spec["root"]),
+           batch_size=1, chunk_size=1, prefetch=1, progress=False)
+"""
+
+_CONCURRENT_READER = """
+import json, sys; sys.path.insert(0, {root!r})
+from pathlib import Path
+import numpy as np
+from gender_lib import features as ft
+from gender_lib.dataset import load_rgb
+from tests.fakes import ColourBackbone
+spec = json.loads(Path({spec!r}).read_text())
+keys, b = spec["all"]["keys"], ColourBackbone()
+expected = dict(zip(keys, b.embed(np.stack([b.prepare(load_rgb(p)) for p in spec["all"]["paths"]]))))
+refreshed = ft.DescriptorCache(spec["root"], b.id, b.dim)  # opened before any chunk exists
+untouched = ft.DescriptorCache(spec["root"], b.id, b.dim)  # only ever asked through get()
+print("ready", flush=True)
+reads, seen = 0, 0
+while not Path(spec["done"]).exists():
+    fresh = ft.DescriptorCache(spec["root"], b.id, b.dim)
+    have = [k for k in keys if k in fresh]
+    if have:
+        np.testing.assert_allclose(fresh.get(have), np.stack([expected[k] for k in have]), rtol=1e-6)
+    refreshed.refresh()
+    assert len(refreshed) >= seen and len(refreshed) >= len(have), (len(refreshed), seen, len(have))
+    seen = len(refreshed)
+    reads += 1
+np.testing.assert_allclose(untouched.get(keys), np.stack([expected[k] for k in keys]), rtol=1e-6)
+print("reads", reads, flush=True)
+"""
+
+
+def test_two_writers_and_a_reader_share_one_cache_safely(tmp_path):
+    paths, keys = _images(tmp_path / "img", 40)
+    root = str(Path(__file__).resolve().parents[1])
+    spec = {"root": str(tmp_path / "c"), "done": str(tmp_path / "done"),
+            "all": {"paths": [str(p) for p in paths], "keys": keys},
+            "a": {"paths": [str(p) for p in paths[:28]], "keys": keys[:28]},  # overlapping halves, opposite orders
+            "b": {"paths": [str(p) for p in paths[12:]][::-1], "keys": keys[12:][::-1]}}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    code = {"root": root, "spec": str(tmp_path / "spec.json")}
+    reader = subprocess.Popen([sys.executable, "-c", _CONCURRENT_READER.format(**code)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "ready"
+        writers = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_WRITER.format(**code), part], stderr=subprocess.PIPE, text=True)
+                   for part in ("a", "b")]
+        errors = [w.communicate(timeout=120)[1] for w in writers]
+        assert [w.returncode for w in writers] == [0, 0], f"a writer crashed: {errors}"
+        assert not any("vanished" in e for e in errors), f"a live writer's temp file was removed: {errors}"
+        (tmp_path / "done").touch()
+        out, _ = reader.communicate(timeout=120)
+    finally:
+        reader.kill()
+    assert reader.returncode == 0, "the reader crashed"
+    assert int(out.split()[-1]) >= 1
+    backbone = ColourBackbone()
+    cache = ft.cache_for(backbone, tmp_path / "c")
+    assert cache.missing(keys) == [] and set(_chunk_keys(cache.dir)) == set(keys)
+    expected = backbone.embed(np.stack([backbone.prepare(np.asarray(Image.open(p))) for p in paths]))
+    np.testing.assert_allclose(cache.get(keys), expected, rtol=1e-6)
+    assert not list(cache.dir.glob(".chunk-*")) and not list(cache.dir.glob("*.corrupt"))
+
+
+def test_slow_extraction_killed_with_sigkill_loses_at_most_one_flush_interval(tmp_path):
+    paths, keys = _images(tmp_path / "img", 60)
+    root = Path(__file__).resolve().parents[1]
+    progress_log = tmp_path / "embedded.log"
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(root)!r})
+        from pathlib import Path
+        from gender_lib import features as ft
+        from tests.fakes import ColourBackbone
+
+        class Logged(ColourBackbone):
+            def embed(self, batch):
+                out = super().embed(batch)  # sleeps 0.1 s: at most 4 batches fit in a 0.35 s interval
+                with open({str(progress_log)!r}, "a") as log:
+                    log.write(f"{{len(batch)}}\\n")
+                return out
+
+        paths = sorted(Path({str(tmp_path / 'img')!r}).glob('*.png'))
+        b = Logged(delay=0.1)
+        ft.extract(paths, {keys!r}, b, ft.cache_for(b, {str(tmp_path / 'c')!r}), batch_size=2, chunk_size=256,
+                   flush_seconds=0.35, progress=False)
+    """)
+
+    def embedded() -> int:
+        lines = progress_log.read_text().split() if progress_log.exists() else []
+        return sum(int(n) for n in lines if n.isdigit())
+
+    process = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 60
+    while embedded() < 24 and time.time() < deadline and process.poll() is None:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    cache_dir = tmp_path / "c" / "colour-v1"
+    done, stored = embedded(), _chunk_keys(cache_dir)
+    assert 24 <= done < 60, "the kill must land mid-run"
+    assert len(stored) >= done - 8, f"{done} embedded but only {len(stored)} stored: more than one interval lost"
+    chunk_sizes = [len(np.load(c)["keys"]) for c in cache_dir.glob("chunk-*.npz")]
+    assert max(chunk_sizes) <= 8  # stored by time, long before chunk_size
+    backbone = ColourBackbone()
+    report = ft.extract(paths, keys, backbone, ft.cache_for(backbone, tmp_path / "c"), progress=False)
+    assert sorted(_chunk_keys(cache_dir)) == sorted(keys) and report.embedded == 60 - len(stored)
+    with pytest.raises(ValueError, match="flush_seconds"):
+        ft.extract(paths, keys, backbone, ft.cache_for(backbone, tmp_path / "c"), flush_seconds=-1, progress=False)
+
+
+def test_no_index_json_and_an_old_one_is_ignored(tmp_path):
+    paths, keys = _images(tmp_path / "img", 5)
+    backbone = ColourBackbone()
+    cache = ft.cache_for(backbone, tmp_path / "c")
+    ft.extract(paths[:3], keys[:3], backbone, cache, chunk_size=2, progress=False)
+    assert sorted(p.name for p in cache.dir.iterdir() if not p.name.startswith("chunk-")) == ["backbone.json"]
+    (cache.dir / "index.json").write_text(json.dumps({"backbone": "colour-v1", "dim": 6, "images": 99, "chunks": [{"file": "chunk-gone.npz"}]}))
+    report = ft.extract(paths, keys, backbone, ft.cache_for(backbone, tmp_path / "c"), progress=False)
+    assert (report.cached, report.embedded) == (3, 2) and len(ft.cache_for(backbone, tmp_path / "c")) == 5
+    assert not hasattr(ft.DescriptorCache, "chunks")
+
+
+def test_quarantine_is_logged_not_printed(tmp_path, capsys, caplog):
+    backbone = ColourBackbone()
+    cache = ft.cache_for(backbone, tmp_path / "c")
+    chunk = cache.add(["a"], np.zeros((1, 6), np.float32))
+    chunk.write_bytes(b"not a zip")
+    with caplog.at_level(logging.WARNING, logger="gender_lib.features"):
+        assert len(ft.cache_for(backbone, tmp_path / "c")) == 0
+    assert capsys.readouterr().out == ""
+    assert [r.levelname for r in caplog.records] == ["WARNING"] and "unreadable" in caplog.records[0].getMessage()
+
+
+def test_cache_errors_are_user_errors(tmp_path):
+    from gender_lib.errors import GenderLibError
+
+    assert issubclass(ft.CacheMismatchError, GenderLibError) and issubclass(ft.CacheMismatchError, ValueError)
+    assert issubclass(ft.MissingDescriptorsError, GenderLibError) and issubclass(ft.MissingDescriptorsError, KeyError)
+    with pytest.raises(GenderLibError, match="^1 images have no colour-v1 descriptors"):
+        ft.cache_for(ColourBackbone(), tmp_path / "c").get(["a"])
+
+
 def test_vggface_backbone_embeds_synthetic_model_fp32_and_bf16(tmp_path):
     from gender_lib import matconvnet as mc
     from gender_lib import vggface as vf
@@ -159,7 +382,7 @@ def test_vggface_backbone_embeds_synthetic_model_fp32_and_bf16(tmp_path):
 
 def test_auto_picks_dlib_without_a_converted_model(tmp_path):
     backbone = bb.get_backbone("auto", vggface_path=tmp_path / "none.keras", workers=1)
-    assert backbone.name == "dlib" and backbone.id.startswith("dlib-resnet128-chip-")
+    assert backbone.name == "dlib" and re.fullmatch(r"dlib-[0-9a-f]{12}", backbone.id)  # backbones.backbone_id
     with pytest.raises(FileNotFoundError, match="no converted VGG-Face model"):
         bb.get_backbone("vggface", vggface_path=tmp_path / "none.keras")
     with pytest.raises(ValueError, match="unknown backbone"):
