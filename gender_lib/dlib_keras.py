@@ -285,7 +285,8 @@ def dlib_descriptors(chips: np.ndarray, source: str | os.PathLike[str] | None = 
     if key not in _REFERENCE_CACHE:
         model = dlib.face_recognition_model_v1(str(source))
         vectors = model.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
-        _REFERENCE_CACHE.clear()  # keep one set: enough for a test module's repeated checks
+        while len(_REFERENCE_CACHE) >= 4:  # a few sets: enough for a test module's repeated checks
+            del _REFERENCE_CACHE[next(iter(_REFERENCE_CACHE))]
         _REFERENCE_CACHE[key] = np.asarray([np.asarray(v) for v in vectors], np.float64).reshape(len(chips), -1)
     return _REFERENCE_CACHE[key].copy()
 
