@@ -18,8 +18,6 @@ from gender_lib import config, dlib_dnn, dlib_keras
 from gender_lib.dlib_dnn import DlibModelError
 from gender_lib.errors import GenderLibError
 
-pytestmark = pytest.mark.realdata
-
 EXPECTED_KERAS_PARAMETERS = 5_621_696  # 5,614,592 learned numbers + 2 x 3,552 fixed BN statistics
 EXPECTED_FILE_PARAMETERS = 5_614_592
 
@@ -93,6 +91,7 @@ def test_add_prev_joins_different_shapes(network: dlib_dnn.Network) -> None:
     assert shapes[-2] == (256, 1, 1) and shapes[-1] == (128, 1, 1)
 
 
+@pytest.mark.realdata
 def test_keras_parameter_count(converted: tuple[Path, dict]) -> None:
     _, meta = converted
     assert meta["num_parameters"] == EXPECTED_KERAS_PARAMETERS
@@ -111,6 +110,7 @@ def test_packed_values() -> None:
 # --------------------------------------------------------------------------- (a) verified conversion
 
 
+@pytest.mark.realdata
 def test_conversion_reproduces_dlib(converted: tuple[Path, dict]) -> None:
     output, meta = converted
     v = meta["verification"]
@@ -126,6 +126,7 @@ def test_conversion_reproduces_dlib(converted: tuple[Path, dict]) -> None:
     assert "max |diff|" in dlib_keras.describe(meta)
 
 
+@pytest.mark.realdata
 def test_loaded_model_matches_dlib(converted: tuple[Path, dict], chips: np.ndarray) -> None:
     output, meta = converted
     model, loaded_meta = dlib_keras.load(output)
@@ -138,6 +139,7 @@ def test_loaded_model_matches_dlib(converted: tuple[Path, dict], chips: np.ndarr
     assert np.linalg.norm(ref, axis=1) == pytest.approx(np.linalg.norm(ours, axis=1), abs=1e-4)
 
 
+@pytest.mark.realdata
 def test_ensure_converted_reuses(converted: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
     output, _ = converted
     cache_root = output.parent.parent
@@ -149,6 +151,7 @@ def test_ensure_converted_reuses(converted: tuple[Path, dict], monkeypatch: pyte
     assert dlib_keras.ensure_converted(cache_root) == output
 
 
+@pytest.mark.realdata
 def test_load_rejects_missing_or_mismatched_sidecar(converted: tuple[Path, dict], tmp_path: Path) -> None:
     output, _ = converted
     copy = tmp_path / output.name
@@ -167,6 +170,7 @@ def test_load_rejects_missing_or_mismatched_sidecar(converted: tuple[Path, dict]
 # --------------------------------------------------------------------------- (b) the check has teeth
 
 
+@pytest.mark.realdata
 @pytest.mark.parametrize("rules", [
     {"strided_padding": "same"},  # Keras 'same' on the stride-2 convs (dlib does not pad them)
     {"channel_padding": "front"},  # add_prev's extra channels zero-padded first instead of last
