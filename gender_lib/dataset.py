@@ -19,7 +19,6 @@ Counting, as :func:`build` records it in ``meta`` and :func:`cleaning_summary` p
 from __future__ import annotations
 
 import concurrent.futures
-import datetime as _dt
 import logging
 import os
 from pathlib import Path
@@ -282,7 +281,6 @@ def build(
         "n_notes": counts[NOTE],
         "n_images": int(len(table)),
         "n_people": int(table["group"].nunique()) if len(table) else 0,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
     if official:
         meta["folds_moved"] = int((table["fold"].to_numpy() != before).sum())

@@ -198,7 +198,7 @@ class LabelError(GenderLibError, ValueError):
 def labels_from_genders(genders: Sequence[str]) -> np.ndarray:
     """'M'/'F' -> 0/1 (int); anything else is an error naming it."""
     genders = np.asarray(genders).astype(str)
-    bad = sorted(set(genders) - set(CLASSES))
+    bad = sorted(str(g) for g in set(genders) - set(CLASSES))
     if bad:
         raise LabelError(f"gender labels must be 'M' or 'F', found {bad[:5]}")
     return (genders == "F").astype(np.int32)

@@ -39,8 +39,9 @@ def run(
     *,
     root: str | os.PathLike[str] | None = None,
     only: list[str] | None = None,
+    out: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Execute the notebooks of ``config_path`` into ``runs/<name>/``; returns that folder.
+    """Execute the notebooks of ``config_path`` into ``runs/<name>/`` (or ``out``); returns that folder.
 
     The run folder is the notebooks' work folder: manifest, extraction record, head and
     reports all land there (the descriptor cache stays shared: it is content-addressed).
@@ -53,7 +54,7 @@ def run(
     paths = cfg.paths(root)
     config = load_config(config_path)
     name = name or str(config.get("name") or "default")
-    run_dir = paths.runs / name
+    run_dir = Path(out) if out else paths.runs / name
     run_dir.mkdir(parents=True, exist_ok=True)
     given = {**config["parameters"], "workdir": str(run_dir)}
     env = {"IPYTHONDIR": str(paths.root / ".ipython"), "GENDER_LIB_ROOT": str(paths.root)}

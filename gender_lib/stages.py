@@ -303,7 +303,7 @@ def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, h
 
 
 def cross_evaluate(config: Config, data_root: str | os.PathLike[str], workdir: str | os.PathLike[str] | None = None, *,
-                   head: str | os.PathLike[str] | None = None, progress: bool = True) -> EvaluateResult:
+                   head: str | os.PathLike[str] | None = None, progress: bool = True, backbone: Any = None) -> EvaluateResult:
     """Score a head (default: the committed one) on every image of another labelled folder.
 
     Runs the manifest and extract stages on that folder (in ``<workdir>/cross/<name>``) with the
@@ -322,11 +322,12 @@ def cross_evaluate(config: Config, data_root: str | os.PathLike[str], workdir: s
     work = _workdir(config, workdir)
     target = work / "cross" / name
     built = manifest(config, target, progress=progress, data_root=data_root, all_test=True)
-    net = backbones.from_description(meta["backbone"])
+    net = backbone or backbones.from_description(meta["backbone"], cache_root=config.cache_dir())
     try:
         extract(config, target, progress=progress, backbone=net)
     finally:
-        net.close()
+        if backbone is None:
+            net.close()
     table, x, _, manifest_meta = load_descriptors(config, target, backbone=meta["backbone"])
     scored = _score(model, meta, table, x, int(meta.get("seed", config.seed)), config.evaluation.n_boot)
     results = {
@@ -346,6 +347,14 @@ def cross_evaluate(config: Config, data_root: str | os.PathLike[str], workdir: s
     shutil.copyfile(target / "excluded.csv", listed) if (target / "excluded.csv").is_file() else listed.write_text("path,reason,detail\n")
     log.info("%s: %d images read, %d scored", name, built.n_read, len(table))
     return EvaluateResult(results, reports, int(len(counted)), listed)
+
+
+def read_evaluation(config: Config, workdir: str | os.PathLike[str] | None = None, name: str = "evaluation") -> dict[str, Any]:
+    """The results :func:`evaluate` wrote to ``<workdir>/reports/<name>.json``."""
+    path = _workdir(config, workdir) / "reports" / f"{name}.json"
+    if not path.is_file():
+        raise StageError(f"{path}: no evaluation here yet; run notebooks/04_evaluate.ipynb or `gender-lib evaluate` first")
+    return json.loads(path.read_text())
 
 
 # --------------------------------------------------------------------------- predict

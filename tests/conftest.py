@@ -3,14 +3,24 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from gender_lib import config
+from gender_lib import config as gl_config
 
-REAL_COMBINED = config.paths().datasets / "combined" / "aligned"
-REAL_FOLDS = config.paths().datasets / "adience_folds"
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Everything a test run writes by default (the notebooks under nbval included: their kernels
+    inherit this environment) goes to a temporary folder, never into the checkout."""
+    scratch = Path(tempfile.mkdtemp(prefix="gender_lib-tests-"))
+    os.environ.setdefault("GENDER_LIB_WORKDIR", str(scratch / "work"))
+    os.environ.setdefault("GENDER_LIB_CACHE", str(scratch / "cache"))
+    os.environ.setdefault("IPYTHONDIR", str(Path(__file__).resolve().parents[1] / ".ipython"))
+
+REAL_COMBINED = gl_config.paths().datasets / "combined" / "aligned"
+REAL_FOLDS = gl_config.paths().datasets / "adience_folds"
 
 
 def _real(path: Path, what: str) -> Path:
@@ -37,3 +47,12 @@ def real_combined() -> Path:
 def real_folds() -> Path:
     """The real Adience fold files."""
     return _real(REAL_FOLDS, "Adience folds")
+
+
+@pytest.fixture
+def sample_faces() -> Path:
+    """The 300 real faces embedded in the repository (data/sample): present on every machine."""
+    path = gl_config.paths().sample
+    if not path.is_dir():
+        pytest.fail(f"{path} is missing: it is part of the repository")
+    return path

@@ -22,7 +22,7 @@ def toy_head(tmp_path_factory) -> Path:
     """A head on dlib descriptors trained on random numbers: tests plumbing, not accuracy."""
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 128)).astype(np.float32), np.arange(64) % 2
-    model, _ = hd.train_head(x, y, x, y, hd.HeadConfig(epochs=2, seed=0))
+    model, _ = hd.train_head(x, y, x, y, hd.HeadConfig(epochs=2))
     backbone = DlibBackbone(workers=1)
     path = tmp_path_factory.mktemp("head") / "toy_head.keras"
     return hd.save_head(model, {"backbone": backbone.describe(), "descriptor_dim": 128, "threshold": 0.5}, path)
@@ -34,9 +34,9 @@ def predictor(toy_head) -> pr.Predictor:
 
 
 @pytest.fixture
-def face_photo(real_combined, tmp_path) -> Path:
+def face_photo(sample_faces, tmp_path) -> Path:
     """A 'photo': a real face crop pasted into a larger grey scene, off-centre."""
-    face = Image.open(next(real_combined.glob("30_M/nm*.jpg"))).convert("RGB").resize((160, 160))
+    face = Image.open(sorted(sample_faces.glob("3*_M/nm*.jpg"))[0]).convert("RGB").resize((160, 160))
     scene = Image.new("RGB", (640, 420), (120, 130, 125))
     scene.paste(face, (400, 120))
     path = tmp_path / "photo.jpg"
@@ -68,8 +68,8 @@ def test_grayscale_and_cmyk_photos_are_handled(predictor, face_photo, tmp_path):
         assert len(predictor.predict(path)) == 1
 
 
-def test_pre_cut_face_can_skip_detection(predictor, real_combined):
-    crop = next(real_combined.glob("30_F/nm*.jpg"))
+def test_pre_cut_face_can_skip_detection(predictor, sample_faces):
+    crop = sorted(sample_faces.glob("3*_F/nm*.jpg"))[0]
     faces = predictor.predict(crop, detect=False)
     assert len(faces) == 1 and faces[0].box == (0, 0, 127, 127) and not faces[0].detected
 
@@ -115,7 +115,7 @@ def test_folder_prediction_writes_one_row_per_face_and_reports_problems(predicto
     by_name = {Path(p).name: r for p, r in zip(rows["path"], rows.to_dict("records"))}
     assert by_name["photo.jpg"]["label"] in ("M", "F")
     assert "not an image" in by_name["broken.jpg"]["message"]
-    assert by_name["blank.png"]["message"] == "no face found"
+    assert by_name["blank.png"]["message"].startswith("no face found") and "--no-detect" in by_name["blank.png"]["message"]
 
 
 def test_upload_callback_labels_each_file_as_ipywidgets_8_delivers_them(predictor, face_photo):
@@ -138,17 +138,68 @@ def test_upload_callback_labels_each_file_as_ipywidgets_8_delivers_them(predicto
 def test_cli_predict_prints_label_and_probability(toy_head, face_photo, capsys, tmp_path):
     assert cli.main(["predict", str(face_photo), "--head", str(toy_head), "--csv", str(tmp_path / "p.csv")]) == 0
     out = capsys.readouterr().out
-    assert "photo.jpg: face 1: " in out and "P(female)=" in out
+    assert "photo.jpg: face 1: " in out and "P(female) " in out and "(threshold 0.500)" in out and "confidence" not in out
     assert pd.read_csv(tmp_path / "p.csv")["label"].iloc[0] in ("M", "F")
 
 
+def test_cli_predict_takes_several_folders_and_fails_when_a_file_fails(toy_head, face_photo, tmp_path, capsys):
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir(), two.mkdir()
+    (one / "a.jpg").write_bytes(face_photo.read_bytes())
+    (two / "b.jpg").write_bytes(face_photo.read_bytes())
+    assert cli.main(["predict", str(one), str(two), "--head", str(toy_head)]) == 0
+    captured = capsys.readouterr()
+    assert "a.jpg: face 1" in captured.out and "b.jpg: face 1" in captured.out and "no such file" not in captured.err
+    (two / "c.jpg").write_bytes(b"nope")
+    assert cli.main(["predict", str(one), str(two), "--head", str(toy_head)]) == 1
+    captured = capsys.readouterr()
+    assert "c.jpg: not an image" in captured.err and "c.jpg" not in captured.out  # problems go to stderr
+
+
+def test_cli_predict_on_a_folder_without_images_is_an_error(toy_head, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("hi")
+    assert cli.main(["predict", str(tmp_path / "empty"), "--head", str(toy_head)]) == 2
+    assert "no images found" in capsys.readouterr().err
+
+
+def test_no_face_on_a_crop_suggests_no_detect(toy_head, tmp_path, capsys):
+    Image.new("RGB", (128, 128), (90, 90, 90)).save(tmp_path / "crop.jpg")
+    assert cli.main(["predict", str(tmp_path / "crop.jpg"), "--head", str(toy_head)]) == 0
+    assert "no face found" in (err := capsys.readouterr().err) and "--no-detect" in err
+
+
+def test_the_label_agrees_with_the_printed_probability_and_threshold():
+    face = pr.Face((0, 0, 9, 9), "F", 0.45, threshold=0.4)
+    assert "female, P(female) 0.45 (threshold 0.40)" in face.text()
+
+
+def test_a_head_trained_on_resized_faces_gets_resized_faces(tmp_path, face_photo):
+    """Regression: the predictor used to feed 5-point chips to every dlib head, even one trained with align=resize."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 128)).astype(np.float32), np.arange(64) % 2
+    model, _ = hd.train_head(x, y, x, y, hd.HeadConfig(epochs=1))
+    resize = DlibBackbone(align="resize", workers=1)
+    head = hd.save_head(model, {"backbone": resize.describe(), "descriptor_dim": 128, "threshold": 0.5}, tmp_path / "resize_head.keras")
+    predictor = pr.Predictor(head)
+    assert predictor.backbone.align == "resize" and predictor.backbone.id == resize.id
+    calls = []
+    original = predictor.backbone.prepare_face
+    predictor.backbone.prepare_face = lambda rgb, box=None: calls.append(box) or original(rgb, box)
+    faces = predictor.predict(face_photo)
+    rgb = pr.read_image(face_photo)
+    expected = hd.predict_proba(model, resize.embed(np.stack([resize.prepare_face(rgb, faces[0].box)])))[0]
+    assert calls == [faces[0].box] and faces[0].p_female == pytest.approx(expected, abs=1e-6)
+
+
 def test_cli_errors_are_one_line_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "x.jpg").write_bytes(b"x")
     assert cli.main(["predict", str(tmp_path / "x.jpg"), "--head", str(tmp_path / "missing.keras")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gender-lib predict: error:") and "no trained head" in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", ["convert", "extract", "train", "evaluate", "predict", "run"])
+@pytest.mark.parametrize("command", ["convert", "manifest", "extract", "train", "evaluate", "predict", "run"])
 def test_every_cli_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])

@@ -1,4 +1,5 @@
-"""Train and evaluate from a workdir (what notebooks 03/04 and the CLI run), and cross-dataset evaluation."""
+"""The stage API end to end on synthetic faces: manifest -> extract -> train -> evaluate, cross-dataset
+evaluation (problems reported, not dropped), and the committed head on people it never saw."""
 
 from __future__ import annotations
 
@@ -10,66 +11,119 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_lib import dataset as ds
-from gender_lib import evaluate as ev
-from gender_lib import features as ft
-from gender_lib import head as hd
+from gender_lib import config, features, stages
 from tests.fakes import ColourBackbone
 
-FAST = hd.HeadConfig(epochs=15, patience=4, seed=0)
 
-
-@pytest.fixture
-def workdir(tmp_path: Path) -> tuple[Path, Path]:
-    """Synthetic faces whose colour gives away the gender, extracted with the colour backbone."""
-    rng = np.random.default_rng(0)
-    for person in range(80):
+def _faces(folder: Path, people: int = 80, seed: int = 0) -> Path:
+    """Faces whose colour gives away the gender, three photos a person, in class folders."""
+    rng = np.random.default_rng(seed)
+    for person in range(people):
         gender = "male" if person % 2 else "female"
         for shot in range(3):
             pixels = np.clip(rng.normal(70 if gender == "male" else 180, 35, (16, 16, 3)), 0, 255).astype(np.uint8)
-            path = tmp_path / "faces" / gender / f"p{person}" / f"{shot}.png"
+            path = folder / gender / f"p{seed}_{person}" / f"{shot}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(path)
-    work, cache = tmp_path / "work", tmp_path / "cache"
-    ds.write_manifest(ds.build(tmp_path / "faces", progress=False), work)
-    ft.extract_dataset(ds.read_manifest(work / "manifest.csv"), ColourBackbone(), cache_root=cache, manifest_dir=work, progress=False)
-    return work, cache
+    return folder
 
 
-def test_train_then_evaluate_on_the_test_split_writes_reports(workdir, tmp_path):
-    work, cache = workdir
-    result = hd.fit_from_workdir(work, tmp_path / "head.keras", FAST, cache_root=cache)
-    assert result.meta["backbone"]["id"] == "colour-v1" and result.meta["descriptor_dim"] == 6
-    assert result.meta["manifest"]["sha256"] == json.loads((work / "manifest.json").read_text())["manifest_sha256"]
-    assert set(result.meta["counts"]) == {"train", "val", "test"} and 0 < result.meta["threshold"] < 1
-    results = ev.evaluate_workdir(tmp_path / "head.keras", work, reports_dir=tmp_path / "reports", n_boot=50, cache_root=cache)
-    head = results["models"]["mlp head"]
-    assert head["n"] == result.meta["counts"]["test"] and head["accuracy"] > 0.9
-    assert set(head["by"]) == {"gender", "age_group", "source"}
-    assert "logistic regression" in results["models"]
-    markdown = (tmp_path / "reports" / "evaluation.md").read_text()
+@pytest.fixture
+def cfg(tmp_path: Path) -> config.Config:
+    return config.DEFAULT.replace(data_root=str(_faces(tmp_path / "faces")), workdir=str(tmp_path / "work"),
+                                  cache_dir=str(tmp_path / "cache"), epochs=15, patience=4, n_boot=50)
+
+
+@pytest.fixture
+def extracted(cfg: config.Config) -> config.Config:
+    stages.manifest(cfg, progress=False)
+    stages.extract(cfg, progress=False, backbone=ColourBackbone())
+    return cfg
+
+
+def test_train_then_evaluate_on_the_test_split_writes_reports(extracted):
+    work = extracted.workdir()
+    trained = stages.train(extracted)
+    assert trained.path == work / "head.keras" and trained.meta["backbone"]["id"] == "colour-v1"
+    assert trained.meta["manifest"]["sha256"] == json.loads((work / "manifest.json").read_text())["manifest_sha256"]
+    assert set(trained.meta["counts"]) == {"train", "val", "test"} and 0 < trained.meta["threshold"] < 1
+    assert "widths [16, 16]" in trained.summary()
+    evaluation = stages.evaluate(extracted)  # default head: the one trained in this work folder
+    head = evaluation.head_report
+    assert head["n"] == trained.meta["counts"]["test"] and head["accuracy"] > 0.9
+    assert set(head["by"]) == {"gender", "age_group", "source"} and "logistic regression" in evaluation.results["models"]
+    markdown = (work / "reports" / "evaluation.md").read_text()
     assert "| mlp head |" in markdown and "## By gender" in markdown
+    assert stages.read_evaluation(extracted)["models"]["mlp head"]["n"] == head["n"]
 
 
-def test_head_refuses_a_workdir_extracted_with_another_backbone(workdir, tmp_path):
-    work, cache = workdir
-    hd.fit_from_workdir(work, tmp_path / "head.keras", FAST, cache_root=cache)
-    other = ColourBackbone(tag="v2")
-    ft.extract_dataset(ds.read_manifest(work / "manifest.csv"), other, cache_root=cache, manifest_dir=work, progress=False)
-    with pytest.raises(ft.CacheMismatchError, match="trained on colour-v1 descriptors but .* extracted with colour-v2"):
-        ev.evaluate_workdir(tmp_path / "head.keras", work, n_boot=10, cache_root=cache)
+def test_same_seed_gives_the_same_metrics(extracted, tmp_path):
+    first = stages.train(extracted, output=tmp_path / "a.keras").meta["val_metrics"]
+    second = stages.train(extracted, output=tmp_path / "b.keras").meta["val_metrics"]
+    assert first == second
+
+
+def test_evaluate_refuses_a_workdir_extracted_with_another_backbone(extracted):
+    stages.train(extracted)
+    stages.extract(extracted, progress=False, backbone=ColourBackbone(tag="v2"))
+    with pytest.raises(features.CacheMismatchError, match="trained on colour-v1 descriptors but .* extracted with colour-v2"):
+        stages.evaluate(extracted)
+
+
+def test_train_before_extract_says_what_to_run(cfg):
+    stages.manifest(cfg, progress=False)
+    with pytest.raises(stages.StageError, match="no descriptors were extracted.*gender-lib extract"):
+        stages.train(cfg)
+
+
+def test_cross_evaluation_reports_corrupt_and_missing_images(extracted, tmp_path):
+    """A CSV-labelled folder with a corrupt file and a missing one: both counted and listed, report names plain."""
+    stages.train(extracted)
+    other = _faces(tmp_path / "other", people=20, seed=1)
+    rows = ["path,gender"] + [f"{p.relative_to(other)},{'m' if p.parts[-3] == 'male' else 'f'}" for p in sorted(other.rglob("*.png"))]
+    (other / "broken.png").write_bytes(b"not a png at all")
+    rows += ["broken.png,m", "gone.png,f"]
+    (other / "labels.csv").write_text("\n".join(rows) + "\n")
+    result = stages.cross_evaluate(extracted, other / "labels.csv", head=extracted.workdir() / "head.keras", progress=False,
+                                   backbone=ColourBackbone())
+    assert result.head_report["n"] == 60 and result.excluded == 2
+    assert result.reports[0].name == "evaluation_labels.json"  # not evaluation_labels.csv.json
+    listed = result.excluded_list.read_text()
+    assert "broken.png" in listed and "gone.png" in listed
+    assert "left out: 2 images" in result.summary()
+
+
+def test_cross_evaluation_without_a_head_uses_the_committed_one(cfg, tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_load(path):
+        seen["path"] = path
+        raise stages.StageError("stop here")
+
+    monkeypatch.setattr("gender_lib.head.load_head", fake_load)
+    with pytest.raises(stages.StageError, match="stop here"):
+        stages.cross_evaluate(cfg, tmp_path / "faces", progress=False)
+    assert seen["path"] == config.paths().default_head and seen["path"].is_file()
 
 
 @pytest.mark.realdata
-def test_saved_head_scores_another_labelled_folder(real_combined, tmp_path):
-    """Cross-dataset: the committed dlib head on real faces rearranged as male/female class folders."""
-    root = Path(__file__).resolve().parents[1]
+def test_committed_head_scores_people_it_never_saw(real_combined, tmp_path):
+    """Cross-dataset: the committed head on faces from its own *test* split (rebuilt and checked by the
+    manifest hash it records), rearranged as male/female class folders."""
+    from gender_lib import dataset as ds
+    from gender_lib.manifest import write_manifest
+
+    meta = json.loads(config.paths().default_head.with_suffix(".json").read_text())
+    built = ds.build(real_combined, seed=meta["manifest"]["seed"], protocol=meta["manifest"]["protocol"], progress=False)
+    manifest = write_manifest(built, tmp_path / "rebuilt")
+    assert json.loads(manifest.with_suffix(".json").read_text())["manifest_sha256"] == meta["manifest"]["sha256"]
+    test = built.table[(built.table["split"] == "test") & (built.table["source"] == "imdb") & (built.table["age_group"] == "25-37")]
     folder = tmp_path / "other"
-    for gender, source in (("male", "40_M"), ("female", "40_F")):
-        (folder / gender).mkdir(parents=True)
-        for path in sorted(real_combined.glob(f"{source}/nm*.jpg"))[:6]:
-            shutil.copy(path, folder / gender / path.name)
-    results = ev.evaluate_folder(root / "checkpoints" / "dlib_gender_head.keras", folder, reports_dir=tmp_path / "reports", n_boot=20)
-    report = results["models"]["mlp head"]
-    assert report["n"] == 12 and report["accuracy"] >= 10 / 12
-    assert (tmp_path / "reports" / "evaluation_other.md").is_file()
+    for gender, word in (("M", "male"), ("F", "female")):
+        (folder / word).mkdir(parents=True)
+        for rel in test[test["gender"] == gender]["path"].head(10):
+            shutil.copy(real_combined / rel, folder / word / Path(rel).name)
+    cfg = config.DEFAULT.replace(workdir=str(tmp_path / "work"), n_boot=20)
+    result = stages.cross_evaluate(cfg, folder, progress=False)
+    assert result.head_report["n"] == 20 and result.head_report["accuracy"] >= 0.85
+    assert (tmp_path / "work" / "reports" / "evaluation_other.md").is_file()

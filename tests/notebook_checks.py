@@ -1,0 +1,45 @@
+"""What a person must see in an executed notebook: used on the committed notebooks and on fresh runs."""
+
+from __future__ import annotations
+
+import ast
+import json
+from pathlib import Path
+
+
+def _last_is_expression(source: str) -> bool:
+    try:
+        body = ast.parse(source).body
+    except SyntaxError:
+        return False
+    return bool(body) and isinstance(body[-1], ast.Expr) and not (
+        isinstance(body[-1].value, ast.Call) and getattr(body[-1].value.func, "id", "") == "print")
+
+
+def plots_something(source: str) -> bool:
+    """A cell that makes a figure (plots.*, a Plot's .save, or the predict drawing)."""
+    return "plots." in source or "predict.draw(" in source
+
+
+def problems(path: Path) -> list[str]:
+    """Code cells that print or display but stored nothing, and plotting cells without an image."""
+    out = []
+    cells = [c for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code"]
+    for number, cell in enumerate(cells, 1):
+        source = "".join(cell["source"])
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            continue
+        outputs = cell.get("outputs", [])
+        if ("print(" in source or _last_is_expression(source)) and not outputs:
+            out.append(f"{path.name} code cell {number}: prints or displays but has no stored output")
+        if plots_something(source) and not any("image/png" in o.get("data", {}) for o in outputs):
+            out.append(f"{path.name} code cell {number}: makes a figure but stored no image/png output")
+        errors = [o for o in outputs if o.get("output_type") == "error"]
+        if errors:
+            out.append(f"{path.name} code cell {number}: stored an error ({errors[0].get('ename')})")
+    return out
+
+
+def images(path: Path) -> int:
+    cells = json.loads(path.read_text())["cells"]
+    return sum("image/png" in o.get("data", {}) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))
