@@ -13,24 +13,30 @@ setup:  ## fresh machine -> .venv with the package, test tools and Chromium for 
 	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test will skip"; fi
 
-test:   ## all tests, notebooks included (nbval)
-	$(BIN)/python -m pytest -ra --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
+test:   ## lint, then all tests, notebooks included (nbval); writes only to a temporary folder
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -ra --durations=15 --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
 
 run:    ## the whole notebook chain with papermill into runs/<name>/ (parameters: pipeline.yml)
 	$(BIN)/gender-lib run --config pipeline.yml
 
-results:  ## the README's real-data results: dlib backbone, all 29k faces, person-disjoint vs the original leaky split (~40 min)
-	$(BIN)/gender-lib extract --sample-size 0 --workdir runs/full-person --protocol person --quiet
+FULL ?= $(abspath ../shared/datasets/combined/aligned)
+
+results:  ## the README's real-data results: dlib backbone, all 29k faces, person-disjoint vs the original leaky split
+	$(BIN)/gender-lib extract --data-root $(FULL) --workdir runs/full-person --protocol person --quiet
 	$(BIN)/gender-lib train --workdir runs/full-person -o checkpoints/dlib_gender_head.keras
-	$(BIN)/gender-lib evaluate --head checkpoints/dlib_gender_head.keras --workdir runs/full-person --reports runs/full-person/reports
-	$(BIN)/gender-lib extract --sample-size 0 --workdir runs/full-original --protocol original --quiet
-	$(BIN)/gender-lib train --workdir runs/full-original -o runs/full-original/head.keras
-	$(BIN)/gender-lib evaluate --head runs/full-original/head.keras --workdir runs/full-original --reports runs/full-original/reports
+	$(BIN)/gender-lib evaluate --workdir runs/full-person --head checkpoints/dlib_gender_head.keras
+	$(BIN)/gender-lib extract --data-root $(FULL) --workdir runs/full-original --protocol original --quiet
+	$(BIN)/gender-lib train --workdir runs/full-original
+	$(BIN)/gender-lib evaluate --workdir runs/full-original
 
 benchmarks:  ## speed benchmarks (medians and ratios; JSON under benchmarks/results/)
 	$(BIN)/python benchmarks/dataset.py
 	$(BIN)/python benchmarks/dlib_align.py
 	$(BIN)/python benchmarks/extract.py
+	$(BIN)/python benchmarks/dlib_keras.py
+	$(BIN)/python benchmarks/predict_latency.py
 
 test-fast:  ## unit tests only
-	$(BIN)/python -m pytest -ra -m "not slow" tests
+	$(BIN)/python -m pytest -ra -m "not slow and not browser and not notebooks" tests

@@ -392,14 +392,14 @@ def cache_for(backbone: Any, root: str | Path | None = None) -> DescriptorCache:
     """The descriptor cache of ``backbone`` under ``root`` (default data/processed/descriptors)."""
     from gender_lib import config
 
-    return DescriptorCache(root or config.paths().descriptors, backbone.id, backbone.dim, backbone.describe())
+    return DescriptorCache(root or config.paths().cache, backbone.id, backbone.dim, backbone.describe())
 
 
 def open_cache(backbone_id: str, dim: int, cache_root: str | Path | None = None) -> DescriptorCache:
     """The existing descriptor cache of ``backbone_id``; a clear error naming what is there if absent."""
     from gender_lib import config
 
-    root = Path(cache_root or config.paths().descriptors)
+    root = Path(cache_root or config.paths().cache)
     if not (root / backbone_id).is_dir():
         available = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
         raise CacheMismatchError(f"{root}: no descriptors for backbone {backbone_id}; available: {available or 'none'}. Run extraction with that backbone.")

@@ -13,6 +13,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from gender_lib.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
@@ -91,16 +93,16 @@ def assign_splits(
     ``k`` folds like the split. ``"official"`` requires them; ``"computed"`` ignores them.
     """
     if not 0 < val < 1 or not 0 < test < 1 or val + test >= 1:
-        raise ValueError(f"val ({val}) and test ({test}) must be in (0, 1) and sum to less than 1")
+        raise ConfigError(f"val ({val}) and test ({test}) must be in (0, 1) and sum to less than 1")
     if k < 2:
-        raise ValueError(f"k-fold needs k >= 2, got {k}")
+        raise ConfigError(f"k-fold needs k >= 2, got {k}")
     if protocol not in ("person", "original"):
-        raise ValueError(f"protocol must be 'person' or 'original' (leaky, image-level), got {protocol!r}")
+        raise ConfigError(f"protocol must be 'person' or 'original' (leaky, image-level), got {protocol!r}")
     if folds not in FOLD_SOURCES:
-        raise ValueError(f"folds must be one of {FOLD_SOURCES}, got {folds!r}")
+        raise ConfigError(f"folds must be one of {FOLD_SOURCES}, got {folds!r}")
     official = has_official_folds(table)
     if folds == "official" and not official:
-        raise ValueError("folds='official' needs a dataset whose every image has an official fold (the Adience layout)")
+        raise ConfigError("folds='official' needs a dataset whose every image has an official fold (the Adience layout)")
     use_official = official and folds != "computed"
     out = table.copy()
     if len(out) == 0:

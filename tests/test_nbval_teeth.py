@@ -25,6 +25,10 @@ def _set_parameters(notebook: Path, **values: object) -> None:
     notebook.write_text(json.dumps(nb))
 
 
+import pytest
+
+
+@pytest.mark.notebooks
 def test_changing_the_head_width_of_the_committed_03_makes_nbval_fail(tmp_path):
     # The default run's data: the embedded sample's manifest and descriptors, as notebook 02 makes them.
     work = tmp_path / "work"

@@ -36,6 +36,7 @@ def test_the_check_catches_a_cell_without_output_or_image(tmp_path):
     assert any("has no stored output" in p for p in problems(tmp_path / "03_train.ipynb"))
 
 
+@pytest.mark.notebooks
 def test_the_chain_runs_on_a_fresh_machine_without_the_shared_data(tmp_path, monkeypatch):
     """`make run`'s chain with the shared data unreachable: every notebook runs on the embedded
     sample, every plotting cell stores an image, and the figures are written."""
@@ -55,6 +56,7 @@ def test_the_chain_runs_on_a_fresh_machine_without_the_shared_data(tmp_path, mon
     assert os.environ["GENDER_LIB_DATASETS"] == str(empty)
 
 
+@pytest.mark.notebooks
 def test_notebook_02_and_the_cli_write_identical_artefacts(tmp_path):
     """One stage API: the notebook and `gender-lib extract` produce the same manifest and extraction record."""
     import papermill as pm
