@@ -15,12 +15,19 @@ Two implementations: ``vggface`` (the converted VGG-Face, fc7 or fc8, fp32 or bf
 ``dlib`` (dlib's ResNet face descriptor, 128-d, weights from the ``face_recognition_models``
 package). :func:`get_backbone` picks one by name; ``"auto"`` means vggface where a converted
 model exists, else dlib.
+
+The dlib backbone has two engines computing the same descriptors: ``keras`` (default: dlib's
+network converted by :mod:`gender_lib.dlib_keras` and verified against dlib to 1e-4, batched in
+TensorFlow, on a GPU where TensorFlow sees one) and ``dlib`` (dlib's own code in worker
+processes, for comparison). The engine is recorded in ``describe()`` but is no part of the id,
+so both share the descriptor cache and the heads.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import threading
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +37,11 @@ from gender_lib.errors import ConfigError, GenderLibError, UserFileNotFoundError
 from gender_lib.fileio import sha256_bytes, sha256_file
 
 BACKBONES = ("vggface", "dlib")
+#: dlib backbone engines: ``keras`` (dlib's network converted and verified) | ``dlib`` (dlib's own code).
+ENGINES = ("keras", "dlib")
+#: Description keys that are no part of the id: which implementation computed descriptors
+#: verified equal (to 1e-4) to the other's, so caches and heads are shared between them.
+NOT_HASHED = ("id", "engine")
 Box = tuple[int, int, int, int]
 
 
@@ -38,10 +50,11 @@ class BackboneError(GenderLibError, ValueError):
 
 
 def backbone_id(name: str, description: dict[str, Any]) -> str:
-    """``<name>-<12 hex>``: a hash of every field of ``description`` except the id itself."""
+    """``<name>-<12 hex>``: a hash of every field of ``description`` except the id itself and
+    the ``engine`` (see :data:`NOT_HASHED`)."""
     import json
 
-    fields = {k: v for k, v in sorted(description.items()) if k != "id"}
+    fields = {k: v for k, v in sorted(description.items()) if k not in NOT_HASHED}
     return f"{name}-{sha256_bytes(json.dumps(fields, sort_keys=True, default=str).encode())[:12]}"
 
 
@@ -66,7 +79,7 @@ class Backbone(Protocol):
 # --------------------------------------------------------------------------- dlib
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hash_of(path: str) -> str:
     return sha256_file(path)
 
@@ -85,15 +98,21 @@ def dlib_model_paths() -> dict[str, Path]:
 
 
 class _DlibModels:
-    """dlib objects for one process (dlib objects cannot be pickled to workers)."""
+    """dlib objects for one process (dlib objects cannot be pickled to workers). dlib's own
+    descriptor network is loaded on first use only (the keras engine never needs it)."""
 
     def __init__(self) -> None:
         import dlib
 
-        paths = dlib_model_paths()
-        self.descriptor = dlib.face_recognition_model_v1(str(paths["descriptor"]))
-        self.landmarks = dlib.shape_predictor(str(paths["landmarks5"]))
+        self._paths = dlib_model_paths()
+        self.landmarks = dlib.shape_predictor(str(self._paths["landmarks5"]))
         self.detector = dlib.get_frontal_face_detector()
+
+    @functools.cached_property
+    def descriptor(self) -> Any:
+        import dlib
+
+        return dlib.face_recognition_model_v1(str(self._paths["descriptor"]))
 
 
 @functools.lru_cache(maxsize=1)
@@ -155,27 +174,66 @@ def _dlib_embed_chunk(chips: np.ndarray) -> np.ndarray:
     return np.asarray([np.asarray(v) for v in vectors], np.float32).reshape(len(chips), 128)
 
 
+#: The keras engine's largest forward batch (bigger batches are split; memory stays bounded).
+KERAS_MAX_BATCH = 128
+_KERAS_MODELS: dict[str, Any] = {}
+_KERAS_LOCK = threading.Lock()
+
+
+def _keras_forward(path: Path) -> Any:
+    """A ``tf.function`` (any n, 150, 150, 3) uint8 -> (n, 128) of the converted model at
+    ``path``; loaded and traced once per process and file version (models are stateless at inference)."""
+    key = f"{path}@{Path(path).stat().st_mtime_ns}"  # a conversion redone in this process is loaded anew
+    with _KERAS_LOCK:
+        if key not in _KERAS_MODELS:
+            import tensorflow as tf
+
+            from gender_lib import dlib_keras
+
+            model, _ = dlib_keras.load(path)
+
+            # uint8 in, so a GPU receives a quarter of the bytes; one trace serves every batch size.
+            @tf.function(input_signature=[tf.TensorSpec((None, dlib_keras.CHIP_SIZE, dlib_keras.CHIP_SIZE, 3), tf.uint8)])
+            def forward(x: Any) -> Any:
+                return model(tf.cast(x, tf.float32), training=False)
+
+            _KERAS_MODELS[key] = forward
+        return _KERAS_MODELS[key]
+
+
 class DlibBackbone:
     """dlib's ResNet-34-style face descriptor (128-d, LFW 99.38%), CC0 weights from PyPI.
 
     ``align``: ``"chip"`` (default) runs dlib's 5-point alignment on each crop, as the model
     was trained; ``"resize"`` feeds the crop resized to 150 x 150 directly. benchmarks/dlib_align.py
-    measures both. ``workers`` processes share the embedding work (dlib runs one core each).
+    measures both.
+
+    ``engine``: ``"keras"`` (default) embeds batches with dlib's network converted to Keras and
+    verified against dlib (:func:`gender_lib.dlib_keras.ensure_converted`: converted once into
+    ``<cache_root>/dlib_keras/``, default the descriptor cache root); TensorFlow is imported and
+    the model loaded on the first :meth:`embed`, not before. ``"dlib"`` runs dlib's own code,
+    shared by ``workers`` processes (dlib runs one core each). Both engines have the same id.
+    Faces are prepared by dlib's code either way (5-point chips, or the resize).
     """
 
     name = "dlib"
     dim = 128
     input_size = (150, 150)
 
-    def __init__(self, align: str = "chip", workers: int | None = None):
+    def __init__(self, align: str = "chip", workers: int | None = None, engine: str = "keras", cache_root: str | os.PathLike[str] | None = None):
         if align not in ("chip", "resize"):
             raise ConfigError(f"dlib align must be 'chip' or 'resize', got {align!r}")
-        self.align = align
+        if engine not in ENGINES:
+            raise ConfigError(f"dlib engine must be one of {list(ENGINES)}, got {engine!r}")
+        self.align, self.engine = align, engine
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+        self.cache_root = Path(cache_root).expanduser().resolve() if cache_root is not None else None
         self.weights_sha256 = _hash_of(str(dlib_model_paths()["descriptor"]))
         self.preprocessing = f"rgb-uint8;{'dlib-5pt-chip150-pad0.25' if align == 'chip' else 'bicubic-resize150'}"
         self.id = backbone_id(self.name, self.describe())
         self._pool = None
+        self._forward = None
+        self.keras_model_path: Path | None = None
 
     def prepare_face(self, rgb: np.ndarray, box: Box | None = None) -> np.ndarray:
         """The 150x150 input: a 5-point chip (``align="chip"``) or the face resized (``"resize"``)."""
@@ -191,11 +249,15 @@ class DlibBackbone:
         return self.prepare_face(rgb)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch, np.uint8)
+        """float32 (n, 128) descriptors of a uint8 batch (n, 150, 150, 3); n = 1 is a batch too."""
+        batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[1:] != (*self.input_size, 3):
             raise ValueError(f"dlib expects a batch (n, 150, 150, 3) of uint8 chips, got {batch.shape}")
+        batch = np.ascontiguousarray(batch, np.uint8)
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
+        if self.engine == "keras":
+            return self._embed_keras(batch)
         if self.workers == 1 or len(batch) < 2 * self.workers:
             return _dlib_embed_chunk(batch)
         from concurrent.futures.process import BrokenProcessPool
@@ -211,20 +273,42 @@ class DlibBackbone:
                 "`if __name__ == '__main__':` (worker processes re-import the script), or pass workers=1."
             ) from None
 
+    def load(self) -> DlibBackbone:
+        """Get the keras engine ready now (convert on first use, load, trace) instead of at the first embed."""
+        if self.engine == "keras" and self._forward is None:
+            from gender_lib import dlib_keras
+
+            root = self.cache_root
+            if root is None:
+                from gender_lib import config
+
+                root = config.paths().cache
+            self.keras_model_path = dlib_keras.ensure_converted(root)
+            self._forward = _keras_forward(self.keras_model_path)
+        return self
+
+    def _embed_keras(self, batch: np.ndarray) -> np.ndarray:
+        forward = self.load()._forward
+        parts = [forward(batch[i : i + KERAS_MAX_BATCH]).numpy() for i in range(0, len(batch), KERAS_MAX_BATCH)]
+        return np.asarray(parts[0] if len(parts) == 1 else np.concatenate(parts), np.float32).reshape(len(batch), self.dim)
+
     def _get_pool(self) -> Any:
         if self._pool is None:
             import concurrent.futures
             import multiprocessing
 
             if multiprocessing.parent_process() is not None:
-                raise RuntimeError("gender_lib's dlib backbone started from a worker's import of an unguarded script; "
-                                   "put the script's work under `if __name__ == '__main__':`")
+                raise RuntimeError(
+                    "gender_lib's dlib backbone started from a worker's import of an unguarded script; put the script's work under `if __name__ == '__main__':`"
+                )
 
             # spawn: forking a process that may also run TensorFlow threads is unsafe.
             self._pool = concurrent.futures.ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
         return self._pool
 
     def close(self) -> None:
+        """Stop the dlib engine's worker processes; nothing to do for the keras engine (its
+        loaded model stays in the process for the next backbone)."""
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
@@ -236,10 +320,16 @@ class DlibBackbone:
             pass
 
     def describe(self) -> dict[str, Any]:
-        out = {"name": self.name, "dim": self.dim, "align": self.align, "input_size": list(self.input_size),
-               "preprocessing": self.preprocessing,
-               "weights": "dlib_face_recognition_resnet_model_v1.dat (face_recognition_models, CC0)",
-               "weights_sha256": self.weights_sha256}
+        out = {
+            "name": self.name,
+            "dim": self.dim,
+            "align": self.align,
+            "input_size": list(self.input_size),
+            "preprocessing": self.preprocessing,
+            "weights": "dlib_face_recognition_resnet_model_v1.dat (face_recognition_models, CC0)",
+            "weights_sha256": self.weights_sha256,
+            "engine": self.engine,
+        }
         return {**out, "id": getattr(self, "id", None) or backbone_id(self.name, out)}
 
 
@@ -307,7 +397,7 @@ class VGGFaceBackbone:
         self._forward = forward
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], layer: str = "fc7", precision: str = "float32") -> "VGGFaceBackbone":
+    def from_checkpoint(cls, path: str | os.PathLike[str], layer: str = "fc7", precision: str = "float32") -> VGGFaceBackbone:
         from gender_lib import vggface
 
         model, meta = vggface.load_model(path)
@@ -335,10 +425,19 @@ class VGGFaceBackbone:
         pass
 
     def describe(self) -> dict[str, Any]:
-        out = {"name": self.name, "dim": self.dim, "preprocessing": self.preprocessing, "input_size": list(self.input_size),
-               "keep_aspect": self.keep_aspect, "face_margin": 0.3, "layer": self.layer, "precision": self.precision,
-               "weights_sha256": self.meta.get("source_sha256"), "converter": self.meta.get("converter_version"),
-               "synthetic": bool(self.meta.get("synthetic"))}
+        out = {
+            "name": self.name,
+            "dim": self.dim,
+            "preprocessing": self.preprocessing,
+            "input_size": list(self.input_size),
+            "keep_aspect": self.keep_aspect,
+            "face_margin": 0.3,
+            "layer": self.layer,
+            "precision": self.precision,
+            "weights_sha256": self.meta.get("source_sha256"),
+            "converter": self.meta.get("converter_version"),
+            "synthetic": bool(self.meta.get("synthetic")),
+        }
         return {**out, "id": getattr(self, "id", None) or backbone_id(self.name, out)}
 
 
@@ -350,8 +449,14 @@ def get_backbone(
     precision: str = "float32",
     align: str = "chip",
     workers: int | None = None,
+    engine: str = "keras",
+    cache_root: str | os.PathLike[str] | None = None,
 ) -> Backbone:
-    """A backbone by name: ``vggface``, ``dlib`` or ``auto`` (vggface if converted, else dlib)."""
+    """A backbone by name: ``vggface``, ``dlib`` or ``auto`` (vggface if converted, else dlib).
+
+    ``engine`` and ``cache_root`` (where the keras engine's converted model is kept, default the
+    descriptor cache root) concern the dlib backbone only.
+    """
     from gender_lib import config
 
     path = Path(vggface_path) if vggface_path else config.paths().vggface_model
@@ -364,36 +469,50 @@ def get_backbone(
     if name == "dlib":
         if precision != "float32":
             raise ConfigError("the dlib backbone runs in float32 only (precision: float32)")
-        return DlibBackbone(align=align, workers=workers)
+        return DlibBackbone(align=align, workers=workers, engine=engine, cache_root=cache_root)
     raise ConfigError(f"unknown backbone {name!r}; choose one of {BACKBONES} or 'auto'")
 
 
 def from_config(config: Any, workers: int | None = None) -> Backbone:
-    """The backbone a :class:`gender_lib.config.Config` names."""
+    """The backbone a :class:`gender_lib.config.Config` names (the keras engine's model kept under its cache_dir)."""
     b = config.backbone
-    return get_backbone(b.backbone, layer=b.vggface_layer, precision=b.precision, align=b.dlib_align, workers=workers)
+    return get_backbone(
+        b.backbone, layer=b.vggface_layer, precision=b.precision, align=b.dlib_align, workers=workers, engine=b.engine, cache_root=config.cache_dir()
+    )
 
 
-def from_description(description: dict[str, Any], vggface_path: str | os.PathLike[str] | None = None, workers: int | None = None) -> Backbone:
+def from_description(
+    description: dict[str, Any],
+    vggface_path: str | os.PathLike[str] | None = None,
+    workers: int | None = None,
+    *,
+    engine: str = "keras",
+    cache_root: str | os.PathLike[str] | None = None,
+) -> Backbone:
     """Rebuild the backbone a head was trained with from its recorded ``describe()`` fields.
 
     The rebuilt backbone must describe itself identically (same weights hash, alignment,
-    resize, layer, precision): otherwise the head's predictions would be meaningless.
+    resize, layer, precision): otherwise the head's predictions would be meaningless. The
+    recorded ``engine`` is not followed: ``engine`` (default keras) chooses, as both engines
+    make the same descriptors.
     """
     name = description.get("name")
     if name == "dlib":
         if "align" not in description:
-            raise BackboneError(f"the head's backbone record has no 'align' field ({description.get('id')}); it was saved by an older "
-                                "gender_lib: retrain the head")
-        backbone: Backbone = DlibBackbone(align=description["align"], workers=workers)
+            raise BackboneError(
+                f"the head's backbone record has no 'align' field ({description.get('id')}); it was saved by an older gender_lib: retrain the head"
+            )
+        backbone: Backbone = DlibBackbone(align=description["align"], workers=workers, engine=engine, cache_root=cache_root)
     elif name == "vggface":
         backbone = get_backbone("vggface", vggface_path=vggface_path, layer=description.get("layer", "fc7"), precision=description.get("precision", "float32"))
     else:
         raise BackboneError(f"unknown backbone {name!r} in the head's metadata")
     if backbone.id != description.get("id"):
         mine = backbone.describe()
-        differ = sorted(k for k in set(mine) | set(description) if k != "id" and mine.get(k) != description.get(k))
+        differ = sorted(k for k in set(mine) | set(description) if k not in NOT_HASHED and mine.get(k) != description.get(k))
         backbone.close()
-        raise BackboneError(f"the head was trained on {description.get('id')} but this machine's {name} is {backbone.id} "
-                            f"(they differ in {', '.join(differ) or 'id'}); its predictions would be meaningless")
+        raise BackboneError(
+            f"the head was trained on {description.get('id')} but this machine's {name} is {backbone.id} "
+            f"(they differ in {', '.join(differ) or 'id'}); its predictions would be meaningless"
+        )
     return backbone

@@ -28,6 +28,7 @@ HELP = {
     "folds": "number of person-disjoint folds in the manifest's fold column",
     "backbone": "descriptor network",
     "dlib_align": "dlib: 5-point chip or plain resize",
+    "engine": "dlib: run its network converted to Keras (verified against dlib) or dlib's own code (same descriptors, slower)",
     "precision": "vggface compute precision",
     "vggface_layer": "vggface descriptor layer",
     "batch_size": "images per backbone batch",
@@ -49,10 +50,10 @@ HELP = {
     "example_image": "example photo",
 }
 CHOICES = {"layout": [c for c in LAYOUTS if c], "protocol": ["person", "original"], "backbone": list(BACKBONES),
-           "dlib_align": ["chip", "resize"], "precision": ["float32", "bfloat16"], "vggface_layer": ["fc7", "fc8"]}
+           "dlib_align": ["chip", "resize"], "engine": ["keras", "dlib"], "precision": ["float32", "bfloat16"], "vggface_layer": ["fc7", "fc8"]}
 STAGE_FLAGS = {
     "data": ["data_root", "layout", "sample_size", "protocol", "val_fraction", "test_fraction", "folds"],
-    "backbone": ["backbone", "dlib_align", "precision", "vggface_layer", "batch_size"],
+    "backbone": ["backbone", "dlib_align", "engine", "precision", "vggface_layer", "batch_size"],
     "head": ["widths", "dropout", "l2", "learning_rate", "head_batch_size", "epochs", "patience", "class_balance"],
     "where": ["workdir", "cache_dir"],
 }
@@ -91,6 +92,12 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _convert(args: argparse.Namespace) -> int:
+    if args.dlib:
+        return _convert_dlib(args)
+    if args.force:
+        from gender_lib.errors import ConfigError
+
+        raise ConfigError("--force goes with --dlib (the VGG-Face conversion always runs)")
     from gender_lib import vggface
 
     config = _config(args)
@@ -98,6 +105,28 @@ def _convert(args: argparse.Namespace) -> int:
     meta = vggface.convert(config.vgg_face_mat(), output, strict=not args.lenient)
     print(vggface.describe(meta))
     print(f"saved {output} and {vggface.sidecar_path(output)}")
+    return 0
+
+
+def _convert_dlib(args: argparse.Namespace) -> int:
+    """dlib's network -> the verified Keras model the dlib backbone's keras engine runs (reused if cached)."""
+    from gender_lib import dlib_keras
+    from gender_lib.errors import ConfigError
+
+    vgg_only = [flag for flag, value in (("--vgg-face-mat", args.vgg_face_mat), ("--vggface-model", args.vggface_model),
+                                         ("--lenient", args.lenient)) if value]
+    if vgg_only:
+        raise ConfigError(f"{', '.join(vgg_only)} concern the VGG-Face conversion, not --dlib")
+    root = _config(args).cache_dir()
+    meta = None if args.force else dlib_keras.cached_conversion(root)
+    path = dlib_keras.default_path(root)
+    if meta is None:
+        meta = dlib_keras.convert(output=path)
+        done = "saved"
+    else:
+        done = "reused (verified when it was converted; --force converts again)"
+    print(dlib_keras.describe(meta))
+    print(f"{done}: {path} and {dlib_keras.sidecar_path(path).name}")
     return 0
 
 
@@ -183,11 +212,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    convert = command("convert", "convert vgg_face.mat to a verified Keras model",
-                      f"Convert MatConvNet vgg_face.mat (either published layout) to {p.vggface_model} + .json, checked against a NumPy reference.",
+    convert = command("convert", "convert vgg_face.mat (or, with --dlib, dlib's network) to a verified Keras model",
+                      f"Convert MatConvNet vgg_face.mat (either published layout) to {p.vggface_model} + .json, checked against a NumPy reference. "
+                      "With --dlib: convert dlib's face recognition ResNet to Keras, checked against dlib on real face chips, into "
+                      "<cache-dir>/dlib_keras/ (what the dlib backbone's keras engine runs; reused when already there).",
                       func=_convert)
     _add_config_flags(convert, ["vgg_face_mat", "vggface_model"])
     convert.add_argument("--lenient", action="store_true", help="accept networks that are not VGG-Face-shaped")
+    convert.add_argument("--dlib", action="store_true", help="convert dlib's face recognition ResNet instead of VGG-Face")
+    _add_config_flags(convert, ["cache_dir"])
+    convert.add_argument("--force", action="store_true", help="with --dlib: convert again even where a verified conversion is cached")
 
     manifest = command("manifest", "read, clean and split a face folder (no descriptors)",
                        "Read a face folder in any supported layout, clean it, split it by person and write manifest.csv to the work folder.",

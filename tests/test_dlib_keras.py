@@ -62,10 +62,19 @@ def converted(tmp_path_factory: pytest.TempPathFactory, chips: np.ndarray) -> tu
 
 
 def test_layer_list_matches_anet_type(network: dlib_dnn.Network) -> None:
-    counts = {kind: network.count(kind) for kind in ("con", "affine", "relu", "max_pool", "avg_pool", "avg_pool_everything",
-                                                      "tag", "skip", "add_prev", "fc")}
-    assert counts == {"con": 29, "affine": 29, "relu": 29, "max_pool": 1, "avg_pool": 4, "avg_pool_everything": 1,
-                      "tag": 18, "skip": 4, "add_prev": 14, "fc": 1}
+    counts = {kind: network.count(kind) for kind in ("con", "affine", "relu", "max_pool", "avg_pool", "avg_pool_everything", "tag", "skip", "add_prev", "fc")}
+    assert counts == {
+        "con": 29,
+        "affine": 29,
+        "relu": 29,
+        "max_pool": 1,
+        "avg_pool": 4,
+        "avg_pool_everything": 1,
+        "tag": 18,
+        "skip": 4,
+        "add_prev": 14,
+        "fc": 1,
+    }
     assert len(network.layers) == len(dlib_dnn.FACE_RESNET) == 131
     first = network.input
     assert first.size == (150, 150) and first.divisor == 256.0
@@ -149,6 +158,8 @@ def test_ensure_converted_reuses(converted: tuple[Path, dict], monkeypatch: pyte
 
     monkeypatch.setattr(dlib_keras, "convert", no_convert)
     assert dlib_keras.ensure_converted(cache_root) == output
+    assert dlib_keras.cached_conversion(cache_root)["keras_sha256"] == dlib_keras.read_sidecar(output)["keras_sha256"]
+    assert dlib_keras.cached_conversion(output.parent / "elsewhere") is None
 
 
 @pytest.mark.realdata
@@ -171,12 +182,16 @@ def test_load_rejects_missing_or_mismatched_sidecar(converted: tuple[Path, dict]
 
 
 @pytest.mark.realdata
-@pytest.mark.parametrize("rules", [
-    {"strided_padding": "same"},  # Keras 'same' on the stride-2 convs (dlib does not pad them)
-    {"channel_padding": "front"},  # add_prev's extra channels zero-padded first instead of last
-    {"spatial_padding": "start"},  # add_prev's smaller map placed bottom-right instead of top-left
-    {"input_divisor": 255.0},  # (x - mean) / 255: cosine still 0.9999994, but |diff| ~5e-4
-], ids=lambda r: next(iter(r)))
+@pytest.mark.parametrize(
+    "rules",
+    [
+        {"strided_padding": "same"},  # Keras 'same' on the stride-2 convs (dlib does not pad them)
+        {"channel_padding": "front"},  # add_prev's extra channels zero-padded first instead of last
+        {"spatial_padding": "start"},  # add_prev's smaller map placed bottom-right instead of top-left
+        {"input_divisor": 255.0},  # (x - mean) / 255: cosine still 0.9999994, but |diff| ~5e-4
+    ],
+    ids=lambda r: next(iter(r)),
+)
 def test_wrong_rule_fails_and_writes_nothing(rules: dict, chips: np.ndarray, tmp_path: Path) -> None:
     output = tmp_path / "out" / "dlib.keras"
     with pytest.raises(dlib_keras.VerificationError, match="nothing was saved") as info:
@@ -209,7 +224,7 @@ def _bad_file(kind: str, tmp_path: Path) -> Path:
     if kind == "empty":
         path.write_bytes(b"")
     elif kind == "truncated":
-        path.write_bytes(models["resnet"].read_bytes()[: 10_000_000])
+        path.write_bytes(models["resnet"].read_bytes()[:10_000_000])
     elif kind == "truncated_header":
         path.write_bytes(models["resnet"].read_bytes()[:300])
     elif kind == "random":
@@ -219,15 +234,18 @@ def _bad_file(kind: str, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind, message", [
-    ("empty", "is empty"),
-    ("truncated", "truncated"),
-    ("truncated_header", "truncated"),
-    ("random", "not a dlib"),
-    ("trailing", "unexpected bytes"),
-    ("shape_predictor", "is a shape predictor .5 landmarks., not dlib's face recognition ResNet"),
-    ("mmod", "MMOD CNN face detector"),
-])
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("empty", "is empty"),
+        ("truncated", "truncated"),
+        ("truncated_header", "truncated"),
+        ("random", "not a dlib"),
+        ("trailing", "unexpected bytes"),
+        ("shape_predictor", "is a shape predictor .5 landmarks., not dlib's face recognition ResNet"),
+        ("mmod", "MMOD CNN face detector"),
+    ],
+)
 def test_bad_files(kind: str, message: str, tmp_path: Path) -> None:
     source = _bad_file(kind, tmp_path)
     with pytest.raises(DlibModelError, match=message) as info:
