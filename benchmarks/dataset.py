@@ -50,10 +50,17 @@ def main() -> None:
     ds.build(root, progress=False)  # warm the page cache so both paths read from memory
     ours, theirs = [], []
     for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
-        start = time.perf_counter(); dataset = ds.build(root, progress=False); ours.append(time.perf_counter() - start)
-        start = time.perf_counter(); naive(root); theirs.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        dataset = ds.build(root, progress=False)
+        ours.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        naive(root)
+        theirs.append(time.perf_counter() - start)
     result = {
-        "root": str(root), "images": dataset.meta["n_read"], "kept": dataset.meta["n_images"], "repeats": args.repeats,
+        "root": str(root),
+        "images": dataset.meta["n_read"],
+        "kept": dataset.meta["n_images"],
+        "repeats": args.repeats,
         "gender_lib_build_s": {"median": statistics.median(ours), "all": ours},
         "naive_s": {"median": statistics.median(theirs), "all": theirs},
         "speedup": statistics.median(theirs) / statistics.median(ours),

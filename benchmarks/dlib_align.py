@@ -58,10 +58,17 @@ def main() -> None:
         other = np.linalg.norm(pairs[:, 0] - np.roll(pairs[:, 1], 1, axis=0), axis=1)
         auc = roc_auc_score(np.r_[np.ones_like(same), np.zeros_like(other)], -np.r_[same, other])
         accuracy = cross_val_score(LogisticRegression(max_iter=2000), x, genders, groups=groups, cv=GroupKFold(5)).mean()
-        result["modes"][align] = {"verification_auc": auc, "gender_cv_accuracy": accuracy, "seconds_per_image": seconds,
-                                  "mean_same_distance": float(same.mean()), "mean_other_distance": float(other.mean())}
-        print(f"{align:<7} verification AUC {auc:.4f}  gender accuracy {accuracy:.4f}  {seconds * 1000:.0f} ms/image "
-              f"(same {same.mean():.3f} vs other {other.mean():.3f})")
+        result["modes"][align] = {
+            "verification_auc": auc,
+            "gender_cv_accuracy": accuracy,
+            "seconds_per_image": seconds,
+            "mean_same_distance": float(same.mean()),
+            "mean_other_distance": float(other.mean()),
+        }
+        print(
+            f"{align:<7} verification AUC {auc:.4f}  gender accuracy {accuracy:.4f}  {seconds * 1000:.0f} ms/image "
+            f"(same {same.mean():.3f} vs other {other.mean():.3f})"
+        )
     write_json(args.out, result)
     print(f"wrote {args.out}")
 

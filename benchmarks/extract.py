@@ -61,7 +61,7 @@ class RssSampler:
             self.peak = max(self.peak, self.process.memory_info().rss)
             time.sleep(0.05)
 
-    def __enter__(self) -> "RssSampler":
+    def __enter__(self) -> RssSampler:
         self._thread.start()
         return self
 
@@ -160,7 +160,9 @@ def main() -> None:
     ours_rate, naive_rate = statistics.median(ours_rates), statistics.median(naive_rates)
     first_run_s = len(paths) / ours_rate
     result = {
-        "images": len(paths), "repeats": args.repeats, "best_batch": best,
+        "images": len(paths),
+        "repeats": args.repeats,
+        "best_batch": best,
         "matmul_roof_gflops": roof,
         "in_memory_img_s": {"by_batch_first_pass": memory, "best_batch_median": statistics.median(memory_rates), "all": memory_rates},
         "ours_fp32_img_s": {"median": ours_rate, "all": ours_rates},
@@ -169,7 +171,8 @@ def main() -> None:
         "ours_vs_naive": ours_rate / naive_rate,
         "cached_rerun_s": {"median": statistics.median(cached_times), "all": cached_times},
         "cached_speedup": first_run_s / statistics.median(cached_times),
-        "bf16_img_s": bf16_rate, "bf16_vs_fp32": bf16_rate / ours_rate,
+        "bf16_img_s": bf16_rate,
+        "bf16_vs_fp32": bf16_rate / ours_rate,
         "bf16_cosine": {"min": float(cosine.min()), "mean": float(cosine.mean())},
         "fraction_of_roof": ours_rate * GFLOP_PER_IMAGE / roof,
         "peak_rss_mb": {str(k): v for k, v in peaks.items()},
@@ -185,7 +188,10 @@ def main() -> None:
     print(f"\n{'path':<32}{'img/s':>8}  note")
     for name, rate, note in rows:
         print(f"{name:<32}{rate:>8.2f}  {note}")
-    print(f"cached rerun: {statistics.median(cached_times):.3f} s for {len(paths)} images ({result['cached_speedup']:.0f}x faster than the first run; target >= 50x)")
+    print(
+        f"cached rerun: {statistics.median(cached_times):.3f} s for {len(paths)} images "
+        f"({result['cached_speedup']:.0f}x faster than the first run; target >= 50x)"
+    )
     print(f"fp32 achieves {ours_rate * GFLOP_PER_IMAGE:.0f} GFLOP/s = {result['fraction_of_roof']:.0%} of the {roof:.0f} GFLOP/s matmul roof")
     (few, few_mb), (many, many_mb) = peaks.items()
     print(f"peak RSS while extracting {few} images: {few_mb:.0f} MB; {many} images: {many_mb:.0f} MB (flat = streaming)")

@@ -13,7 +13,8 @@ import argparse
 import contextlib
 import os
 import sys
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from gender_lib.config import BACKBONES, DEFAULT, LAYOUTS, Config
 
@@ -49,8 +50,15 @@ HELP = {
     "vggface_model": "where the converted VGG-Face model goes",
     "example_image": "example photo",
 }
-CHOICES = {"layout": [c for c in LAYOUTS if c], "protocol": ["person", "original"], "backbone": list(BACKBONES),
-           "dlib_align": ["chip", "resize"], "engine": ["keras", "dlib"], "precision": ["float32", "bfloat16"], "vggface_layer": ["fc7", "fc8"]}
+CHOICES = {
+    "layout": [c for c in LAYOUTS if c],
+    "protocol": ["person", "original"],
+    "backbone": list(BACKBONES),
+    "dlib_align": ["chip", "resize"],
+    "engine": ["keras", "dlib"],
+    "precision": ["float32", "bfloat16"],
+    "vggface_layer": ["fc7", "fc8"],
+}
 STAGE_FLAGS = {
     "data": ["data_root", "layout", "sample_size", "protocol", "val_fraction", "test_fraction", "folds"],
     "backbone": ["backbone", "dlib_align", "engine", "precision", "vggface_layer", "batch_size"],
@@ -113,8 +121,7 @@ def _convert_dlib(args: argparse.Namespace) -> int:
     from gender_lib import dlib_keras
     from gender_lib.errors import ConfigError
 
-    vgg_only = [flag for flag, value in (("--vgg-face-mat", args.vgg_face_mat), ("--vggface-model", args.vggface_model),
-                                         ("--lenient", args.lenient)) if value]
+    vgg_only = [flag for flag, value in (("--vgg-face-mat", args.vgg_face_mat), ("--vggface-model", args.vggface_model), ("--lenient", args.lenient)) if value]
     if vgg_only:
         raise ConfigError(f"{', '.join(vgg_only)} concern the VGG-Face conversion, not --dlib")
     root = _config(args).cache_dir()
@@ -212,53 +219,82 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
-    convert = command("convert", "convert vgg_face.mat (or, with --dlib, dlib's network) to a verified Keras model",
-                      f"Convert MatConvNet vgg_face.mat (either published layout) to {p.vggface_model} + .json, checked against a NumPy reference. "
-                      "With --dlib: convert dlib's face recognition ResNet to Keras, checked against dlib on real face chips, into "
-                      "<cache-dir>/dlib_keras/ (what the dlib backbone's keras engine runs; reused when already there).",
-                      func=_convert)
+    convert = command(
+        "convert",
+        "convert vgg_face.mat (or, with --dlib, dlib's network) to a verified Keras model",
+        f"Convert MatConvNet vgg_face.mat (either published layout) to {p.vggface_model} + .json, checked against a NumPy reference. "
+        "With --dlib: convert dlib's face recognition ResNet to Keras, checked against dlib on real face chips, into "
+        "<cache-dir>/dlib_keras/ (what the dlib backbone's keras engine runs; reused when already there).",
+        func=_convert,
+    )
     _add_config_flags(convert, ["vgg_face_mat", "vggface_model"])
     convert.add_argument("--lenient", action="store_true", help="accept networks that are not VGG-Face-shaped")
     convert.add_argument("--dlib", action="store_true", help="convert dlib's face recognition ResNet instead of VGG-Face")
     _add_config_flags(convert, ["cache_dir"])
     convert.add_argument("--force", action="store_true", help="with --dlib: convert again even where a verified conversion is cached")
 
-    manifest = command("manifest", "read, clean and split a face folder (no descriptors)",
-                       "Read a face folder in any supported layout, clean it, split it by person and write manifest.csv to the work folder.",
-                       "data", "where", func=_manifest)
+    manifest = command(
+        "manifest",
+        "read, clean and split a face folder (no descriptors)",
+        "Read a face folder in any supported layout, clean it, split it by person and write manifest.csv to the work folder.",
+        "data",
+        "where",
+        func=_manifest,
+    )
     manifest.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    extract = command("extract", "build the manifest and extract descriptors",
-                      "The manifest stage, then every image through the backbone (cached by content and backbone, resumable).",
-                      "data", "backbone", "where", func=_extract)
+    extract = command(
+        "extract",
+        "build the manifest and extract descriptors",
+        "The manifest stage, then every image through the backbone (cached by content and backbone, resumable).",
+        "data",
+        "backbone",
+        "where",
+        func=_extract,
+    )
     extract.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    train = command("train", "train the gender head on a work folder's train split",
-                    "Train the MLP head (seeded; early stopping and threshold on the val split) and save it with metadata.",
-                    "head", "where", func=_train)
+    train = command(
+        "train",
+        "train the gender head on a work folder's train split",
+        "Train the MLP head (seeded; early stopping and threshold on the val split) and save it with metadata.",
+        "head",
+        "where",
+        func=_train,
+    )
     train.add_argument("-o", "--output", default=None, help="where the head goes (default: <workdir>/head.keras; a .json goes beside it)")
 
-    evaluate = command("evaluate", "score a head on the test split, or on any labelled folder",
-                       "Evaluate a saved head on the work folder's test split (default head: the one trained there) or, with "
-                       f"--data-root, on every image of another labelled folder (default head: the committed {p.default_head.name}).",
-                       "where", func=_evaluate)
+    evaluate = command(
+        "evaluate",
+        "score a head on the test split, or on any labelled folder",
+        "Evaluate a saved head on the work folder's test split (default head: the one trained there) or, with "
+        f"--data-root, on every image of another labelled folder (default head: the committed {p.default_head.name}).",
+        "where",
+        func=_evaluate,
+    )
     evaluate.add_argument("--head", dest="head_path", default=None, help="the head to evaluate")
     evaluate.add_argument("--data-root", default=None, help="a labelled folder in any supported layout (cross-dataset evaluation)")
     _add_config_flags(evaluate, ["layout", "n_boot"])
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    predict = command("predict", "label the faces in photos (files or folders)",
-                      "Detect faces in each photo and print label, P(female) and box. Folders stand for every image below them. "
-                      "Problems go to stderr; the exit status is 1 if any file could not be read or no image was found.",
-                      func=_predict)
+    predict = command(
+        "predict",
+        "label the faces in photos (files or folders)",
+        "Detect faces in each photo and print label, P(female) and box. Folders stand for every image below them. "
+        "Problems go to stderr; the exit status is 1 if any file could not be read or no image was found.",
+        func=_predict,
+    )
     predict.add_argument("images", nargs="+", help="image files and/or folders")
     predict.add_argument("--head", dest="head_path", default=None, help=f"a trained head (default: the committed {p.default_head.name})")
     predict.add_argument("--no-detect", action="store_true", help="the images are already face crops: skip detection")
     predict.add_argument("--csv", default=None, help="also write one row per face to this CSV")
 
-    run = command("run", "execute the numbered notebooks in order with papermill",
-                  "Run notebooks/01..06 with parameters from a YAML file into runs/<name>/; stops at the first failing notebook.",
-                  func=_run)
+    run = command(
+        "run",
+        "execute the numbered notebooks in order with papermill",
+        "Run notebooks/01..06 with parameters from a YAML file into runs/<name>/; stops at the first failing notebook.",
+        func=_run,
+    )
     run.add_argument("--config", default=str(p.root / "pipeline.yml"), help="pipeline YAML (default: pipeline.yml)")
     run.add_argument("--name", default=None, help="run name (default: the YAML's name)")
     run.add_argument("--only", nargs="+", default=None, help="run just these notebooks (e.g. 03_train 04_evaluate)")
@@ -289,8 +325,13 @@ def quiet_native_output(enabled: bool) -> Iterator[None]:
     devnull = os.open(os.devnull, os.O_WRONLY)
     python_stderr = sys.stderr
     try:
+        own = python_stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):  # already redirected (pytest's capture, a notebook)
+        own = False
+    try:
         os.dup2(devnull, 2)
-        sys.stderr = open(saved, "w", closefd=False, buffering=1)
+        if own:
+            sys.stderr = open(saved, "w", closefd=False, buffering=1)
         yield
     finally:
         sys.stderr.flush()

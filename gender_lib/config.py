@@ -26,8 +26,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from gender_lib.errors import ConfigError
 
@@ -202,7 +203,7 @@ class Config:
             out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
-    def replace(self, values: Mapping[str, Any] | None = None, *, source: str = "parameters", **more: Any) -> "Config":
+    def replace(self, values: Mapping[str, Any] | None = None, *, source: str = "parameters", **more: Any) -> Config:
         """A copy with flat ``values`` applied; unknown names and wrong types are :class:`ConfigError`."""
         values = {**(values or {}), **more}
         sections = self.field_sections()
@@ -239,8 +240,13 @@ class Config:
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ConfigError(f"{source}: {name} must be one of {[a for a in allowed if a]}, got {value!r}")
-        positive = {"batch_size": self.backbone.batch_size, "head_batch_size": self.head.head_batch_size,
-                    "epochs": self.head.epochs, "patience": self.head.patience, "n_boot": self.evaluation.n_boot}
+        positive = {
+            "batch_size": self.backbone.batch_size,
+            "head_batch_size": self.head.head_batch_size,
+            "epochs": self.head.epochs,
+            "patience": self.head.patience,
+            "n_boot": self.evaluation.n_boot,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{source}: {name} must be at least 1, got {value}")

@@ -49,15 +49,45 @@ log = logging.getLogger(__name__)
 
 # Names other modules still import from here; new code should import them from their module.
 __all__ = [
-    "AGE_BINS", "COLUMNS", "IMAGE_EXTENSIONS", "LAYOUTS", "MANIFEST_COLUMNS", "SPLITS", "Dataset", "DatasetError",
-    "absolute_paths", "age_group", "assign_splits", "build", "clean", "cleaning_counts", "cleaning_summary",
-    "detect_layout", "inspect_image", "leaked_groups", "load_rgb", "read_combined", "read_manifest", "read_records", "sample",
-    "split_report", "subject_from_combined_name", "write_manifest",
+    "AGE_BINS",
+    "COLUMNS",
+    "IMAGE_EXTENSIONS",
+    "LAYOUTS",
+    "MANIFEST_COLUMNS",
+    "SPLITS",
+    "Dataset",
+    "DatasetError",
+    "absolute_paths",
+    "age_group",
+    "assign_splits",
+    "build",
+    "clean",
+    "cleaning_counts",
+    "cleaning_summary",
+    "detect_layout",
+    "inspect_image",
+    "leaked_groups",
+    "load_rgb",
+    "read_combined",
+    "read_manifest",
+    "read_records",
+    "sample",
+    "split_report",
+    "subject_from_combined_name",
+    "write_manifest",
 ]
 
 #: Reader reasons, for exclusion reports written before the ``kind`` column existed.
-_READER_SKIP_REASONS = {"unexpected folder", "not an image", "truncated metadata row", "gender unknown",
-                        "image missing", "no metadata row", "malformed UTKFace name", "missing path"}
+_READER_SKIP_REASONS = {
+    "unexpected folder",
+    "not an image",
+    "truncated metadata row",
+    "gender unknown",
+    "image missing",
+    "no metadata row",
+    "malformed UTKFace name",
+    "missing path",
+}
 #: What features.extract_dataset appends for images that fail later (they stay in the manifest).
 _EXTRACTION_FAILURE = "failed to decode at extraction"
 
@@ -133,8 +163,14 @@ def clean(table: pd.DataFrame, workers: int | None = None, progress: bool = True
         if len(genders) > 1:
             for index, path in zip(ordered.index, ordered["path"]):
                 drop.add(index)
-                problems.append(problem(path, "duplicate with conflicting labels",
-                                        f"{len(ordered)} identical files labelled {'/'.join(genders)} (sha256 {digest[:12]})", EXCLUDED))
+                problems.append(
+                    problem(
+                        path,
+                        "duplicate with conflicting labels",
+                        f"{len(ordered)} identical files labelled {'/'.join(genders)} (sha256 {digest[:12]})",
+                        EXCLUDED,
+                    )
+                )
             continue
         kept = ordered["path"].iloc[0]
         for index, path in zip(ordered.index[1:], ordered["path"].iloc[1:]):
@@ -158,8 +194,8 @@ def _kinds(excluded: pd.DataFrame) -> pd.Series:
     given = excluded["kind"].fillna("").astype(str) if "kind" in excluded else pd.Series("", index=excluded.index)
     reasons = excluded["reason"].astype(str)
     fallback = np.select(
-        [reasons.str.endswith("(kept)"), reasons == _EXTRACTION_FAILURE, reasons.isin(_READER_SKIP_REASONS)],
-        [NOTE, "extraction", SKIPPED], EXCLUDED)
+        [reasons.str.endswith("(kept)"), reasons == _EXTRACTION_FAILURE, reasons.isin(_READER_SKIP_REASONS)], [NOTE, "extraction", SKIPPED], EXCLUDED
+    )
     return given.where(given != "", pd.Series(fallback, index=excluded.index))
 
 
@@ -284,8 +320,17 @@ def build(
     }
     if official:
         meta["folds_moved"] = int((table["fold"].to_numpy() != before).sum())
-    log.info("%s (%s): read %d images, kept %d, excluded %d; skipped %d; %d people; %s folds",
-             base, layout, meta["n_read"], meta["n_kept"], meta["n_excluded"], meta["n_skipped"], meta["n_people"], meta["folds"])
+    log.info(
+        "%s (%s): read %d images, kept %d, excluded %d; skipped %d; %d people; %s folds",
+        base,
+        layout,
+        meta["n_read"],
+        meta["n_kept"],
+        meta["n_excluded"],
+        meta["n_skipped"],
+        meta["n_people"],
+        meta["folds"],
+    )
     return Dataset(table[[c for c in MANIFEST_COLUMNS if c in table] + [c for c in table if c not in MANIFEST_COLUMNS]], excluded, meta)
 
 
@@ -293,7 +338,7 @@ def _relative(path: Path, base: Path) -> str:
     # Readers build paths under the resolved root, so a prefix test suffices (resolve() per
     # file cost seconds on 30k files).
     text, prefix = str(path), f"{base}{os.sep}"
-    return Path(text[len(prefix):]).as_posix() if text.startswith(prefix) else text
+    return Path(text[len(prefix) :]).as_posix() if text.startswith(prefix) else text
 
 
 def sample(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
@@ -307,8 +352,7 @@ def sample(dataset: Dataset, n: int, seed: int = 0) -> Dataset:
     if n <= 0 or n >= len(table):
         return dataset
     fraction = n / len(table)
-    parts = [group.sample(n=max(1, round(len(group) * fraction)), random_state=seed)
-             for _, group in table.groupby(["split", "gender"], sort=True)]
+    parts = [group.sample(n=max(1, round(len(group) * fraction)), random_state=seed) for _, group in table.groupby(["split", "gender"], sort=True)]
     picked = pd.concat(parts).sort_index().reset_index(drop=True)
     meta = {**dataset.meta, "sample_size": int(n), "n_images": int(len(picked)), "n_people": int(picked["group"].nunique())}
     return Dataset(picked, dataset.excluded, meta)

@@ -31,13 +31,14 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from gender_lib.errors import GenderLibError
-from gender_lib.fileio import atomic_write, sha256_bytes, write_json
+from gender_lib.fileio import sha256_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -232,14 +233,18 @@ class DescriptorCache:
             self.refresh()
         missing = self.missing(keys)
         if missing:
-            raise MissingDescriptorsError(f"{len(missing)} images have no {self.backbone_id} descriptors in {self.dir} (e.g. {missing[0][:12]}); run extraction first")
+            raise MissingDescriptorsError(
+                f"{len(missing)} images have no {self.backbone_id} descriptors in {self.dir} (e.g. {missing[0][:12]}); run extraction first"
+            )
         try:
             return self._gather(keys)
         except FileNotFoundError:  # a chunk was moved aside by another process: index afresh, once
             self._rebuild()
             missing = self.missing(keys)
             if missing:
-                raise MissingDescriptorsError(f"{len(missing)} images have no {self.backbone_id} descriptors in {self.dir} (e.g. {missing[0][:12]}); run extraction first") from None
+                raise MissingDescriptorsError(
+                    f"{len(missing)} images have no {self.backbone_id} descriptors in {self.dir} (e.g. {missing[0][:12]}); run extraction first"
+                ) from None
             return self._gather(keys)
 
     def _gather(self, keys: Sequence[str]) -> np.ndarray:
@@ -272,8 +277,7 @@ class ExtractReport:
 
     def summary(self) -> str:
         rate = f" at {self.images_per_s:.1f} img/s" if self.embedded else ""
-        return (f"{self.backbone}: {self.requested} images, {self.cached} already cached, {self.embedded} embedded{rate}, "
-                f"{len(self.failures)} failed to decode")
+        return f"{self.backbone}: {self.requested} images, {self.cached} already cached, {self.embedded} embedded{rate}, {len(self.failures)} failed to decode"
 
 
 def _batches(items: Sequence[tuple[Path, str]], backbone: Any, batch_size: int, failures: list[dict[str, str]]) -> Iterator[tuple[list[str], np.ndarray]]:

@@ -15,7 +15,7 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,8 +24,21 @@ from gender_lib.errors import GenderLibError, UserFileNotFoundError
 from gender_lib.fileio import publish_together
 from gender_lib.metrics import CLASSES, labels_from_genders
 
-__all__ = ["CLASSES", "HeadConfig", "HeadError", "build_head", "train_head", "predict_proba", "choose_threshold",
-           "logistic_baseline", "save_head", "load_head", "labels_from_genders", "describe"]
+__all__ = [
+    "CLASSES",
+    "HeadConfig",
+    "HeadError",
+    "build_head",
+    "train_head",
+    "predict_proba",
+    "choose_threshold",
+    "logistic_baseline",
+    "save_head",
+    "load_head",
+    "labels_from_genders",
+    "describe",
+]
+
 
 class HeadError(GenderLibError, ValueError):
     """Bad training data or a checkpoint that cannot be used; the message says what to do."""
@@ -66,8 +79,13 @@ def build_head(dim: int, config: HeadConfig | None = None, x_train: np.ndarray |
 
 
 def train_head(
-    x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
-    config: HeadConfig | None = None, seed: int = 0, verbose: int = 0,
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray,
+    y_val: np.ndarray,
+    config: HeadConfig | None = None,
+    seed: int = 0,
+    verbose: int = 0,
 ) -> tuple[Any, dict[str, list[float]]]:
     """Train with Adam and binary cross-entropy; returns (model with best weights, history)."""
     import keras
@@ -92,8 +110,15 @@ def train_head(
         class_weight = {c: len(y_train) / (2.0 * counts[c]) for c in (0, 1)}
     stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     history = model.fit(
-        x_train, y_train, validation_data=(x_val, y_val), epochs=config.epochs, batch_size=config.head_batch_size,
-        class_weight=class_weight, callbacks=[stop], shuffle=True, verbose=verbose,
+        x_train,
+        y_train,
+        validation_data=(x_val, y_val),
+        epochs=config.epochs,
+        batch_size=config.head_batch_size,
+        class_weight=class_weight,
+        callbacks=[stop],
+        shuffle=True,
+        verbose=verbose,
     )
     record = {key: [float(v) for v in values] for key, values in history.history.items()}
     record["best_epoch"] = [float(int(np.argmin(record["val_loss"])) + 1)]
@@ -105,11 +130,15 @@ def predict_proba(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarr
     x = np.asarray(x, np.float32)
     if x.ndim != 2:
         raise HeadError(f"descriptors must be (n, dim), got {x.shape}")
-    expected = int(model.inputs[0].shape[-1])
+    expected = _input_dim(model)
     if x.shape[1] != expected:
         raise HeadError(f"descriptors are {x.shape[1]}-d but the head expects {expected}-d: they come from another backbone")
     if len(x) == 0:
         return np.zeros(0)
+    if isinstance(model, NumpyHead):
+        return model(x)
+    if len(x) <= batch_size:  # one call, without model.predict's per-call set-up (tens of ms)
+        return np.asarray(model(x, training=False), np.float64).reshape(-1)
     return np.asarray(model.predict(x, batch_size=batch_size, verbose=0), np.float64).reshape(-1)
 
 
@@ -147,8 +176,13 @@ def versions() -> dict[str, str]:
     import sklearn
     import tensorflow as tf
 
-    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
-            "numpy": np.__version__, "scikit-learn": sklearn.__version__}
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+    }
 
 
 def save_head(model: Any, meta: dict[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -156,17 +190,88 @@ def save_head(model: Any, meta: dict[str, Any], path: str | os.PathLike[str]) ->
     path = Path(path)
     if path.suffix != ".keras":
         raise HeadError(f"{path}: a head is saved with the .keras suffix")
-    meta = {"format": "gender_lib.head/1", "classes": list(CLASSES), "output": "P(female)",
-            "versions": versions(), "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **meta}
+    meta = {
+        "format": "gender_lib.head/1",
+        "classes": list(CLASSES),
+        "output": "P(female)",
+        "versions": versions(),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        **meta,
+    }
     text = json.dumps(meta, indent=2, default=str) + "\n"
     publish_together([(path, lambda tmp: model.save(tmp)), (path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))])
     return path
 
 
-def load_head(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
-    """Load a saved head and its metadata; a clear :class:`HeadError` if either is missing or damaged."""
-    import keras
+class NumpyHead:
+    """A saved head's forward pass in NumPy, read straight from the ``.keras`` archive.
 
+    Single-photo prediction uses it: importing TensorFlow costs seconds there, while this reads
+    the archive's ``config.json`` and ``model.weights.h5`` (h5py) and computes the same
+    P(female) (tested to 1e-6 against Keras). Only the layers a head is built from are known.
+    """
+
+    LAYERS = ("InputLayer", "Normalization", "Dense", "Dropout")
+
+    def __init__(self, path: str | os.PathLike[str]):
+        import io
+        import zipfile
+
+        import h5py
+
+        self.path = Path(path)
+        with zipfile.ZipFile(self.path) as archive:
+            config = json.loads(archive.read("config.json"))
+            weights = archive.read("model.weights.h5")
+        layers = config["config"]["layers"]
+        unknown = sorted({layer["class_name"] for layer in layers} - set(self.LAYERS))
+        if unknown:
+            raise HeadError(f"{self.path}: layers {unknown} have no NumPy forward pass; load it with backend='keras'")
+        with h5py.File(io.BytesIO(weights), "r") as h5:
+            stored = {}
+            for group in h5["layers"].values():
+                variables = group["vars"]
+                stored[variables.attrs["name"]] = [np.asarray(variables[str(i)]) for i in range(len(variables))]
+        self.steps: list[tuple[str, Any]] = []
+        for layer in layers:
+            kind, name = layer["class_name"], layer["config"]["name"]
+            if kind == "Normalization":
+                mean, variance = stored[name][0], stored[name][1]
+                self.steps.append(("normalize", (mean.astype(np.float64), np.maximum(np.sqrt(variance.astype(np.float64)), 1e-7))))
+            elif kind == "Dense":
+                activation = layer["config"].get("activation", "linear")
+                if activation not in ("relu", "sigmoid", "linear"):
+                    raise HeadError(f"{self.path}: activation {activation!r} has no NumPy forward pass")
+                kernel, bias = stored[name]
+                self.steps.append((activation, (kernel.astype(np.float64), bias.astype(np.float64))))
+            elif kind == "InputLayer":
+                shape = layer["config"].get("batch_shape") or layer["config"].get("batch_input_shape")
+                self.dim = int(shape[-1])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """P(female) for descriptors (n, dim), float64 (n,)."""
+        out = np.asarray(x, np.float64)
+        for kind, params in self.steps:
+            if kind == "normalize":
+                out = (out - params[0]) / params[1]
+                continue
+            out = out @ params[0] + params[1]
+            if kind == "relu":
+                out = np.maximum(out, 0.0)
+            elif kind == "sigmoid":
+                out = 1.0 / (1.0 + np.exp(-out))
+        return out.reshape(-1)
+
+
+def _input_dim(model: Any) -> int:
+    return model.dim if isinstance(model, NumpyHead) else int(model.inputs[0].shape[-1])
+
+
+def load_head(path: str | os.PathLike[str], backend: str = "keras") -> tuple[Any, dict[str, Any]]:
+    """Load a saved head and its metadata; a clear :class:`HeadError` if either is missing or damaged.
+
+    ``backend="numpy"`` gives a :class:`NumpyHead` (no TensorFlow import) for prediction only.
+    """
     path = Path(path)
     side = path.with_suffix(".json")
     if not path.is_file():
@@ -178,10 +283,17 @@ def load_head(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
     except (OSError, ValueError) as error:
         raise HeadError(f"{side}: head metadata missing or damaged ({error}); retrain or restore the checkpoint") from None
     try:
-        model = keras.models.load_model(path, compile=False)
-    except Exception as error:  # noqa: BLE001 - Keras raises many types for damaged archives
+        if backend == "numpy":
+            model: Any = NumpyHead(path)
+        else:
+            import keras
+
+            model = keras.models.load_model(path, compile=False)
+    except HeadError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Keras, zipfile and h5py raise many types for damaged archives
         raise HeadError(f"{path}: cannot load the head ({type(error).__name__}: {error}); the file is corrupt, retrain or restore it") from None
-    expected = int(model.inputs[0].shape[-1])
+    expected = _input_dim(model)
     if expected != int(meta.get("descriptor_dim", expected)):
         raise HeadError(f"{path}: model expects {expected}-d input but its metadata says {meta['descriptor_dim']}-d")
     return model, meta
@@ -193,11 +305,15 @@ def describe(meta: dict[str, Any]) -> str:
     best = int(history.get("best_epoch", [0])[0])
     val = meta["val_metrics"]
     counts = meta["counts"]
-    return "\n".join([
-        f"backbone: {meta['backbone']['id']} ({meta['descriptor_dim']}-d)",
-        f"split ({meta['manifest']['protocol']}{', LEAKY' if meta['manifest'].get('leaky') else ''}): train {counts['train']}, val {counts['val']}, test {counts['test']}",
-        f"head: widths {meta['config']['widths']}, dropout {meta['config']['dropout']}, l2 {meta['config']['l2']}, seed {meta.get('seed', meta['config'].get('seed'))}",
-        f"best epoch {best} of {len(history.get('loss', []))}; threshold (chosen on val) {meta['threshold']:.3f}",
-        f"val: accuracy {val['accuracy']:.3f}, macro F1 {val['macro_f1']:.3f}, ROC-AUC {val['roc_auc']:.3f}",
-        f"logistic-regression baseline val: accuracy {meta['baseline_val_metrics']['accuracy']:.3f}, ROC-AUC {meta['baseline_val_metrics']['roc_auc']:.3f}",
-    ])
+    return "\n".join(
+        [
+            f"backbone: {meta['backbone']['id']} ({meta['descriptor_dim']}-d)",
+            f"split ({meta['manifest']['protocol']}{', LEAKY' if meta['manifest'].get('leaky') else ''}): "
+            f"train {counts['train']}, val {counts['val']}, test {counts['test']}",
+            f"head: widths {meta['config']['widths']}, dropout {meta['config']['dropout']}, l2 {meta['config']['l2']}, "
+            f"seed {meta.get('seed', meta['config'].get('seed'))}",
+            f"best epoch {best} of {len(history.get('loss', []))}; threshold (chosen on val) {meta['threshold']:.3f}",
+            f"val: accuracy {val['accuracy']:.3f}, macro F1 {val['macro_f1']:.3f}, ROC-AUC {val['roc_auc']:.3f}",
+            f"logistic-regression baseline val: accuracy {meta['baseline_val_metrics']['accuracy']:.3f}, ROC-AUC {meta['baseline_val_metrics']['roc_auc']:.3f}",
+        ]
+    )

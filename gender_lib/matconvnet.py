@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -36,8 +37,19 @@ VGG_FACE_FC_WIDTHS = (4096, 4096, VGG_FACE_NUM_CLASSES)
 #: Where the conv blocks end (a 2x2 max pool follows these conv indices).
 _POOL_AFTER = (1, 3, 6, 9, 12)
 _CONV_NAMES = (
-    "conv1_1", "conv1_2", "conv2_1", "conv2_2", "conv3_1", "conv3_2", "conv3_3",
-    "conv4_1", "conv4_2", "conv4_3", "conv5_1", "conv5_2", "conv5_3",
+    "conv1_1",
+    "conv1_2",
+    "conv2_1",
+    "conv2_2",
+    "conv3_1",
+    "conv3_2",
+    "conv3_3",
+    "conv4_1",
+    "conv4_2",
+    "conv4_3",
+    "conv5_1",
+    "conv5_2",
+    "conv5_3",
 )
 _KNOWN_TYPES = {"conv", "relu", "pool", "dropout", "softmax"}
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -149,14 +161,12 @@ def _read_layer(struct: Any, index: int, path: Path) -> Layer:
     kind = _text(_field(struct, "type", where, path)).lower()
     where = f"layer {index + 1} ('{name}', type '{kind}')"
     if kind not in _KNOWN_TYPES:
-        raise ConversionError(
-            path, f"{where}: unsupported layer type (VGG-Face has only {sorted(_KNOWN_TYPES)})"
-        )
+        raise ConversionError(path, f"{where}: unsupported layer type (VGG-Face has only {sorted(_KNOWN_TYPES)})")
     layer = Layer(name=name, type=kind)
     if kind == "conv":
         fields = struct._fieldnames
         if "weights" in fields:
-            weights = _cell_list(getattr(struct, "weights"))
+            weights = _cell_list(struct.weights)
             if len(weights) != 2:
                 raise ConversionError(path, f"{where}: 'weights' should be a 1x2 cell {{kernel, bias}}, got {len(weights)} entries")
             kernel, bias = weights
@@ -234,8 +244,9 @@ def read_network(path: str | os.PathLike[str], *, strict: bool = True) -> Networ
         raise ConversionError(path, f"is a MATLAB v7.3 (HDF5) file, which scipy cannot read ({error})") from None
     except Exception as error:  # noqa: BLE001 - scipy raises many types for damaged files
         raise ConversionError(
-            path, f"cannot be read as a .mat file; it is truncated or corrupt ({type(error).__name__}: {error}). "
-            "Download it again and compare its size with the original (about 1 GB)."
+            path,
+            f"cannot be read as a .mat file; it is truncated or corrupt ({type(error).__name__}: {error}). "
+            "Download it again and compare its size with the original (about 1 GB).",
         ) from None
 
     if "net" in contents:
@@ -368,21 +379,25 @@ def validate(network: Network, *, strict: bool = True, path: str | os.PathLike[s
         if h < 1 or w < 1:
             raise ConversionError(where, f"layer '{layer.name}' shrinks the {network.image_size[:2]} input to nothing")
     if shapes[-1][:2] != (1, 1):
-        raise ConversionError(where, f"the last layer outputs {shapes[-1]}, not a 1 x 1 x classes vector: the fully connected layers do not match the input size {network.image_size}")
+        raise ConversionError(
+            where,
+            f"the last layer outputs {shapes[-1]}, not a 1 x 1 x classes vector: the fully connected layers do not match the input size {network.image_size}",
+        )
     if network.class_names and len(network.class_names) != network.num_classes:
         raise ConversionError(where, f"has {len(network.class_names)} class names but fc8 outputs {network.num_classes} scores")
     if not strict:
         return
     if network.num_classes != VGG_FACE_NUM_CLASSES:
         if network.num_classes == IMAGENET_NUM_CLASSES:
-            kind = (f"fc8 outputs {IMAGENET_NUM_CLASSES} classes: this is an ImageNet classifier (such as MatConvNet's "
-                    f"imagenet-vgg-verydeep-16.mat), not VGG-Face, whose fc8 scores {VGG_FACE_NUM_CLASSES} identities")
+            kind = (
+                f"fc8 outputs {IMAGENET_NUM_CLASSES} classes: this is an ImageNet classifier (such as MatConvNet's "
+                f"imagenet-vgg-verydeep-16.mat), not VGG-Face, whose fc8 scores {VGG_FACE_NUM_CLASSES} identities"
+            )
         else:
             kind = f"fc8 outputs {network.num_classes} classes, but VGG-Face scores {VGG_FACE_NUM_CLASSES} identities: this is not VGG-Face"
         raise ConversionError(
             where,
-            f"{kind}. Use vgg_face.mat from the VGG group's VGG-Face page, or convert it anyway with "
-            "strict=False (`gender-lib convert --lenient`).",
+            f"{kind}. Use vgg_face.mat from the VGG group's VGG-Face page, or convert it anyway with strict=False (`gender-lib convert --lenient`).",
         )
     types = [layer.type for layer in network.layers if layer.type != "dropout"]
     if len(convs) != 16 or types.count("pool") != 5 or types[-1] != "softmax":
@@ -393,7 +408,7 @@ def validate(network: Network, *, strict: bool = True, path: str | os.PathLike[s
         )
     for i, layer in enumerate(network.layers):
         if layer.type == "conv":
-            following = [l.type for l in network.layers[i + 1:] if l.type != "dropout"][:1]
+            following = [later.type for later in network.layers[i + 1 :] if later.type != "dropout"][:1]
             if layer is not convs[-1] and following != ["relu"]:
                 raise ConversionError(where, f"layer '{layer.name}' is not followed by a ReLU as in VGG-Face")
     if types[-2] != "conv":
@@ -432,7 +447,7 @@ def synthetic_network(
         fan_in = size * size * channels
         shape = (size, size, channels, cout)
         if random_weights:
-            kernel = (rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in)))
+            kernel = rng.standard_normal(shape, dtype=np.float32) * np.float32(np.sqrt(2.0 / fan_in))
             bias = rng.uniform(-0.05, 0.05, cout).astype(np.float32)
         else:
             kernel, bias = np.zeros(shape, np.float32), np.zeros(cout, np.float32)
@@ -531,9 +546,7 @@ def write_mat(network: Network, path: str | os.PathLike[str], layout: str = "201
     return atomic_write(path, lambda tmp: scipy.io.savemat(tmp, contents, do_compression=False))
 
 
-def write_synthetic_mat(
-    path: str | os.PathLike[str], layout: str = "2015", seed: int = 0, num_classes: int | None = None, **widths: Any
-) -> Path:
+def write_synthetic_mat(path: str | os.PathLike[str], layout: str = "2015", seed: int = 0, num_classes: int | None = None, **widths: Any) -> Path:
     """Write a narrow synthetic VGG-Face ``.mat`` with the real file's layout and dtypes.
 
     ``num_classes`` sets fc8's width (default VGG-Face's 2622; 1000 mimics a VGG-16 ImageNet file).

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,9 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, threshold: float = 0.5)
         "threshold": float(threshold),
         "accuracy": float((pred == y).mean()),
         "balanced_accuracy": float(np.mean([recall[0], recall[1]])),
-        "per_class": {CLASSES[c]: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]), "support": int(support[c])} for c in (0, 1)},
+        "per_class": {
+            CLASSES[c]: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]), "support": int(support[c])} for c in (0, 1)
+        },
         "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
         "confusion_matrix": confusion_matrix(y, pred, labels=[0, 1]).tolist(),
         "roc_auc": float(roc_auc_score(y, p)) if len(np.unique(y)) == 2 else None,
@@ -67,8 +70,13 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
 
 
 def bootstrap_intervals(
-    y: np.ndarray, p: np.ndarray, threshold: float, groups: Sequence[str] | None = None,
-    n_boot: int = 1000, seed: int = 0, level: float = 0.95,
+    y: np.ndarray,
+    p: np.ndarray,
+    threshold: float,
+    groups: Sequence[str] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
 ) -> dict[str, list[float]]:
     """Percentile intervals for accuracy, macro F1 and ROC-AUC, resampling people (``groups``)."""
     from sklearn.metrics import f1_score, roc_auc_score
@@ -139,7 +147,8 @@ def summary_lines(report: dict[str, Any], name: str = "head") -> list[str]:
 
     return [
         f"{name}: n={report['n']}, threshold={report['threshold']:.3f}",
-        f"  accuracy {with_ci('accuracy', report['accuracy'])}, macro F1 {with_ci('macro_f1', report['macro']['f1'])}, ROC-AUC {with_ci('roc_auc', report['roc_auc'])}",
+        f"  accuracy {with_ci('accuracy', report['accuracy'])}, macro F1 {with_ci('macro_f1', report['macro']['f1'])}, "
+        f"ROC-AUC {with_ci('roc_auc', report['roc_auc'])}",
         f"  F1 male {report['per_class']['M']['f1']:.3f}, F1 female {report['per_class']['F']['f1']:.3f}; ECE {report['ece']:.3f}; Brier {report['brier']:.3f}",
     ]
 
@@ -153,16 +162,24 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["| model | n | accuracy (95% CI) | macro F1 (95% CI) | ROC-AUC | ECE |", "|---|---|---|---|---|---|"]
     for name, report in results["models"].items():
         ci = report.get("intervals_95", {})
-        fmt = lambda key, v: f"{v:.3f}" + (f" ({ci[key][0]:.3f}-{ci[key][1]:.3f})" if key in ci else "")  # noqa: E731
         auc = f"{report['roc_auc']:.3f}" if report["roc_auc"] is not None else "n/a"
-        lines.append(f"| {name} | {report['n']} | {fmt('accuracy', report['accuracy'])} | {fmt('macro_f1', report['macro']['f1'])} | {auc} | {report['ece']:.3f} |")
+        accuracy, f1 = _with_interval(ci, "accuracy", report["accuracy"]), _with_interval(ci, "macro_f1", report["macro"]["f1"])
+        lines.append(f"| {name} | {report['n']} | {accuracy} | {f1} | {auc} | {report['ece']:.3f} |")
     head = next(iter(results["models"].values()))
     for column, rows in head.get("by", {}).items():
         lines += ["", f"## By {column.replace('_', ' ')}", "", "| value | n | accuracy | recall M | recall F | ROC-AUC |", "|---|---|---|---|---|---|"]
         for value, row in rows.items():
-            cell = lambda k: f"{row[k]:.3f}" if row.get(k) is not None else "n/a"  # noqa: E731
-            lines.append(f"| {value} | {row['n']} | {cell('accuracy')} | {cell('recall_M')} | {cell('recall_F')} | {cell('roc_auc')} |")
+            cells = " | ".join(_cell(row, k, "n/a") for k in ("accuracy", "recall_M", "recall_F", "roc_auc"))
+            lines.append(f"| {value} | {row['n']} | {cells} |")
     return "\n".join(lines) + "\n"
+
+
+def _with_interval(ci: dict[str, list[float]], key: str, value: float) -> str:
+    return f"{value:.3f}" + (f" ({ci[key][0]:.3f}-{ci[key][1]:.3f})" if key in ci else "")
+
+
+def _cell(row: dict[str, Any], key: str, missing: str) -> str:
+    return f"{row[key]:.3f}" if row.get(key) is not None else missing
 
 
 def write_reports(results: dict[str, Any], out_dir: str | os.PathLike[str], name: str = "evaluation") -> tuple[Path, Path]:
@@ -179,8 +196,8 @@ def breakdown_text(report: dict[str, Any]) -> str:
     for column, rows in report.get("by", {}).items():
         lines = [f"by {column.replace('_', ' ')}:", f"  {'value':<10}{'n':>6}{'accuracy':>10}{'recall M':>10}{'recall F':>10}"]
         for value, row in rows.items():
-            cell = lambda k: f"{row[k]:.3f}" if row.get(k) is not None else "-"  # noqa: E731
-            lines.append(f"  {value:<10}{row['n']:>6}{cell('accuracy'):>10}{cell('recall_M'):>10}{cell('recall_F'):>10}")
+            cells = "".join(f"{_cell(row, k, '-'):>10}" for k in ("accuracy", "recall_M", "recall_F"))
+            lines.append(f"  {value:<10}{row['n']:>6}{cells}")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks)
 

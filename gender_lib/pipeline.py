@@ -70,11 +70,13 @@ def run(
             start = time.perf_counter()
             print(f"running {notebook} with {parameters}", flush=True)
             try:
-                pm.execute_notebook(str(source), str(run_dir / source.name), parameters=parameters, kernel_name="python3",
-                                    cwd=str(paths.root / "notebooks"), progress_bar=False)
+                pm.execute_notebook(
+                    str(source), str(run_dir / source.name), parameters=parameters, kernel_name="python3", cwd=str(paths.root / "notebooks"), progress_bar=False
+                )
             except PapermillExecutionError as error:
-                raise PipelineError(f"{notebook}.ipynb failed in cell {error.exec_count}: {error.ename}: {error.evalue} "
-                                    f"(executed copy: {run_dir / source.name})") from None
+                raise PipelineError(
+                    f"{notebook}.ipynb failed in cell {error.exec_count}: {error.ename}: {error.evalue} (executed copy: {run_dir / source.name})"
+                ) from None
             print(f"  {notebook} done in {time.perf_counter() - start:.0f} s", flush=True)
     finally:
         for key, value in old.items():

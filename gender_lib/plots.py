@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ class Plot:
     def __repr__(self) -> str:
         return f"<figure: {self.title}>"
 
-    def save(self, path: str | os.PathLike[str]) -> "Plot":
+    def save(self, path: str | os.PathLike[str]) -> Plot:
         """Write the PNG to ``path`` atomically; returns itself so a notebook cell can end with it."""
         atomic_write(Path(path), lambda tmp: self.figure.savefig(tmp, dpi=self.dpi, bbox_inches="tight", format="png"))
         return self
@@ -74,8 +75,7 @@ def confusion(matrix: Sequence[Sequence[int]], title: str = "test split") -> Any
     ax = figure.subplots()
     ax.imshow(matrix, cmap="Blues")
     for (i, j), value in np.ndenumerate(matrix):
-        ax.text(j, i, f"{value}\n{value / max(1, matrix[i].sum()):.1%}", ha="center", va="center",
-                color="white" if value > matrix.max() / 2 else "black")
+        ax.text(j, i, f"{value}\n{value / max(1, matrix[i].sum()):.1%}", ha="center", va="center", color="white" if value > matrix.max() / 2 else "black")
     ax.set_xticks([0, 1], [f"pred {c}" for c in CLASSES])
     ax.set_yticks([0, 1], [f"true {c}" for c in CLASSES])
     ax.set_title(f"confusion matrix ({title})")
@@ -143,7 +143,7 @@ def face_grid(images: Sequence[np.ndarray], p_female: Sequence[float], true: Seq
             ax.set_xticks([])
             ax.set_yticks([])
     figure.tight_layout()
-    return Plot(figure, f"{len(images)} faces")
+    return Plot(figure, f"{len(images)} faces", dpi=72)
 
 
 def prediction_grid(results: dict[str, Any], n: int = 30, seed: int = 0, columns: int = 6) -> tuple[Plot, list[str]]:
@@ -164,7 +164,8 @@ def prediction_grid(results: dict[str, Any], n: int = 30, seed: int = 0, columns
     lines = []
     for i, probability, label in zip(picks, p, true):
         predicted = "F" if probability >= threshold else "M"
-        lines.append(f"{Path(predictions['path'][i]).name[:40]:<40} predicted {predicted} (P(female)={probability:.2f}) true {label}{'  WRONG' if predicted != label else ''}")
+        wrong = "  WRONG" if predicted != label else ""
+        lines.append(f"{Path(predictions['path'][i]).name[:40]:<40} predicted {predicted} (P(female)={probability:.2f}) true {label}{wrong}")
     return face_grid(images, p, true, threshold, columns), lines
 
 
@@ -181,8 +182,15 @@ def detections(rgb: np.ndarray, faces: Sequence[Any], title: str = "") -> Plot:
         left, top, right, bottom = face.box
         color = "#d6336c" if face.label == "F" else "#1c7ed6"
         ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor=color, linewidth=2.5))
-        ax.text(left, max(0, top - 4), f"{face.label} P(F)={face.p_female:.2f}", color="white", fontsize=11, va="bottom",
-                bbox={"facecolor": color, "edgecolor": "none", "pad": 2})
+        ax.text(
+            left,
+            max(0, top - 4),
+            f"{face.label} P(F)={face.p_female:.2f}",
+            color="white",
+            fontsize=11,
+            va="bottom",
+            bbox={"facecolor": color, "edgecolor": "none", "pad": 2},
+        )
     ax.set_title(title or ("no face found" if not faces else ""), fontsize=10)
     ax.axis("off")
     figure.tight_layout()

@@ -12,8 +12,9 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,7 +93,9 @@ def read_image(image: Any, name: str = "image") -> np.ndarray:
     except Exception as error:  # noqa: BLE001
         raise PredictionError(f"{name}: the image is damaged and cannot be decoded ({error})") from None
     if width * height > MAX_PIXELS:
-        raise PredictionError(f"{name}: image too large ({width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is {MAX_PIXELS / 1e6:.0f}). Downscale it first.")
+        raise PredictionError(
+            f"{name}: image too large ({width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is {MAX_PIXELS / 1e6:.0f}). Downscale it first."
+        )
     try:
         return load_rgb(data)
     except Exception as error:  # noqa: BLE001 - truncated or corrupt files
@@ -102,14 +105,26 @@ def read_image(image: Any, name: str = "image") -> np.ndarray:
 class Predictor:
     """A trained head plus its backbone, ready for photos."""
 
-    def __init__(self, head_path: str | os.PathLike[str] | None = None, backbone: Any = None, vggface_path: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        head_path: str | os.PathLike[str] | None = None,
+        backbone: Any = None,
+        vggface_path: str | os.PathLike[str] | None = None,
+        engine: str = "keras",
+        cache_root: str | os.PathLike[str] | None = None,
+    ):
+        """``engine``: ``keras`` (fast per face once loaded: notebooks, the widget, folders) or
+        ``dlib`` (no TensorFlow import: a few photos from the command line start in about a second)."""
         from gender_lib import backbones, config
         from gender_lib import head as hd
 
         self.head_path = Path(head_path) if head_path else config.paths().default_head
-        self.model, self.meta = hd.load_head(self.head_path)
+        # The head's forward pass in NumPy: same numbers, and no TensorFlow import for it.
+        self.model, self.meta = hd.load_head(self.head_path, backend="numpy")
         # Single photos: one process (worker start-up would cost more than it saves).
-        self.backbone = backbone or backbones.from_description(self.meta["backbone"], vggface_path, workers=1)
+        self.backbone = backbone or backbones.from_description(
+            self.meta["backbone"], vggface_path, workers=1, engine=engine, cache_root=cache_root or config.paths().cache
+        )
         if self.backbone.id != self.meta["backbone"]["id"]:
             raise PredictionError(f"{self.head_path}: trained on {self.meta['backbone']['id']} descriptors, not {self.backbone.id}")
         self.threshold = float(self.meta["threshold"])
@@ -129,8 +144,7 @@ class Predictor:
             boxes = [(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)]
             x = np.stack([self.backbone.prepare_face(rgb)])
         p = hd.predict_proba(self.model, self.backbone.embed(x))
-        return [Face(tuple(int(v) for v in box), "F" if pi >= self.threshold else "M", float(pi), self.threshold, detect)
-                for box, pi in zip(boxes, p)]
+        return [Face(tuple(int(v) for v in box), "F" if pi >= self.threshold else "M", float(pi), self.threshold, detect) for box, pi in zip(boxes, p)]
 
     def predict_paths(self, paths: Iterable[str | os.PathLike[str]], detect: bool = True) -> list[dict[str, Any]]:
         """One row per face (or per problem) for each path; never raises for a bad file."""
@@ -145,8 +159,17 @@ class Predictor:
             if not faces:
                 rows.append({"path": str(path), "face": "", "label": "", "p_female": "", "box": "", "message": NO_FACE})
             for i, face in enumerate(faces):
-                rows.append({"path": str(path), "face": i, "label": face.label, "p_female": round(face.p_female, 4),
-                             "threshold": round(face.threshold, 4), "box": " ".join(map(str, face.box)), "message": ""})
+                rows.append(
+                    {
+                        "path": str(path),
+                        "face": i,
+                        "label": face.label,
+                        "p_female": round(face.p_female, 4),
+                        "threshold": round(face.threshold, 4),
+                        "box": " ".join(map(str, face.box)),
+                        "message": "",
+                    }
+                )
         return rows
 
     def predict_folder(self, folder: str | os.PathLike[str], csv_path: str | os.PathLike[str], detect: bool = True) -> Path:
@@ -165,8 +188,11 @@ CSV_COLUMNS = ["path", "face", "label", "p_female", "threshold", "box", "message
 
 def images_in(folder: str | os.PathLike[str]) -> list[Path]:
     """Every image file below ``folder`` (by extension, sorted, hidden files skipped)."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in Path(folder).rglob("*")
+        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def expand_inputs(items: Sequence[str | os.PathLike[str]]) -> list[Path]:

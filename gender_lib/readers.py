@@ -20,8 +20,8 @@ from __future__ import annotations
 import csv
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -159,10 +159,17 @@ def read_adience_folds(paths: Sequence[Path]) -> tuple[pd.DataFrame, list[dict]]
                 problems.append(problem(f"{path}:{number}", "truncated metadata row", f"{len(fields)} of {len(header)} fields"))
                 continue
             row = dict(zip(header, fields))
-            rows.append({
-                "user_id": row["user_id"], "original_image": row["original_image"], "face_id": row["face_id"],
-                "age": parse_adience_age(row["age"]), "gender": row["gender"].strip().lower(), "fold": fold, "line": f"{path}:{number}",
-            })
+            rows.append(
+                {
+                    "user_id": row["user_id"],
+                    "original_image": row["original_image"],
+                    "face_id": row["face_id"],
+                    "age": parse_adience_age(row["age"]),
+                    "gender": row["gender"].strip().lower(),
+                    "fold": fold,
+                    "line": f"{path}:{number}",
+                }
+            )
     return pd.DataFrame(rows, columns=["user_id", "original_image", "face_id", "age", "gender", "fold", "line"]), problems
 
 
@@ -186,7 +193,16 @@ def read_adience(root: Path, folds_dir: Path | None = None) -> tuple[list[dict],
         if not path.is_file():
             problems.append(problem(path, "image missing", f"listed at {row.line}"))
             continue
-        records.append({"path": path, "gender": row.gender.upper(), "age": row.age, "subject": f"adience:{row.user_id}:{row.face_id}", "source": "adience", "fold": row.fold})
+        records.append(
+            {
+                "path": path,
+                "gender": row.gender.upper(),
+                "age": row.age,
+                "subject": f"adience:{row.user_id}:{row.face_id}",
+                "source": "adience",
+                "fold": row.fold,
+            }
+        )
     if images.is_dir():
         for path in _walk_files(images):
             if path not in listed:
@@ -204,8 +220,15 @@ def read_utkface(root: Path) -> tuple[list[dict], list[dict]]:
             problems.append(problem(path, reason, "expected <age>_<gender 0|1>_<race 0-4>_<17-digit datetime>.jpg"))
             continue
         # UTKFace has no identity labels: each image is its own person (duplicates merge by hash).
-        records.append({"path": path, "gender": "M" if match.group(2) == "0" else "F", "age": str(int(match.group(1))),
-                        "subject": f"utkface:{path.name.split('.')[0]}", "source": "utkface"})
+        records.append(
+            {
+                "path": path,
+                "gender": "M" if match.group(2) == "0" else "F",
+                "age": str(int(match.group(1))),
+                "subject": f"utkface:{path.name.split('.')[0]}",
+                "source": "utkface",
+            }
+        )
     return records, problems
 
 
@@ -220,10 +243,9 @@ def _class_folders(root: Path) -> tuple[list[Path], dict[str, list[str]]]:
 
 
 def _one_class_error(root: Path, found: dict[str, list[str]]) -> DatasetError:
-    (gender, names), = found.items()
+    ((gender, names),) = found.items()
     missing = "F" if gender == "M" else "M"
-    return DatasetError(f"{root}: class folders found for {_GENDER_NAMES[gender]} only ({', '.join(names)}); "
-                        f"add a {_CLASS_WORDS[missing]} folder")
+    return DatasetError(f"{root}: class folders found for {_GENDER_NAMES[gender]} only ({', '.join(names)}); add a {_CLASS_WORDS[missing]} folder")
 
 
 def read_folders(root: Path) -> tuple[list[dict], list[dict]]:
@@ -233,8 +255,7 @@ def read_folders(root: Path) -> tuple[list[dict], list[dict]]:
     """
     subfolders, found = _class_folders(root)
     if not found:
-        raise DatasetError(f"{root}: no class folders (male/female, man/woman, men/women or m/f, any case); "
-                           f"found folders {[p.name for p in subfolders][:10]}")
+        raise DatasetError(f"{root}: no class folders (male/female, man/woman, men/women or m/f, any case); found folders {[p.name for p in subfolders][:10]}")
     if len(found) == 1:
         raise _one_class_error(root, found)
     records, problems = [], []
@@ -273,8 +294,15 @@ def read_csv_labels(csv_path: Path) -> tuple[list[dict], list[dict]]:
             elif not path.is_file():
                 problems.append(problem(path, "image missing", f"listed at {csv_path}:{number}"))
             else:
-                records.append({"path": path, "gender": gender, "age": row.get("age", ""),
-                                "subject": f"csv:{row['subject']}" if row.get("subject") else f"csv:{row['path']}", "source": csv_path.stem})
+                records.append(
+                    {
+                        "path": path,
+                        "gender": gender,
+                        "age": row.get("age", ""),
+                        "subject": f"csv:{row['subject']}" if row.get("subject") else f"csv:{row['path']}",
+                        "source": csv_path.stem,
+                    }
+                )
     return records, problems
 
 
@@ -307,7 +335,9 @@ def detect_layout(root: str | os.PathLike[str]) -> str:
     )
 
 
-def read_records(root: str | os.PathLike[str], layout: str | None = None, folds_dir: str | os.PathLike[str] | None = None) -> tuple[pd.DataFrame, list[dict], str]:
+def read_records(
+    root: str | os.PathLike[str], layout: str | None = None, folds_dir: str | os.PathLike[str] | None = None
+) -> tuple[pd.DataFrame, list[dict], str]:
     """Read ``root`` in its layout: (records table, problems, layout).
 
     The table has one row per labelled image file found (:data:`RECORD_COLUMNS`, plus ``fold``

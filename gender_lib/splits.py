@@ -8,7 +8,7 @@ otherwise a computed k-fold index, grouped the same way.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd

@@ -18,8 +18,9 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +30,7 @@ from gender_lib.errors import GenderLibError, UserFileNotFoundError
 log = logging.getLogger(__name__)
 
 HEAD_NAME = "head.keras"
+FEW_PHOTOS = 20  # up to this many photos, predict skips TensorFlow (see stages.predict)
 
 
 class StageError(GenderLibError, ValueError):
@@ -56,8 +58,14 @@ class ManifestResult:
     __str__ = summary
 
 
-def manifest(config: Config, workdir: str | os.PathLike[str] | None = None, *, progress: bool = True,
-             data_root: str | os.PathLike[str] | None = None, all_test: bool = False) -> ManifestResult:
+def manifest(
+    config: Config,
+    workdir: str | os.PathLike[str] | None = None,
+    *,
+    progress: bool = True,
+    data_root: str | os.PathLike[str] | None = None,
+    all_test: bool = False,
+) -> ManifestResult:
     """Read, clean and split the config's data folder (seeded sample if asked), write the manifest."""
     from gender_lib import dataset as ds
     from gender_lib.manifest import read_manifest, write_manifest
@@ -67,10 +75,20 @@ def manifest(config: Config, workdir: str | os.PathLike[str] | None = None, *, p
     if not root.exists():
         from gender_lib.config import paths
 
-        raise UserFileNotFoundError(f"{root}: no such data folder. Leave data_root empty for the embedded sample ({paths().sample}), "
-                                    f"or point it at a face folder in a supported layout (see README, 'Data')")
-    full = ds.build(root, layout=config.data.layout or None, seed=config.seed, protocol=config.data.protocol,
-                    val=config.data.val_fraction, test=config.data.test_fraction, k=config.data.folds, progress=progress)
+        raise UserFileNotFoundError(
+            f"{root}: no such data folder. Leave data_root empty for the embedded sample ({paths().sample}), "
+            f"or point it at a face folder in a supported layout (see README, 'Data')"
+        )
+    full = ds.build(
+        root,
+        layout=config.data.layout or None,
+        seed=config.seed,
+        protocol=config.data.protocol,
+        val=config.data.val_fraction,
+        test=config.data.test_fraction,
+        k=config.data.folds,
+        progress=progress,
+    )
     data = full if all_test else ds.sample(full, config.data.sample_size, seed=config.seed)
     if all_test:
         data.table["split"] = "test"
@@ -93,11 +111,13 @@ class ExtractResult:
     mean_norm: float
 
     def summary(self) -> str:
-        return "\n".join([
-            f"backbone: {self.backbone['id']} ({self.backbone['name']}, {self.dim}-d, {self.backbone.get('preprocessing')})",
-            f"descriptors: {self.n_images} images x {self.dim} dims; failed to decode: {len(self.report.failures)}",
-            f"mean descriptor norm: {self.mean_norm:.3f}",
-        ])
+        return "\n".join(
+            [
+                f"backbone: {self.backbone['id']} ({self.backbone['name']}, {self.dim}-d, {self.backbone.get('preprocessing')})",
+                f"descriptors: {self.n_images} images x {self.dim} dims; failed to decode: {len(self.report.failures)}",
+                f"mean descriptor norm: {self.mean_norm:.3f}",
+            ]
+        )
 
     __str__ = summary
 
@@ -133,14 +153,21 @@ def extract(config: Config, workdir: str | os.PathLike[str] | None = None, *, pr
         atomic_write(work / "excluded.csv", lambda tmp: excluded.to_csv(tmp, index=False))
     kept = data.table[data.table["sha256"].map(cache.__contains__)]
     x = cache.get(kept["sha256"].tolist())
-    write_json(work / "extraction.json", {
-        "backbone": description, "images": int(len(kept)), "failures": len(report.failures),
-        "manifest_sha256": data.meta.get("manifest_sha256"),
-    })
+    write_json(
+        work / "extraction.json",
+        {
+            "backbone": description,
+            "images": int(len(kept)),
+            "failures": len(report.failures),
+            "manifest_sha256": data.meta.get("manifest_sha256"),
+        },
+    )
     return ExtractResult(work, description, int(len(kept)), int(x.shape[1]), report, float(np.linalg.norm(x, axis=1).mean()) if len(x) else 0.0)
 
 
-def load_descriptors(config: Config, workdir: str | os.PathLike[str] | None = None, backbone: dict[str, Any] | None = None) -> tuple[Any, np.ndarray, dict[str, Any], dict[str, Any]]:
+def load_descriptors(
+    config: Config, workdir: str | os.PathLike[str] | None = None, backbone: dict[str, Any] | None = None
+) -> tuple[Any, np.ndarray, dict[str, Any], dict[str, Any]]:
     """(manifest rows that have descriptors, descriptors, extraction record, manifest meta) of a work folder.
 
     ``backbone`` (a head's recorded backbone) must be the one the folder was extracted with.
@@ -157,8 +184,10 @@ def load_descriptors(config: Config, workdir: str | os.PathLike[str] | None = No
     if info.get("manifest_sha256") != data.meta.get("manifest_sha256"):
         raise StageError(f"{work}: the manifest changed after extraction (extraction.json is for another manifest); run extraction again")
     if backbone is not None and backbone.get("id") != info["backbone"]["id"]:
-        raise features.CacheMismatchError(f"the head was trained on {backbone.get('id')} descriptors but {work} was extracted with {info['backbone']['id']}; "
-                                          "extract again with that backbone or evaluate a head trained on it")
+        raise features.CacheMismatchError(
+            f"the head was trained on {backbone.get('id')} descriptors but {work} was extracted with {info['backbone']['id']}; "
+            "extract again with that backbone or evaluate a head trained on it"
+        )
     used = info["backbone"]
     cache = features.open_cache(used["id"], int(used["dim"]), config.cache_dir())
     table = data.table[data.table["sha256"].map(cache.__contains__)].reset_index(drop=True)
@@ -181,8 +210,10 @@ class TrainResult:
     def best_epoch_line(self) -> str:
         h = self.history
         best = int(h["best_epoch"][0]) - 1
-        return (f"at the best epoch: train accuracy {h['accuracy'][best]:.3f}, val accuracy {h['val_accuracy'][best]:.3f}, "
-                f"train loss {h['loss'][best]:.3f}, val loss {h['val_loss'][best]:.3f}")
+        return (
+            f"at the best epoch: train accuracy {h['accuracy'][best]:.3f}, val accuracy {h['val_accuracy'][best]:.3f}, "
+            f"train loss {h['loss'][best]:.3f}, val loss {h['val_loss'][best]:.3f}"
+        )
 
     def summary(self) -> str:
         from gender_lib import head
@@ -210,9 +241,15 @@ def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, outp
         "backbone": info["backbone"],
         "descriptor_dim": int(x.shape[1]),
         "preprocessing": info["backbone"].get("preprocessing"),
-        "manifest": {"sha256": manifest_meta.get("manifest_sha256"), "protocol": manifest_meta.get("protocol"),
-                     "leaky": manifest_meta.get("leaky"), "seed": manifest_meta.get("seed"), "layout": manifest_meta.get("layout"),
-                     "data": Path(manifest_meta.get("root", "")).name, "sample_size": manifest_meta.get("sample_size", 0)},
+        "manifest": {
+            "sha256": manifest_meta.get("manifest_sha256"),
+            "protocol": manifest_meta.get("protocol"),
+            "leaky": manifest_meta.get("leaky"),
+            "seed": manifest_meta.get("seed"),
+            "layout": manifest_meta.get("layout"),
+            "data": Path(manifest_meta.get("root", "")).name,
+            "sample_size": manifest_meta.get("sample_size", 0),
+        },
         "counts": {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")},
         "threshold": threshold,
         "seed": config.seed,
@@ -244,8 +281,9 @@ class EvaluateResult:
 
         lines = [line for name, report in self.results["models"].items() for line in metrics.summary_lines(report, name)]
         if self.excluded_list is not None:
-            lines.append(f"left out: {self.excluded} images that could not be used (corrupt, missing, unlabelled or duplicate); "
-                         f"listed in {self.excluded_list.name}")
+            lines.append(
+                f"left out: {self.excluded} images that could not be used (corrupt, missing, unlabelled or duplicate); listed in {self.excluded_list.name}"
+            )
         return "\n".join(lines)
 
     __str__ = summary
@@ -256,8 +294,10 @@ def _score(model: Any, meta: dict[str, Any], table: Any, x: np.ndarray, seed: in
 
     y = metrics.labels_from_genders(table["gender"])
     p = head.predict_proba(model, x)
-    return {"report": metrics.evaluate(y, p, meta["threshold"], table, n_boot=n_boot, seed=seed),
-            "predictions": {"path": table["path"].tolist(), "gender": table["gender"].tolist(), "p_female": p.round(6).tolist()}}
+    return {
+        "report": metrics.evaluate(y, p, meta["threshold"], table, n_boot=n_boot, seed=seed),
+        "predictions": {"path": table["path"].tolist(), "gender": table["gender"].tolist(), "p_female": p.round(6).tolist()},
+    }
 
 
 def _resolve_head(config: Config, head: str | os.PathLike[str] | None, fallback: Path) -> Path:
@@ -286,24 +326,37 @@ def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, h
     scored = _score(model, meta, table[test], x[test], seed, config.evaluation.n_boot)
     results: dict[str, Any] = {
         "title": f"{head_path.name} on {Path(manifest_meta['root']).name} (test split)",
-        "meta": {"head": head_path.name, "backbone": meta["backbone"]["id"], "protocol": manifest_meta.get("protocol"),
-                 "leaky_split": manifest_meta.get("leaky"), "threshold_from": "validation split"},
+        "meta": {
+            "head": head_path.name,
+            "backbone": meta["backbone"]["id"],
+            "protocol": manifest_meta.get("protocol"),
+            "leaky_split": manifest_meta.get("leaky"),
+            "threshold_from": "validation split",
+        },
         "models": {"mlp head": scored["report"]},
     }
     if train_rows.any() and val_rows.any():
         y = metrics.labels_from_genders(table["gender"])
         baseline = hd.logistic_baseline(x[train_rows], y[train_rows], seed=seed)
         threshold = hd.choose_threshold(y[val_rows], baseline.predict_proba(x[val_rows])[:, 1])
-        results["models"]["logistic regression"] = metrics.evaluate(y[test], baseline.predict_proba(x[test])[:, 1], threshold, table[test],
-                                                                    n_boot=config.evaluation.n_boot, seed=seed)
+        results["models"]["logistic regression"] = metrics.evaluate(
+            y[test], baseline.predict_proba(x[test])[:, 1], threshold, table[test], n_boot=config.evaluation.n_boot, seed=seed
+        )
     results["predictions"] = scored["predictions"]
     results["root"] = manifest_meta.get("root")
     reports = metrics.write_reports(results, work / "reports")
     return EvaluateResult(results, reports)
 
 
-def cross_evaluate(config: Config, data_root: str | os.PathLike[str], workdir: str | os.PathLike[str] | None = None, *,
-                   head: str | os.PathLike[str] | None = None, progress: bool = True, backbone: Any = None) -> EvaluateResult:
+def cross_evaluate(
+    config: Config,
+    data_root: str | os.PathLike[str],
+    workdir: str | os.PathLike[str] | None = None,
+    *,
+    head: str | os.PathLike[str] | None = None,
+    progress: bool = True,
+    backbone: Any = None,
+) -> EvaluateResult:
     """Score a head (default: the committed one) on every image of another labelled folder.
 
     Runs the manifest and extract stages on that folder (in ``<workdir>/cross/<name>``) with the
@@ -322,7 +375,7 @@ def cross_evaluate(config: Config, data_root: str | os.PathLike[str], workdir: s
     work = _workdir(config, workdir)
     target = work / "cross" / name
     built = manifest(config, target, progress=progress, data_root=data_root, all_test=True)
-    net = backbone or backbones.from_description(meta["backbone"], cache_root=config.cache_dir())
+    net = backbone or backbones.from_description(meta["backbone"], engine=config.backbone.engine, cache_root=config.cache_dir())
     try:
         extract(config, target, progress=progress, backbone=net)
     finally:
@@ -383,8 +436,12 @@ class PredictResult:
                 out.append((f"{row['path']}: {row['message']}", True))
             else:
                 word = "female" if row["label"] == "F" else "male"
-                out.append((f"{row['path']}: face {row['face'] + 1}: {word}, P(female) {row['p_female']:.3f} "
-                            f"(threshold {row['threshold']:.3f}), box {row['box']}", False))
+                out.append(
+                    (
+                        f"{row['path']}: face {row['face'] + 1}: {word}, P(female) {row['p_female']:.3f} (threshold {row['threshold']:.3f}), box {row['box']}",
+                        False,
+                    )
+                )
         return out
 
     def summary(self) -> str:
@@ -397,8 +454,15 @@ class PredictResult:
     __str__ = summary
 
 
-def predict(config: Config, inputs: Sequence[str | os.PathLike[str]], *, head: str | os.PathLike[str] | None = None,
-            detect: bool = True, csv: str | os.PathLike[str] | None = None, predictor: Any = None) -> PredictResult:
+def predict(
+    config: Config,
+    inputs: Sequence[str | os.PathLike[str]],
+    *,
+    head: str | os.PathLike[str] | None = None,
+    detect: bool = True,
+    csv: str | os.PathLike[str] | None = None,
+    predictor: Any = None,
+) -> PredictResult:
     """Label the faces in photos; folders stand for the images below them (head default: the committed one)."""
     from gender_lib import predict as pr
 
@@ -406,7 +470,10 @@ def predict(config: Config, inputs: Sequence[str | os.PathLike[str]], *, head: s
     if not paths:
         raise StageError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(pr.IMAGE_EXTENSIONS))})")
     own = predictor is None
-    predictor = predictor or pr.Predictor(head or config.paths.head_path or None)
+    # A handful of photos: dlib's own engine, so the command never imports TensorFlow (seconds);
+    # more: the Keras engine, whose load pays off after a few dozen faces.
+    engine = "dlib" if len(paths) <= FEW_PHOTOS and config.backbone.engine == "keras" else config.backbone.engine
+    predictor = predictor or pr.Predictor(head or config.paths.head_path or None, engine=engine, cache_root=config.cache_dir())
     try:
         rows = predictor.predict_paths(paths, detect=detect)
     finally:
@@ -417,12 +484,16 @@ def predict(config: Config, inputs: Sequence[str | os.PathLike[str]], *, head: s
 
 
 def example_image(config: Config) -> Path:
-    """The image notebook 06 predicts by default: the config's, else a face of the embedded sample."""
+    """The image notebook 06 predicts by default: the config's, else the first adult woman of the
+    embedded sample in whose crop dlib's detector finds a face (a demo should show a box)."""
+    from gender_lib import backbones
     from gender_lib.config import paths
+    from gender_lib.images import load_rgb
 
     if config.paths.example_image:
         return Path(config.paths.example_image).expanduser()
-    faces = sorted(paths().sample.glob("*_F/nm*.jpg")) or sorted(paths().sample.glob("*/*.jpg"))
-    if not faces:
-        raise UserFileNotFoundError(f"{paths().sample}: the embedded sample is missing; set example_image to a photo")
-    return faces[len(faces) // 2]
+    sample = paths().sample
+    for path in sorted(sample.glob("[3-5]?_F/nm*.jpg")) + sorted(sample.glob("*/*.jpg")):
+        if backbones.detect_faces(load_rgb(path)):
+            return path
+    raise UserFileNotFoundError(f"{sample}: no face of the embedded sample could be found; set example_image to a photo")

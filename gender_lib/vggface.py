@@ -68,9 +68,7 @@ def build_model(network: Network, name: str = "vgg_face") -> Any:
 
     height, width, channels = network.image_size
     inputs = keras.Input((height, width, channels), name="rgb_0_255")
-    x = layers.Normalization(
-        mean=network.average_image.tolist(), variance=[1.0, 1.0, 1.0], name="subtract_average_image"
-    )(inputs)
+    x = layers.Normalization(mean=network.average_image.tolist(), variance=[1.0, 1.0, 1.0], name="subtract_average_image")(inputs)
     taps = {index: key for key, index in descriptor_indices(network).items()}
     outputs: dict[str, Any] = {}
     pending: list[tuple[Any, Any]] = []
@@ -83,8 +81,11 @@ def build_model(network: Network, name: str = "vgg_face") -> Any:
                 top, bottom, left, right = layer.pad
                 x = layers.ZeroPadding2D(((top, bottom), (left, right)), name=f"{layer.name}_pad")(x)
             conv = layers.Conv2D(
-                layer.kernel.shape[3], (kh, kw), strides=layer.stride,
-                padding="same" if same else "valid", name=layer.name,
+                layer.kernel.shape[3],
+                (kh, kw),
+                strides=layer.stride,
+                padding="same" if same else "valid",
+                name=layer.name,
             )
             x = conv(x)
             pending.append((conv, layer))
@@ -232,7 +233,7 @@ def metadata(network: Network, model: Any, errors: dict[str, float] | None = Non
         "num_classes": network.num_classes,
         "equivalence_max_relative_error": errors,
         "keras_version": keras.__version__,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import html
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from gender_lib.predict import Face, PredictionError, Predictor, draw, read_image
 

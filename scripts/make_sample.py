@@ -107,12 +107,20 @@ def scan(source: Path) -> tuple[list[dict], dict[str, int]]:
                 continue
             subject, src = parsed
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
-            by_digest[digest].append({
-                "path": path, "rel": f"{folder.name}/{path.name}", "gender": gender, "age": str(int(age)),
-                "age_group": age_group(str(int(age))), "source": src, "subject": subject, "sha256": digest,
-            })
+            by_digest[digest].append(
+                {
+                    "path": path,
+                    "rel": f"{folder.name}/{path.name}",
+                    "gender": gender,
+                    "age": str(int(age)),
+                    "age_group": age_group(str(int(age))),
+                    "source": src,
+                    "subject": subject,
+                    "sha256": digest,
+                }
+            )
     records = []
-    for digest, copies in by_digest.items():
+    for copies in by_digest.values():
         labels = {(c["gender"], c["age_group"], c["subject"]) for c in copies}
         if len(labels) > 1:
             skipped["duplicate with conflicting labels"] += len(copies)
@@ -216,10 +224,7 @@ def summarize(entries: list[dict]) -> dict:
         "images_of_people_with_2_or_more": sum(c for c in photos_per_person.values() if c >= 2),
         "by_gender": {g: sum(e["gender"] == g for e in entries) for g in GENDERS},
         "by_source": {s: sum(e["source"] == s for e in entries) for s in SOURCES},
-        "by_age_group": {
-            grp: sum(e["age_group"] == grp for e in entries)
-            for grp in sorted({e["age_group"] for e in entries}, key=group_order)
-        },
+        "by_age_group": {grp: sum(e["age_group"] == grp for e in entries) for grp in sorted({e["age_group"] for e in entries}, key=group_order)},
         "cells": cells,
     }
 
@@ -232,13 +237,8 @@ def count_table(summary: dict) -> str:
     ]
     for gender, groups in summary["cells"].items():
         for group, row in groups.items():
-            lines.append(
-                f"| {gender} | {group} | " + " | ".join(str(row[s]) for s in SOURCES) + f" | {row['images']} | {row['people']} |"
-            )
-    lines.append(
-        "| all | all | " + " | ".join(str(summary["by_source"][s]) for s in SOURCES)
-        + f" | {summary['images']} | {summary['people']} |"
-    )
+            lines.append(f"| {gender} | {group} | " + " | ".join(str(row[s]) for s in SOURCES) + f" | {row['images']} | {row['people']} |")
+    lines.append("| all | all | " + " | ".join(str(summary["by_source"][s]) for s in SOURCES) + f" | {summary['images']} | {summary['people']} |")
     return "\n".join(lines)
 
 
@@ -251,7 +251,7 @@ def readme_text(summary: dict, n: int, seed: int, total_bytes: int, max_bytes: i
     by_gender = ", ".join(f"{summary['by_gender'][g]} {GENDER_WORDS[g]}" for g in GENDERS)
     return f"""# data/sample/
 
-{summary['images']} real aligned faces (128x128 RGB JPEGs, {total_bytes:,} bytes of images), small enough to
+{summary["images"]} real aligned faces (128x128 RGB JPEGs, {total_bytes:,} bytes of images), small enough to
 commit, so tests, notebooks and demos can run on real faces without the shared data set. Same layout
 as the original work's `combined/aligned/`: `<AA>_<M|F>/<original file name>` (AA = age, M/F = gender).
 
@@ -309,9 +309,14 @@ def build(source: Path, out: Path, n: int = 300, seed: int = 0, max_bytes: int =
     total_bytes = sum(map(len, payload.values()))
     entries = [
         {
-            "file": r["rel"], "gender": r["gender"], "age": r["age"], "age_group": r["age_group"],
-            "source": r["source"], "subject": r["subject"],
-            "sha256": hashlib.sha256(payload[r["rel"]]).hexdigest(), "source_sha256": r["sha256"],
+            "file": r["rel"],
+            "gender": r["gender"],
+            "age": r["age"],
+            "age_group": r["age_group"],
+            "source": r["source"],
+            "subject": r["subject"],
+            "sha256": hashlib.sha256(payload[r["rel"]]).hexdigest(),
+            "source_sha256": r["sha256"],
         }
         for r in chosen
     ]

@@ -19,6 +19,7 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("GENDER_LIB_CACHE", str(scratch / "cache"))
     os.environ.setdefault("IPYTHONDIR", str(Path(__file__).resolve().parents[1] / ".ipython"))
 
+
 REAL_COMBINED = gl_config.paths().datasets / "combined" / "aligned"
 REAL_FOLDS = gl_config.paths().datasets / "adience_folds"
 

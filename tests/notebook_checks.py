@@ -12,8 +12,7 @@ def _last_is_expression(source: str) -> bool:
         body = ast.parse(source).body
     except SyntaxError:
         return False
-    return bool(body) and isinstance(body[-1], ast.Expr) and not (
-        isinstance(body[-1].value, ast.Call) and getattr(body[-1].value.func, "id", "") == "print")
+    return bool(body) and isinstance(body[-1], ast.Expr) and not (isinstance(body[-1].value, ast.Call) and getattr(body[-1].value.func, "id", "") == "print")
 
 
 def plots_something(source: str) -> bool:

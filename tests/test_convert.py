@@ -100,7 +100,7 @@ def test_full_size_architecture_has_vgg_face_parameter_count_and_shapes():
     model = vf.build_model(network)
     assert model.count_params() == 145_002_878
     assert model.output["fc7"].shape[1:] == (4096,) and model.output["fc8"].shape[1:] == (2622,)
-    assert mc.output_shapes(network)[[l.name for l in network.layers].index("pool5")] == (7, 7, 512)
+    assert mc.output_shapes(network)[[layer.name for layer in network.layers].index("pool5")] == (7, 7, 512)
 
 
 # --------------------------------------------------------------------------- bad input

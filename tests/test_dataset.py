@@ -39,7 +39,7 @@ def messy(tmp_path: Path) -> Path:
     jpeg(root / "female" / "cmyk.jpg", 4, mode="CMYK")
     jpeg(root / "female" / "palette.png", 5, mode="P", format="PNG")
     jpeg(root / "female" / "alpha.png", 6, mode="RGBA", format="PNG")
-    Image.fromarray((np.arange(24 * 24, dtype=np.uint16).reshape(24, 24) * 100)).save(root / "female" / "sixteen.png")
+    Image.fromarray(np.arange(24 * 24, dtype=np.uint16).reshape(24, 24) * 100).save(root / "female" / "sixteen.png")
     rotated = Image.fromarray(np.zeros((10, 20, 3), np.uint8))  # 20 wide, 10 high
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
@@ -112,7 +112,8 @@ def test_read_equals_kept_plus_excluded_with_every_kind_of_problem(combined: Pat
     source = folder / "nm0000001_rm111_1980-1-2_2005.jpg"
     (folder / "nm0000001_rm999_1980-1-2_2007.jpg").write_bytes(source.read_bytes())  # duplicate pair
     (combined / "aligned" / "25_F" / "nm0000002_rm998_1981-1-2_2007.jpg").write_bytes(
-        (combined / "aligned" / "60_M" / "333_1940-05-06_2000.jpg").read_bytes())  # conflicting duplicate (F copy of an M)
+        (combined / "aligned" / "60_M" / "333_1940-05-06_2000.jpg").read_bytes()
+    )  # conflicting duplicate (F copy of an M)
     (folder / "notes.txt").write_text("not an image")  # skipped: not read
     jpeg(folder / "holiday photo.jpg", seed=50)  # unparsed name: read, kept, noted
     (combined / "aligned" / "misc").mkdir()  # skipped: unexpected folder
@@ -124,8 +125,7 @@ def test_read_equals_kept_plus_excluded_with_every_kind_of_problem(combined: Pat
     assert (meta["n_kept"], meta["n_excluded"], meta["n_skipped"], meta["n_notes"]) == (10, 5, 2, 2)
     reasons = dataset.excluded.groupby("kind")["reason"].agg(sorted).to_dict()
     assert reasons == {
-        "excluded": ["corrupt or not an image", "duplicate", "duplicate with conflicting labels",
-                     "duplicate with conflicting labels", "empty file"],
+        "excluded": ["corrupt or not an image", "duplicate", "duplicate with conflicting labels", "duplicate with conflicting labels", "empty file"],
         "skipped": ["not an image", "unexpected folder"],
         "note": ["unparsed name (kept)", "unparsed name (kept)"],
     }
@@ -148,8 +148,9 @@ def test_summary_does_not_count_kept_notes_or_non_images_as_exclusions(combined:
 
 def test_summary_of_an_old_report_without_kinds_and_of_later_extraction_failures():
     table = pd.DataFrame({"note": ["", "", "L converted to RGB"]})
-    old = pd.DataFrame({"path": list("abcd"), "reason": ["duplicate", "not an image", "unparsed name (kept)", "failed to decode at extraction"],
-                        "detail": [""] * 4})
+    old = pd.DataFrame(
+        {"path": list("abcd"), "reason": ["duplicate", "not an image", "unparsed name (kept)", "failed to decode at extraction"], "detail": [""] * 4}
+    )
     summary = ds.cleaning_summary(4, table, old)
     assert summary.splitlines()[0] == "read 4 images; kept 3; excluded 1"
     assert "  converted to RGB on load (kept): 1" in summary and "descriptor extraction (still in the manifest): 1" in summary
@@ -182,8 +183,10 @@ def test_official_folds_stay_person_disjoint_when_a_shared_image_links_two_folds
     (root / "aligned" / "new").mkdir()
     (root / "aligned" / "new" / "landmark_aligned_face.999.x.jpg").write_bytes(shared.read_bytes())
     jpeg(root / "aligned" / "new" / "landmark_aligned_face.999.y.jpg", seed=501)
-    for fold, rows in ((0, [fold_row("u00", "second.jpg", 0, "35", "m")]),
-                       (1, [fold_row("new", "x.jpg", 999, "35", "m"), fold_row("new", "y.jpg", 999, "35", "m")])):
+    for fold, rows in (
+        (0, [fold_row("u00", "second.jpg", 0, "35", "m")]),
+        (1, [fold_row("new", "x.jpg", 999, "35", "m"), fold_row("new", "y.jpg", 999, "35", "m")]),
+    ):
         path = root / f"fold_{fold}_data.txt"
         fold_file(path, path.read_text().splitlines()[1:] + rows)
     dataset = ds.build(root, progress=False)
@@ -220,8 +223,7 @@ def test_missing_manifest_is_a_clear_error(tmp_path: Path):
 
 def test_sample_keeps_proportions_and_is_seeded():
     rng = np.random.default_rng(0)
-    rows = [{"gender": "MF"[p % 2], "group": f"p{p}", "source": "s", "age_group": "25-37"}
-            for p in range(300) for _ in range(int(rng.integers(1, 12)))]
+    rows = [{"gender": "MF"[p % 2], "group": f"p{p}", "source": "s", "age_group": "25-37"} for p in range(300) for _ in range(int(rng.integers(1, 12)))]
     table = splits.assign_splits(pd.DataFrame(rows), seed=0)
     full = manifest.Dataset(table, pd.DataFrame(columns=manifest.EXCLUDED_COLUMNS), {"n_read": len(table), "n_kept": len(table)})
     a, b = ds.sample(full, 200, seed=1), ds.sample(full, 200, seed=1)
@@ -235,8 +237,18 @@ def test_sample_keeps_proportions_and_is_seeded():
 
 
 def test_old_names_stay_importable_from_dataset():
-    from gender_lib.dataset import (IMAGE_EXTENSIONS, LAYOUTS, Dataset, DatasetError, absolute_paths, age_group,  # noqa: F401
-                                    load_rgb, read_manifest, subject_from_combined_name, write_manifest)
+    from gender_lib.dataset import (  # noqa: F401
+        IMAGE_EXTENSIONS,
+        LAYOUTS,
+        Dataset,
+        DatasetError,
+        absolute_paths,
+        age_group,
+        load_rgb,
+        read_manifest,
+        subject_from_combined_name,
+        write_manifest,
+    )
 
     assert load_rgb is images.load_rgb and Dataset is manifest.Dataset
 

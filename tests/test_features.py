@@ -118,10 +118,10 @@ def test_run_killed_with_sigkill_resumes_and_embeds_each_image_exactly_once(tmp_
         from pathlib import Path
         from gender_lib import features as ft
         from tests.fakes import ColourBackbone
-        paths = sorted(Path({str(tmp_path / 'img')!r}).glob('*.png'))
+        paths = sorted(Path({str(tmp_path / "img")!r}).glob('*.png'))
         keys = {keys!r}
         b = ColourBackbone(delay=0.15)
-        ft.extract(paths, keys, b, ft.cache_for(b, {str(tmp_path / 'c')!r}), batch_size=2, chunk_size=4, progress=False)
+        ft.extract(paths, keys, b, ft.cache_for(b, {str(tmp_path / "c")!r}), batch_size=2, chunk_size=4, progress=False)
     """)
     process = subprocess.Popen([sys.executable, "-c", script])
     cache_dir = tmp_path / "c" / "colour-v1"
@@ -254,17 +254,19 @@ print("reads", reads, flush=True)
 def test_two_writers_and_a_reader_share_one_cache_safely(tmp_path):
     paths, keys = _images(tmp_path / "img", 40)
     root = str(Path(__file__).resolve().parents[1])
-    spec = {"root": str(tmp_path / "c"), "done": str(tmp_path / "done"),
-            "all": {"paths": [str(p) for p in paths], "keys": keys},
-            "a": {"paths": [str(p) for p in paths[:28]], "keys": keys[:28]},  # overlapping halves, opposite orders
-            "b": {"paths": [str(p) for p in paths[12:]][::-1], "keys": keys[12:][::-1]}}
+    spec = {
+        "root": str(tmp_path / "c"),
+        "done": str(tmp_path / "done"),
+        "all": {"paths": [str(p) for p in paths], "keys": keys},
+        "a": {"paths": [str(p) for p in paths[:28]], "keys": keys[:28]},  # overlapping halves, opposite orders
+        "b": {"paths": [str(p) for p in paths[12:]][::-1], "keys": keys[12:][::-1]},
+    }
     (tmp_path / "spec.json").write_text(json.dumps(spec))
     code = {"root": root, "spec": str(tmp_path / "spec.json")}
     reader = subprocess.Popen([sys.executable, "-c", _CONCURRENT_READER.format(**code)], stdout=subprocess.PIPE, text=True)
     try:
         assert reader.stdout.readline().strip() == "ready"
-        writers = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_WRITER.format(**code), part], stderr=subprocess.PIPE, text=True)
-                   for part in ("a", "b")]
+        writers = [subprocess.Popen([sys.executable, "-c", _CONCURRENT_WRITER.format(**code), part], stderr=subprocess.PIPE, text=True) for part in ("a", "b")]
         errors = [w.communicate(timeout=120)[1] for w in writers]
         assert [w.returncode for w in writers] == [0, 0], f"a writer crashed: {errors}"
         assert not any("vanished" in e for e in errors), f"a live writer's temp file was removed: {errors}"
@@ -299,9 +301,9 @@ def test_slow_extraction_killed_with_sigkill_loses_at_most_one_flush_interval(tm
                     log.write(f"{{len(batch)}}\\n")
                 return out
 
-        paths = sorted(Path({str(tmp_path / 'img')!r}).glob('*.png'))
+        paths = sorted(Path({str(tmp_path / "img")!r}).glob('*.png'))
         b = Logged(delay=0.1)
-        ft.extract(paths, {keys!r}, b, ft.cache_for(b, {str(tmp_path / 'c')!r}), batch_size=2, chunk_size=256,
+        ft.extract(paths, {keys!r}, b, ft.cache_for(b, {str(tmp_path / "c")!r}), batch_size=2, chunk_size=256,
                    flush_seconds=0.35, progress=False)
     """)
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 import pytest
 
-from gender_lib import metrics
 from gender_lib import head as hd
+from gender_lib import metrics
 
 
 def _blobs(n: int, dim: int = 8, separation: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -26,7 +25,6 @@ def separable():
 
 FAST = hd.HeadConfig(epochs=40, patience=5, head_batch_size=32)
 SEED = 7
-
 
 
 def test_head_learns_a_separable_problem(separable):
@@ -162,3 +160,25 @@ def test_wrong_gender_labels_are_rejected():
     with pytest.raises(metrics.LabelError, match="'M' or 'F'"):
         hd.labels_from_genders(["M", "female"])
     assert hd.labels_from_genders(pd.Series(["M", "F"])).tolist() == [0, 1]
+
+
+def test_numpy_forward_pass_equals_keras_on_the_committed_head():
+    """Prediction reads the head without TensorFlow; it must give Keras' numbers."""
+    from gender_lib import config
+
+    path = config.paths().default_head
+    keras_model, _ = hd.load_head(path)
+    numpy_model, meta = hd.load_head(path, backend="numpy")
+    x = np.random.default_rng(0).normal(0, 0.1, (257, meta["descriptor_dim"])).astype(np.float32)
+    np.testing.assert_allclose(hd.predict_proba(numpy_model, x), hd.predict_proba(keras_model, x), atol=1e-6)
+    np.testing.assert_allclose(hd.predict_proba(numpy_model, x[:1]), hd.predict_proba(keras_model, x[:1]), atol=1e-6)
+
+
+def test_numpy_head_refuses_layers_it_cannot_compute(tmp_path):
+    import keras
+
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.BatchNormalization()(inputs)))
+    hd.save_head(model, {"descriptor_dim": 4, "threshold": 0.5}, tmp_path / "odd.keras")
+    with pytest.raises(hd.HeadError, match="BatchNormalization"):
+        hd.load_head(tmp_path / "odd.keras", backend="numpy")

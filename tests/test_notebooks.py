@@ -64,8 +64,14 @@ def test_notebook_02_and_the_cli_write_identical_artefacts(tmp_path):
     from gender_lib import cli
 
     notebook_dir, cli_dir = tmp_path / "notebook", tmp_path / "cli"
-    pm.execute_notebook(str(ROOT / "notebooks" / "02_extract.ipynb"), str(tmp_path / "02.ipynb"), kernel_name="python3",
-                        parameters={"sample_size": 60, "workdir": str(notebook_dir)}, progress_bar=False, cwd=str(ROOT / "notebooks"))
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "02_extract.ipynb"),
+        str(tmp_path / "02.ipynb"),
+        kernel_name="python3",
+        parameters={"sample_size": 60, "workdir": str(notebook_dir)},
+        progress_bar=False,
+        cwd=str(ROOT / "notebooks"),
+    )
     assert cli.main(["extract", "--sample-size", "60", "--workdir", str(cli_dir), "--quiet"]) == 0
     for name in ("manifest.csv", "manifest.json", "excluded.csv", "extraction.json"):
         assert (notebook_dir / name).read_bytes() == (cli_dir / name).read_bytes(), name

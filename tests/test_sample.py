@@ -48,18 +48,21 @@ def _images(folder: Path) -> list[dict]:
         assert match, f"unexpected folder {path.parent.name}"
         parsed = subject_from_combined_name(path.name)
         assert parsed is not None, f"unparsed name {path.name}"
-        out.append({
-            "path": path, "file": f"{path.parent.name}/{path.name}", "gender": match.group(2),
-            "age_group": age_group(str(int(match.group(1)))), "subject": parsed[0], "source": parsed[1],
-        })
+        out.append(
+            {
+                "path": path,
+                "file": f"{path.parent.name}/{path.name}",
+                "gender": match.group(2),
+                "age_group": age_group(str(int(match.group(1)))),
+                "subject": parsed[0],
+                "source": parsed[1],
+            }
+        )
     return out
 
 
 def _tree_digests(folder: Path) -> dict[str, str]:
-    return {
-        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(folder.rglob("*")) if p.is_file()
-    }
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -137,11 +140,13 @@ def test_readme_count_table_matches_the_files(images):
             row = [r for r in images if r["gender"] == gender and r["age_group"] == group]
             expected[(gender, group)] = {
                 **{s: sum(r["source"] == s for r in row) for s in SOURCES},
-                "images": len(row), "people": len({r["subject"] for r in row}),
+                "images": len(row),
+                "people": len({r["subject"] for r in row}),
             }
     expected[("all", "all")] = {
         **{s: sum(r["source"] == s for r in images) for s in SOURCES},
-        "images": len(images), "people": len({r["subject"] for r in images}),
+        "images": len(images),
+        "people": len({r["subject"] for r in images}),
     }
     assert table == expected
     assert f"{len(images)} real aligned faces" in text
@@ -156,8 +161,7 @@ def test_sample_json_lists_exactly_the_files(images):
     for r in images:
         entry = listed[r["file"]]
         assert entry["sha256"] == hashlib.sha256(r["path"].read_bytes()).hexdigest()
-        assert (entry["gender"], entry["age_group"], entry["subject"], entry["source"]) == (
-            r["gender"], r["age_group"], r["subject"], r["source"])
+        assert (entry["gender"], entry["age_group"], entry["subject"], entry["source"]) == (r["gender"], r["age_group"], r["subject"], r["source"])
     assert meta["summary"]["images"] == len(images)
 
 
@@ -194,10 +198,8 @@ def fake_combined(tmp_path: Path) -> Path:
                 seed += 1
                 _jpeg(folder / f"{pid}_1970-1-1_2000.jpg", seed)
     # a plain duplicate (same person, same labels) and a duplicate with conflicting genders
-    (root / "30_F" / "landmark_aligned_face.42.9_abc_o.jpg").write_bytes(
-        (root / "30_F" / "landmark_aligned_face.42.1_abc_o.jpg").read_bytes())
-    (root / "30_M" / "nm0001042_rm9_1970-1-1_2000.jpg").write_bytes(
-        (root / "30_F" / "nm0000042_rm0_1970-1-1_2000.jpg").read_bytes())
+    (root / "30_F" / "landmark_aligned_face.42.9_abc_o.jpg").write_bytes((root / "30_F" / "landmark_aligned_face.42.1_abc_o.jpg").read_bytes())
+    (root / "30_M" / "nm0001042_rm9_1970-1-1_2000.jpg").write_bytes((root / "30_F" / "nm0000042_rm0_1970-1-1_2000.jpg").read_bytes())
     (root / "30_F" / "notes.txt").write_text("not an image")
     return root
 

@@ -36,7 +36,7 @@ def _jpeg() -> bytes:
 
 
 def _upload(name: str, content: bytes) -> dict:
-    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.timezone.utc)
+    now = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
     return {"name": name, "type": "image/jpeg", "size": len(content), "content": memoryview(content), "last_modified": now}
 
 

@@ -30,8 +30,9 @@ def _faces(folder: Path, people: int = 80, seed: int = 0) -> Path:
 
 @pytest.fixture
 def cfg(tmp_path: Path) -> config.Config:
-    return config.DEFAULT.replace(data_root=str(_faces(tmp_path / "faces")), workdir=str(tmp_path / "work"),
-                                  cache_dir=str(tmp_path / "cache"), epochs=15, patience=4, n_boot=50)
+    return config.DEFAULT.replace(
+        data_root=str(_faces(tmp_path / "faces")), workdir=str(tmp_path / "work"), cache_dir=str(tmp_path / "cache"), epochs=15, patience=4, n_boot=50
+    )
 
 
 @pytest.fixture
@@ -84,8 +85,7 @@ def test_cross_evaluation_reports_corrupt_and_missing_images(extracted, tmp_path
     (other / "broken.png").write_bytes(b"not a png at all")
     rows += ["broken.png,m", "gone.png,f"]
     (other / "labels.csv").write_text("\n".join(rows) + "\n")
-    result = stages.cross_evaluate(extracted, other / "labels.csv", head=extracted.workdir() / "head.keras", progress=False,
-                                   backbone=ColourBackbone())
+    result = stages.cross_evaluate(extracted, other / "labels.csv", head=extracted.workdir() / "head.keras", progress=False, backbone=ColourBackbone())
     assert result.head_report["n"] == 60 and result.excluded == 2
     assert result.reports[0].name == "evaluation_labels.json"  # not evaluation_labels.csv.json
     listed = result.excluded_list.read_text()
