@@ -26,7 +26,9 @@ def grouped_stratified_assign(labels: Sequence[str], groups: Sequence[str], frac
 
     Greedy and seeded: groups are shuffled, then taken largest first, each into the part
     where it most reduces the squared distance between the per-label counts and their
-    targets. Gives parts close to ``fractions`` and to the overall label balance.
+    targets, plus the same distance for the part's total size (without it, many small strata
+    break their ties the same way and one part comes out far too small). Gives parts close to
+    ``fractions`` and to the overall label balance.
     """
     labels = np.asarray(labels)
     groups = np.asarray(groups)
@@ -39,9 +41,12 @@ def grouped_stratified_assign(labels: Sequence[str], groups: Sequence[str], frac
     order = np.random.default_rng(seed).permutation(len(group_ids))
     order = order[np.argsort(-counts[order].sum(axis=1), kind="stable")]
     filled = np.zeros_like(targets)
+    total_targets, sizes = targets.sum(axis=1), counts.sum(axis=1)
     part_of_group = np.empty(len(group_ids), int)
     for g in order:
         cost = ((filled + counts[g] - targets) ** 2 - (filled - targets) ** 2).sum(axis=1)
+        totals = filled.sum(axis=1)
+        cost += (totals + sizes[g] - total_targets) ** 2 - (totals - total_targets) ** 2
         part = int(np.argmin(cost))
         part_of_group[g] = part
         filled[part] += counts[g]
