@@ -1,0 +1,380 @@
+"""Descriptor extraction past one machine, on Ray Data (``pip install -e '.[distributed]'``).
+
+:func:`extract_ray` does what :func:`gender_lib.features.extract` does, with the work spread over
+a Ray cluster (or a local Ray instance), and stores the descriptors in the same content-addressed
+:class:`~gender_lib.features.DescriptorCache`, so the head, the evaluation and reruns cannot tell
+which engine made them::
+
+    driver: keys already cached (or repeated) are dropped before anything is scheduled
+      -> ray.data.from_items([(path, key), ...])
+      -> map_batches(_prepare_batch)           CPU tasks: decode (images.load_rgb) + backbone.prepare_face;
+                                               a file that fails is marked, the rest of its batch kept
+      -> map_batches(_Embed, ActorPoolStrategy) actors, the backbone loaded once each (from_description),
+                                               one GPU each where the cluster has GPUs
+      -> iter_batches on the driver             cache.add(keys, vectors) every ``chunk_size`` rows
+
+Faults: the embedding actors are created with ``max_restarts`` and ``max_task_retries``
+(:data:`RETRIES`), so an actor that dies (killed, OOM, node lost) is restarted by Ray and its
+batches run again; decode tasks are retried by Ray Data as usual. Whatever happens, each
+image's descriptor is stored once: the driver is the only writer, it keeps the first vector of a
+key it sees, and the cache ignores keys it already holds. At the end every requested key is
+either in the cache or among the decode failures; otherwise :class:`IncompleteExtractionError`.
+
+Importing this module does not import Ray; :func:`extract_ray` does, and says how to install
+it where it is missing. On a cluster every node needs gender_lib and its dependencies installed
+and must see the image paths (a shared filesystem) and, for the dlib backbone's keras engine,
+the converted model under the cache root (it converts it where it is missing).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gender_lib import features
+from gender_lib.errors import GenderLibError
+
+log = logging.getLogger(__name__)
+
+#: How often Ray restarts a dead embedding actor, and retries a batch it was running.
+RETRIES = 3
+#: The extra that installs Ray Data.
+INSTALL_HINT = "pip install -e '.[distributed]'"
+
+
+class RayNotInstalledError(GenderLibError, ImportError):
+    """The ray engine was asked for but Ray Data is not installed."""
+
+
+class IncompleteExtractionError(GenderLibError, RuntimeError):
+    """Images that came back from the cluster with neither a descriptor nor a decode failure."""
+
+
+def _check_ray() -> None:
+    """Fail early, without importing Ray (seconds), where it is not installed at all."""
+    import importlib.util
+
+    if importlib.util.find_spec("ray") is None:
+        raise RayNotInstalledError(f"the ray extraction engine needs Ray Data, which is not installed: {INSTALL_HINT}")
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401 - the part that is needed, and the part that may be missing
+    except ImportError as error:
+        raise RayNotInstalledError(f"the ray extraction engine needs Ray Data, which is not installed ({error.msg}): {INSTALL_HINT}") from None
+    return ray
+
+
+# --------------------------------------------------------------------------- worker side
+
+#: One backbone per worker process and description: decode tasks reuse their worker processes.
+_BACKBONES: dict[str, Any] = {}
+
+
+def _backbone(description: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+    import json
+
+    from gender_lib import backbones
+
+    key = json.dumps([description, kwargs], sort_keys=True, default=str)
+    if key not in _BACKBONES:
+        _BACKBONES[key] = backbones.from_description(description, **kwargs)
+    return _BACKBONES[key]
+
+
+def _prepare_batch(batch: dict[str, np.ndarray], description: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Decode and prepare one batch of (path, key) rows; a row that fails keeps its place with an
+    ``error`` and a zero face, so a bad file costs only itself."""
+    from gender_lib.images import load_rgb
+
+    backbone = _backbone(description, kwargs)
+    faces: list[np.ndarray | None] = []
+    errors: list[str] = []
+    for path in batch["path"]:
+        try:
+            faces.append(np.asarray(backbone.prepare_face(load_rgb(str(path)))))
+            errors.append("")
+        except Exception as error:  # noqa: BLE001 - one bad image must not sink its batch
+            faces.append(None)
+            errors.append(f"{type(error).__name__}: {error}")
+    good = next((f for f in faces if f is not None), None)
+    if good is None:  # every file failed: a zero face of the right shape and type keeps the column uniform
+        good = np.asarray(backbone.prepare_face(np.zeros((64, 64, 3), np.uint8)))
+    zero = np.zeros_like(good)
+    return {"path": batch["path"], "key": batch["key"], "error": np.asarray(errors, dtype=object), "face": np.stack([zero if f is None else f for f in faces])}
+
+
+class _Embed:
+    """An embedding actor: the backbone is loaded (for the keras engine: traced) once, in the constructor."""
+
+    def __init__(self, description: dict[str, Any], kwargs: dict[str, Any]):
+        from gender_lib import backbones
+
+        self.backbone = backbones.from_description(description, **kwargs)
+        if hasattr(self.backbone, "load"):
+            self.backbone.load()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        errors = batch["error"]
+        ok = np.asarray([not e for e in errors], bool)
+        vectors = np.zeros((len(errors), self.backbone.dim), np.float32)
+        if ok.any():
+            vectors[ok] = self.backbone.embed(batch["face"][ok])
+        return {"path": batch["path"], "key": batch["key"], "error": errors, "vector": vectors}
+
+
+# --------------------------------------------------------------------------- driver side
+
+
+def _todo(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str], cache: features.DescriptorCache) -> tuple[int, list[tuple[str, str, str]]]:
+    """(distinct keys requested, [(absolute path, key, path as given)] of those not cached); a key's first path wins."""
+    cache.refresh()  # what other processes stored since the cache was opened is not redone
+    seen: set[str] = set()
+    todo: list[tuple[str, str, str]] = []
+    for path, key in zip(paths, keys):
+        if key not in seen and key not in cache:
+            todo.append((os.path.abspath(path), key, str(path)))
+        seen.add(key)
+    return len(seen), todo
+
+
+def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
+    """Connect to ``address`` or start a quiet local instance; True where this call started Ray
+    (and so must shut it down). An instance already running in this process is used as it is."""
+    if ray.is_initialized():
+        return False
+    # Workers' output stays in Ray's log files (/tmp/ray/session_latest/logs); the driver logs errors only.
+    quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
+    if address:
+        ray.init(address=address, **quiet)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    return True
+
+
+def _pool(ray: Any, actors: int | None) -> tuple[int, float, float]:
+    """(actors, GPUs per actor, CPUs per actor): one GPU each where the cluster has GPUs (as many
+    actors as GPUs by default), else one actor per node (its backbone uses the node's cores)."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    if gpus:
+        return (actors or gpus), 1.0, 1.0
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    return (actors or max(1, nodes)), 0.0, 1.0
+
+
+def _blocks(n: int, batch_size: int) -> int:
+    """About one batch per input block (decode tasks start and finish early), at most 20,000 blocks."""
+    return max(1, min(math.ceil(n / batch_size), 20_000))
+
+
+def extract_ray(
+    paths: Sequence[str | os.PathLike[str]],
+    keys: Sequence[str],
+    backbone_description: dict[str, Any],
+    cache: features.DescriptorCache,
+    *,
+    address: str | None = None,
+    batch_size: int = 32,
+    num_cpus: int | None = None,
+    actors: int | None = None,
+    progress: bool = True,
+    backbone_kwargs: dict[str, Any] | None = None,
+    chunk_size: int = 256,
+    flush_seconds: float | None = 30.0,
+) -> features.ExtractReport:
+    """Embed every image whose key is not cached yet, on Ray Data; store the descriptors in ``cache``.
+
+    ``backbone_description``: the backbone's ``describe()``; each worker rebuilds it with
+    :func:`gender_lib.backbones.from_description` (``backbone_kwargs`` go to it; for the dlib
+    backbone the engine defaults to the described one, and ``cache_root``, where the keras engine's
+    converted model is kept, to the configured cache root, as for ``DlibBackbone()``: pass the
+    backbone's own ``cache_root`` where it was built with another). ``address``: a running cluster
+    (``ray.init(address=...)``); without one a local instance with ``num_cpus`` CPUs (default all)
+    is started and shut down at the end. ``actors``: embedding actors (default one per GPU, or
+    one per node without GPUs). A chunk is stored every ``chunk_size`` descriptors, or after
+    ``flush_seconds``, as in :func:`gender_lib.features.extract`.
+
+    Keys already cached, and repeated keys, are dropped before anything is scheduled: when
+    nothing is left, Ray is not even started. Returns the same :class:`ExtractReport` as the
+    single-machine engine (decode failures with path, reason and detail).
+    """
+    if len(paths) != len(keys):
+        raise ValueError(f"{len(paths)} paths but {len(keys)} keys")
+    if batch_size < 1 or chunk_size < 1:
+        raise ValueError("batch_size and chunk_size must be positive")
+    backbone_id, dim = backbone_description.get("id"), int(backbone_description.get("dim", -1))
+    if cache.backbone_id != backbone_id or cache.dim != dim:
+        raise features.CacheMismatchError(f"cache {cache.dir} is for {cache.backbone_id} ({cache.dim}-d), not {backbone_id} ({dim}-d)")
+    _check_ray()
+    start = time.perf_counter()
+    requested, todo = _todo(paths, keys, cache)
+    if not todo:
+        log.info("%s: all %d images already cached; nothing scheduled", backbone_id, requested)
+        return features.ExtractReport(backbone_id, requested, requested, 0, [], time.perf_counter() - start)
+    ray = _import_ray()
+
+    kwargs = _worker_kwargs(backbone_description, backbone_kwargs)
+    _ensure_converted_here(backbone_description, kwargs, address)
+    started = _start_ray(ray, address, num_cpus)
+    try:
+        failures = _run(
+            ray,
+            todo,
+            backbone_description,
+            kwargs,
+            cache,
+            batch_size=batch_size,
+            actors=actors,
+            progress=progress,
+            chunk_size=chunk_size,
+            flush_seconds=flush_seconds,
+        )
+    finally:
+        if started:
+            ray.shutdown()
+    cache.refresh()
+    failed = {f["key"] for f in failures}
+    lost = [key for _, key, _ in todo if key not in cache and key not in failed]
+    if lost:
+        raise IncompleteExtractionError(
+            f"{len(lost)} of {len(todo)} images came back from Ray with no descriptor (e.g. {lost[0][:12]}); run the extraction again to embed them"
+        )
+    for failure in failures:
+        del failure["key"]
+    return features.ExtractReport(backbone_id, requested, requested - len(todo), len(todo) - len(failures), failures, time.perf_counter() - start)
+
+
+def _worker_kwargs(description: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """What workers pass to from_description: for dlib, the described engine, one dlib process
+    (Ray is the parallelism) and the keras model's cache root as a DlibBackbone built here would
+    have it (the configured cache root), resolved on the driver; ``given`` overrides each."""
+    kwargs: dict[str, Any] = {}
+    if description.get("name") == "dlib":
+        from gender_lib import config
+
+        kwargs = {"engine": description.get("engine", "keras"), "workers": 1, "cache_root": str(config.paths().cache)}
+    kwargs.update(given or {})
+    if kwargs.get("cache_root") is not None:
+        kwargs["cache_root"] = str(Path(kwargs["cache_root"]).expanduser().resolve())
+    return kwargs
+
+
+def _ensure_converted_here(description: dict[str, Any], kwargs: dict[str, Any], address: str | None) -> None:
+    """Convert the dlib keras model once on the driver before the actors start (they would each
+    convert it at once otherwise). On a cluster only a path the workers share makes this useful;
+    where the driver cannot write there, the actors convert it themselves."""
+    if description.get("name") != "dlib" or kwargs.get("engine") != "keras":
+        return
+    from gender_lib import dlib_keras
+
+    try:
+        dlib_keras.ensure_converted(kwargs.get("cache_root"))
+    except OSError as error:
+        if not address:
+            raise
+        log.warning("could not convert the dlib keras model on the driver (%s); the actors will", error)
+
+
+def _run(
+    ray: Any,
+    todo: list[tuple[str, str, str]],
+    description: dict[str, Any],
+    kwargs: dict[str, Any],
+    cache: features.DescriptorCache,
+    *,
+    batch_size: int,
+    actors: int | None,
+    progress: bool,
+    chunk_size: int,
+    flush_seconds: float | None,
+) -> list[dict[str, str]]:
+    """Run the pipeline over ``todo``; store descriptors as they come. Returns the decode failures (with their key)."""
+    from ray.data import ActorPoolStrategy, DataContext
+    from tqdm.auto import tqdm
+
+    size, gpus, cpus = _pool(ray, actors)
+    context = DataContext.get_current()
+    saved = {name: getattr(context, name, None) for name in ("enable_progress_bars", "print_on_execution_start")}
+    for name in saved:
+        if hasattr(context, name):
+            setattr(context, name, False)
+    data_log = logging.getLogger("ray.data")
+    level = data_log.level
+    data_log.setLevel(logging.ERROR)  # its execution plans, per-run notices and progress-bar hints
+    try:
+        given = {key: path for _, key, path in todo}  # failures name the path as the caller gave it, as features.extract does
+        ds = ray.data.from_items([{"path": p, "key": k} for p, k, _ in todo], override_num_blocks=_blocks(len(todo), batch_size))
+        with warnings.catch_warnings():  # Ray >= 2.5x calls ray_remote_args deprecated, yet it is the only way to set these
+            warnings.simplefilter("ignore")
+            # One input block (about batch_size rows) per decode task. The different remote args keep Ray Data
+            # from fusing decoding into the actors, where it would run one batch at a time, next to the model.
+            ds = ds.map_batches(
+                _prepare_batch, batch_size=None, batch_format="numpy", fn_kwargs={"description": description, "kwargs": kwargs}, num_cpus=1, max_retries=RETRIES
+            )
+            ds = ds.map_batches(
+                _Embed,
+                batch_size=batch_size,
+                batch_format="numpy",
+                compute=ActorPoolStrategy(size=size),
+                fn_constructor_kwargs={"description": description, "kwargs": kwargs},
+                num_cpus=cpus,
+                num_gpus=gpus,
+                max_restarts=RETRIES,
+                max_task_retries=RETRIES,
+            )
+        failures: list[dict[str, str]] = []
+        done: set[str] = set()
+        pending_keys: list[str] = []
+        pending: list[np.ndarray] = []
+        last_flush = time.monotonic()
+        bar = tqdm(total=len(todo), desc=f"embed {description.get('name')} (ray)", unit="img", disable=not progress, mininterval=1.0)
+
+        def flush() -> None:
+            nonlocal pending_keys, pending, last_flush
+            if pending_keys:
+                cache.add(pending_keys, np.concatenate(pending))
+            pending_keys, pending, last_flush = [], [], time.monotonic()
+
+        try:
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                fresh = [i for i, key in enumerate(batch["key"]) if key not in done]  # a retried batch is not stored twice
+                done.update(batch["key"][i] for i in fresh)
+                ok = [i for i in fresh if not batch["error"][i]]
+                for i in fresh:
+                    if batch["error"][i]:
+                        key = str(batch["key"][i])
+                        failures.append(
+                            {
+                                "path": given.get(key, str(batch["path"][i])),
+                                "reason": "failed to decode at extraction",
+                                "detail": str(batch["error"][i]),
+                                "key": key,
+                            }
+                        )
+                if ok:
+                    pending_keys.extend(str(batch["key"][i]) for i in ok)
+                    pending.append(np.asarray(batch["vector"][ok], np.float32))
+                bar.update(len(fresh))
+                due = flush_seconds is not None and time.monotonic() - last_flush >= flush_seconds
+                if len(pending_keys) >= chunk_size or due:
+                    flush()
+            flush()
+        finally:
+            bar.close()
+        return failures
+    finally:
+        data_log.setLevel(level)
+        for name, value in saved.items():
+            if hasattr(context, name):
+                setattr(context, name, value)
