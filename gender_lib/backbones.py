@@ -476,8 +476,9 @@ def get_backbone(
 def from_config(config: Any, workers: int | None = None) -> Backbone:
     """The backbone a :class:`gender_lib.config.Config` names (the keras engine's model kept under its cache_dir)."""
     b = config.backbone
+    engine = "keras" if b.engine == "ray" else b.engine  # ray: the keras engine, on a cluster's actors
     return get_backbone(
-        b.backbone, layer=b.vggface_layer, precision=b.precision, align=b.dlib_align, workers=workers, engine=b.engine, cache_root=config.cache_dir()
+        b.backbone, layer=b.vggface_layer, precision=b.precision, align=b.dlib_align, workers=workers, engine=engine, cache_root=config.cache_dir()
     )
 
 

@@ -29,7 +29,9 @@ HELP = {
     "folds": "number of person-disjoint folds in the manifest's fold column",
     "backbone": "descriptor network",
     "dlib_align": "dlib: 5-point chip or plain resize",
-    "engine": "dlib: run its network converted to Keras (verified against dlib) or dlib's own code (same descriptors, slower)",
+    "engine": "dlib: its network converted to Keras (verified against dlib), dlib's own code (same descriptors, slower), "
+    "or ray (the Keras model on a Ray cluster; needs the distributed extra)",
+    "ray_address": "with --engine ray: an existing Ray cluster (ray://host:10001 or auto); empty starts a local Ray instance",
     "precision": "vggface compute precision",
     "vggface_layer": "vggface descriptor layer",
     "batch_size": "images per backbone batch",
@@ -55,13 +57,14 @@ CHOICES = {
     "protocol": ["person", "original"],
     "backbone": list(BACKBONES),
     "dlib_align": ["chip", "resize"],
-    "engine": ["keras", "dlib"],
+    "engine": ["keras", "dlib", "ray"],
     "precision": ["float32", "bfloat16"],
     "vggface_layer": ["fc7", "fc8"],
 }
+ALIASES = {"ray_address": ["--address"]}
 STAGE_FLAGS = {
     "data": ["data_root", "layout", "sample_size", "protocol", "val_fraction", "test_fraction", "folds"],
-    "backbone": ["backbone", "dlib_align", "engine", "precision", "vggface_layer", "batch_size"],
+    "backbone": ["backbone", "dlib_align", "engine", "ray_address", "precision", "vggface_layer", "batch_size"],
     "head": ["widths", "dropout", "l2", "learning_rate", "head_batch_size", "epochs", "patience", "class_balance"],
     "where": ["workdir", "cache_dir"],
 }
@@ -71,7 +74,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> 
     defaults = DEFAULT.flat()
     for name in names:
         default = defaults[name]
-        flag = "--" + name.replace("_", "-")
+        flags = ["--" + name.replace("_", "-"), *ALIASES.get(name, [])]
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": f"{HELP[name]} (default: {default if default != '' else 'see above'})"}
         if isinstance(default, list):
             kwargs.update(type=int, nargs="+")
@@ -81,7 +84,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> 
             kwargs.update(type=type(default))
         if name in CHOICES:
             kwargs["choices"] = CHOICES[name]
-        parser.add_argument(flag, **kwargs)
+        parser.add_argument(*flags, **kwargs)
 
 
 def _config(args: argparse.Namespace) -> Config:

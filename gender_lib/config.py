@@ -125,7 +125,8 @@ class BackboneConfig:
 
     backbone: str = "dlib"  # dlib | vggface | auto
     dlib_align: str = "chip"  # chip (5-point alignment) | resize
-    engine: str = "keras"  # keras (dlib's network converted and verified) | dlib (dlib's own code, for comparison)
+    engine: str = "keras"  # keras (dlib's network converted and verified) | dlib (dlib's own code, for comparison) | ray (keras on a Ray cluster)
+    ray_address: str = ""  # engine ray: an existing cluster's address; empty starts a local Ray instance
     precision: str = "float32"  # float32 | bfloat16 (vggface only)
     vggface_layer: str = "fc7"  # fc7 | fc8
     batch_size: int = 32
@@ -233,7 +234,7 @@ class Config:
             ("protocol", self.data.protocol, ("person", "original")),
             ("backbone", self.backbone.backbone, BACKBONES),
             ("dlib_align", self.backbone.dlib_align, ("chip", "resize")),
-            ("engine", self.backbone.engine, ("keras", "dlib")),
+            ("engine", self.backbone.engine, ("keras", "dlib", "ray")),
             ("precision", self.backbone.precision, ("float32", "bfloat16")),
             ("vggface_layer", self.backbone.vggface_layer, ("fc7", "fc8")),
         ]

@@ -139,8 +139,22 @@ def extract(config: Config, workdir: str | os.PathLike[str] | None = None, *, pr
     try:
         cache = features.cache_for(net, config.cache_dir())
         keys = data.table["sha256"].tolist()
-        report = features.extract(absolute_paths(data), keys, net, cache, batch_size=config.backbone.batch_size, progress=progress)
         description = net.describe()
+        if config.backbone.engine == "ray" and backbone is None:
+            from gender_lib import distributed
+
+            report = distributed.extract_ray(
+                absolute_paths(data),
+                keys,
+                description,
+                cache,
+                address=config.backbone.ray_address or None,
+                batch_size=config.backbone.batch_size,
+                progress=progress,
+                backbone_kwargs={"cache_root": str(config.cache_dir())},
+            )
+        else:
+            report = features.extract(absolute_paths(data), keys, net, cache, batch_size=config.backbone.batch_size, progress=progress)
     finally:
         if backbone is None:
             net.close()

@@ -235,3 +235,22 @@ def test_a_corrupt_image_is_reported_and_the_rest_kept(local_ray, both_engines, 
     good_keys = [k for p, k in zip(paths, keys) if p not in (corrupt, truncated)]
     assert np.abs(cache.get(good_keys) - both_engines["single_cache"].get(good_keys)).max() <= 1e-5
     assert cache.missing(keys) == [keys[3], keys[7]]
+
+
+@pytest.mark.ray
+def test_the_extract_stage_with_engine_ray_fills_the_same_cache(sample_faces, tmp_path):
+    """`gender-lib extract --engine ray` (the stage API): same manifest, same descriptors as the keras engine."""
+    from gender_lib import config, stages
+
+    base = dict(sample_size=40, cache_dir=str(tmp_path / "cache"))
+    local = config.DEFAULT.replace(base, workdir=str(tmp_path / "local"))
+    ray_cfg = config.DEFAULT.replace(base, workdir=str(tmp_path / "ray"), cache_dir=str(tmp_path / "ray_cache"), engine="ray")
+    for cfg in (local, ray_cfg):
+        stages.manifest(cfg, progress=False)
+    stages.extract(local, progress=False)
+    result = stages.extract(ray_cfg, progress=False)
+    assert result.report.embedded == result.n_images > 0
+    _, x_local, info_local, _ = stages.load_descriptors(local)
+    _, x_ray, info_ray, _ = stages.load_descriptors(ray_cfg)
+    assert info_ray["backbone"]["id"] == info_local["backbone"]["id"]
+    np.testing.assert_allclose(x_ray, x_local, atol=1e-5)
