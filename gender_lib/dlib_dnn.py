@@ -60,7 +60,7 @@ from typing import Any
 
 import numpy as np
 
-from gender_lib.errors import GenderLibError
+from gender_lib.errors import BadFileError
 from gender_lib.fileio import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -70,13 +70,8 @@ INPUT_DIVISOR = 256.0
 DESCRIPTOR_DIM = 128
 
 
-class DlibModelError(GenderLibError, ValueError):
+class DlibModelError(BadFileError):
     """A file that is not (or not a readable copy of) dlib's face recognition ResNet."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclasses.dataclass

@@ -7,6 +7,9 @@ so callers catching those keep working.
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class GenderLibError(Exception):
     """A problem with the user's input or environment; the message says what and how to fix it."""
@@ -17,6 +20,15 @@ class UserFileNotFoundError(GenderLibError, FileNotFoundError):
 
     def __str__(self) -> str:  # FileNotFoundError(msg) prints plainly; keep it so
         return str(self.args[0]) if self.args else ""
+
+
+class BadFileError(GenderLibError, ValueError):
+    """A file that cannot be used as what it was given for; prints as ``<path>: <problem>``."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str):
+        self.path = Path(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
 
 
 class ConfigError(GenderLibError, ValueError):

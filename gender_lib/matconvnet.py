@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gender_lib.errors import GenderLibError
+from gender_lib.errors import BadFileError
 from gender_lib.fileio import atomic_write, sha256_file
 
 #: VGG-Face's per-channel RGB mean (``normalization.averageImage`` of the real file).
@@ -55,13 +55,8 @@ _KNOWN_TYPES = {"conv", "relu", "pool", "dropout", "softmax"}
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-class ConversionError(GenderLibError, ValueError):
+class ConversionError(BadFileError):
     """A ``.mat`` file that cannot be read as VGG-Face; the message names the file."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str):
-        self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 @dataclasses.dataclass
