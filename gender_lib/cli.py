@@ -79,7 +79,7 @@ def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> 
         if isinstance(default, list):
             kwargs.update(type=int, nargs="+")
         elif isinstance(default, bool):
-            kwargs.update(type=lambda v: v.lower() in ("1", "true", "yes"), metavar="{true,false}")
+            kwargs.update(choices=["true", "false"])
         elif isinstance(default, (int, float)):
             kwargs.update(type=type(default))
         if name in CHOICES:
@@ -284,7 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         "label the faces in photos (files or folders)",
         "Detect faces in each photo and print label, P(female) and box. Folders stand for every image below them. "
-        "Problems go to stderr; the exit status is 1 if any file could not be read or no image was found.",
+        "Problems go to stderr; the exit status is 1 if any file could not be read (2 if no image was found at all).",
         func=_predict,
     )
     predict.add_argument("images", nargs="+", help="image files and/or folders")
@@ -353,10 +353,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:
-        logging.getLogger("papermill").setLevel(logging.WARNING)
     with quiet_native_output(not verbose):
+        # After the redirect, so library warnings reach the user's terminal through sys.stderr.
+        logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
+        if not verbose:
+            logging.getLogger("papermill").setLevel(logging.WARNING)
         try:
             return int(args.func(args) or 0)
         except GenderLibError as error:

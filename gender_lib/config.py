@@ -253,6 +253,13 @@ class Config:
                 raise ConfigError(f"{source}: {name} must be at least 1, got {value}")
         if self.data.sample_size < 0:
             raise ConfigError(f"{source}: sample_size must be 0 (all images) or positive, got {self.data.sample_size}")
+        d = self.data
+        if not (0 < d.val_fraction < 1 and 0 < d.test_fraction < 1 and d.val_fraction + d.test_fraction < 1):
+            raise ConfigError(f"{source}: val_fraction and test_fraction must be in (0, 1) and sum to less than 1, got {d.val_fraction} and {d.test_fraction}")
+        if d.folds < 2:
+            raise ConfigError(f"{source}: folds must be at least 2, got {d.folds}")
+        if self.head.learning_rate <= 0:
+            raise ConfigError(f"{source}: learning_rate must be positive, got {self.head.learning_rate}")
         if not 0 <= self.head.dropout < 1:
             raise ConfigError(f"{source}: dropout must be in [0, 1), got {self.head.dropout}")
         if not self.head.widths or any(w < 1 for w in self.head.widths):

@@ -57,6 +57,13 @@ def run(
     run_dir = Path(out) if out else paths.runs / name
     run_dir.mkdir(parents=True, exist_ok=True)
     given = {**config["parameters"], "workdir": str(run_dir)}
+    selected = only or config["notebooks"]
+    declared_any = set().union(*(pm.inspect_notebook(str(paths.root / "notebooks" / f"{n}.ipynb")) for n in selected if n in NOTEBOOKS))
+    unused = sorted(set(config["parameters"]) - declared_any)
+    if unused:
+        raise ConfigError(
+            f"{config_path}: {', '.join(unused)} would be ignored: no notebook of this run declares it (set it through the CLI or the stage API instead)"
+        )
     env = {"IPYTHONDIR": str(paths.root / ".ipython"), "GENDER_LIB_ROOT": str(paths.root)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits it: TF's C++ logs stay out of cell outputs

@@ -69,15 +69,22 @@ def read_image(image: Any, name: str = "image") -> np.ndarray:
             array = np.clip(array * scale, 0, 255).astype(np.uint8)
         return np.ascontiguousarray(array[:, :, :3])
     if isinstance(image, Image.Image):
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        image = buffer.getvalue()
+        from gender_lib.images import to_rgb
+
+        if image.width * image.height > MAX_PIXELS:
+            raise PredictionError(f"{name}: image too large ({image.width}x{image.height}); downscale it first")
+        return to_rgb(image)  # any mode (CMYK, palette, 16-bit), EXIF orientation applied
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
         name = str(path)
+        if path.is_dir():
+            raise PredictionError(f"{name}: is a folder, not an image (give folders to predict_paths / the CLI)")
         if not path.is_file():
             raise PredictionError(f"{name}: no such file")
-        image = path.read_bytes()
+        try:
+            image = path.read_bytes()
+        except OSError as error:
+            raise PredictionError(f"{name}: cannot be read ({error.strerror or error})") from None
     if not isinstance(image, (bytes, bytearray, memoryview)):
         raise PredictionError(f"{name}: expected a path, bytes, a PIL image or an array, got {type(image).__name__}")
     data = bytes(image)

@@ -205,6 +205,11 @@ def load_descriptors(
     used = info["backbone"]
     cache = features.open_cache(used["id"], int(used["dim"]), config.cache_dir())
     table = data.table[data.table["sha256"].map(cache.__contains__)].reset_index(drop=True)
+    if len(table) != int(info["images"]):
+        raise StageError(
+            f"{cache.dir} holds descriptors for {len(table)} of the {info['images']} images {work} was extracted with: "
+            "is cache_dir (or GENDER_LIB_CACHE) the one used at extraction? Run extraction again with this cache to fill it"
+        )
     return table, cache.get(table["sha256"].tolist()), info, data.meta
 
 
@@ -332,6 +337,14 @@ def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, h
     head_path = _resolve_head(config, head, work / HEAD_NAME)
     model, meta = hd.load_head(head_path)
     table, x, _, manifest_meta = load_descriptors(config, work, backbone=meta["backbone"])
+    trained_on = (meta.get("manifest") or {}).get("sha256")
+    if trained_on != manifest_meta.get("manifest_sha256"):
+        message = (
+            f"{head_path} was trained on another manifest than {work}'s (the split may have changed since): its test split may hold people the head trained on"
+        )
+        if head_path == work / HEAD_NAME:
+            raise StageError(message + "; train again (notebook 03 or `gender-lib train`)")
+        log.warning(message)
     split = table["split"].to_numpy()
     test, train_rows, val_rows = split == "test", split == "train", split == "val"
     if not test.any():
@@ -389,7 +402,8 @@ def cross_evaluate(
     work = _workdir(config, workdir)
     target = work / "cross" / name
     built = manifest(config, target, progress=progress, data_root=data_root, all_test=True)
-    net = backbone or backbones.from_description(meta["backbone"], engine=config.backbone.engine, cache_root=config.cache_dir())
+    engine = "keras" if config.backbone.engine == "ray" else config.backbone.engine
+    net = backbone or backbones.from_description(meta["backbone"], engine=engine, cache_root=config.cache_dir())
     try:
         extract(config, target, progress=progress, backbone=net)
     finally:
@@ -439,8 +453,8 @@ class PredictResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when every input was read (faces or not), 1 when any failed or there were none."""
-        return 1 if self.failed or not self.rows else 0
+        """0 when every input was read (faces or not), 1 when any could not be read."""
+        return 1 if self.failed else 0
 
     def lines(self) -> list[tuple[str, bool]]:
         """(text, is_problem) per row: faces go to stdout, problems to stderr."""
@@ -486,7 +500,8 @@ def predict(
     own = predictor is None
     # A handful of photos: dlib's own engine, so the command never imports TensorFlow (seconds);
     # more: the Keras engine, whose load pays off after a few dozen faces.
-    engine = "dlib" if len(paths) <= FEW_PHOTOS and config.backbone.engine == "keras" else config.backbone.engine
+    engine = "keras" if config.backbone.engine == "ray" else config.backbone.engine
+    engine = "dlib" if len(paths) <= FEW_PHOTOS and engine == "keras" else engine
     predictor = predictor or pr.Predictor(head or config.paths.head_path or None, engine=engine, cache_root=config.cache_dir())
     try:
         rows = predictor.predict_paths(paths, detect=detect)

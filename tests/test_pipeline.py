@@ -43,6 +43,13 @@ def test_a_misspelt_parameter_is_an_error_naming_it(tmp_path):
         pipeline.load_config(bad)
 
 
+def test_a_parameter_no_notebook_declares_is_refused_not_dropped(tmp_path):
+    run = tmp_path / "run.yml"
+    run.write_text("name: x\nnotebooks: [03_train]\nparameters:\n  vggface_layer: fc8\n")
+    with pytest.raises(ConfigError, match="vggface_layer would be ignored"):
+        pipeline.run(run, out=tmp_path / "out")
+
+
 def test_every_config_field_has_one_flat_name():
     names = config.Config.field_sections()
     assert len(names) == len(config.DEFAULT.flat()) and "seed" in names and "cache_dir" in names

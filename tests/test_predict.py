@@ -48,7 +48,7 @@ def test_face_in_a_photo_is_found_boxed_and_labelled(predictor, face_photo):
     assert len(faces) == 1
     left, top, right, bottom = faces[0].box
     assert 390 <= left and right <= 570 and 110 <= top and bottom <= 290  # inside the pasted face
-    assert faces[0].label in ("M", "F") and 0 <= faces[0].p_female <= 1
+    assert faces[0].label == ("F" if faces[0].p_female >= predictor.threshold else "M") and 0 <= faces[0].p_female <= 1
 
 
 def test_every_input_type_gives_the_same_answer(predictor, face_photo):
@@ -174,6 +174,14 @@ def test_no_face_on_a_crop_suggests_no_detect(toy_head, tmp_path, capsys):
 def test_the_label_agrees_with_the_printed_probability_and_threshold():
     face = pr.Face((0, 0, 9, 9), "F", 0.45, threshold=0.4)
     assert "female, P(female) 0.45 (threshold 0.40)" in face.text()
+
+
+def test_unreadable_file_and_cmyk_pil_image_give_answers_not_tracebacks(predictor, face_photo, tmp_path):
+    locked = tmp_path / "locked.jpg"
+    locked.mkdir()  # a path that exists but cannot be read as a file
+    with pytest.raises(pr.PredictionError, match="locked.jpg: is a folder"):
+        predictor.predict(locked)
+    assert len(predictor.predict(Image.open(face_photo).convert("CMYK"))) == 1
 
 
 def test_a_head_trained_on_resized_faces_gets_resized_faces(tmp_path, face_photo):

@@ -71,6 +71,21 @@ def test_evaluate_refuses_a_workdir_extracted_with_another_backbone(extracted):
         stages.evaluate(extracted)
 
 
+def test_evaluating_a_head_trained_on_an_older_split_is_refused(extracted):
+    stages.train(extracted)
+    stages.manifest(extracted.replace(seed=1), progress=False)  # a new split in the same work folder
+    stages.extract(extracted, progress=False, backbone=ColourBackbone())
+    with pytest.raises(stages.StageError, match="trained on another manifest"):
+        stages.evaluate(extracted)
+
+
+def test_a_cache_that_misses_descriptors_is_an_error_not_a_smaller_dataset(extracted, tmp_path):
+    other_cache = extracted.replace(cache_dir=str(tmp_path / "other_cache"))
+    features.cache_for(ColourBackbone(), tmp_path / "other_cache").add(["x" * 64], np.zeros((1, 6)))
+    with pytest.raises(stages.StageError, match="holds descriptors for 0 of the"):
+        stages.train(other_cache)
+
+
 def test_train_before_extract_says_what_to_run(cfg):
     stages.manifest(cfg, progress=False)
     with pytest.raises(stages.StageError, match="no descriptors were extracted.*gender-lib extract"):
