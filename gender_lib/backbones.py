@@ -42,6 +42,14 @@ ENGINES = ("keras", "dlib")
 #: Description keys that are no part of the id: which implementation computed descriptors
 #: verified equal (to 1e-4) to the other's, so caches and heads are shared between them.
 NOT_HASHED = ("id", "engine")
+#: What the dlib backbone returns per face: ``descriptor`` (the 128-d fc output) or ``level2``
+#: (the activation map after the third residual level, 8x8x128, of the chip and of its mirror
+#: image, flattened: what :mod:`gender_lib.finetune` trains the top levels on).
+OUTPUTS = ("descriptor", "level2")
+#: The Keras layer whose output is the ``level2`` map (the converted model's layer names are dlib's indices).
+LEVEL2_LAYER = "relu_090"
+LEVEL2_SHAPE = (8, 8, 128)
+LEVEL2_DIM = 2 * 8 * 8 * 128
 Box = tuple[int, int, int, int]
 
 
@@ -180,10 +188,11 @@ _KERAS_MODELS: dict[str, Any] = {}
 _KERAS_LOCK = threading.Lock()
 
 
-def _keras_forward(path: Path) -> Any:
-    """A ``tf.function`` (any n, 150, 150, 3) uint8 -> (n, 128) of the converted model at
-    ``path``; loaded and traced once per process and file version (models are stateless at inference)."""
-    key = f"{path}@{Path(path).stat().st_mtime_ns}"  # a conversion redone in this process is loaded anew
+def _keras_forward(path: Path, output: str = "descriptor") -> Any:
+    """A ``tf.function`` (any n, 150, 150, 3) uint8 -> (n, dim) of the converted model at
+    ``path`` (``output``: see :data:`OUTPUTS`); loaded and traced once per process and file
+    version (models are stateless at inference)."""
+    key = f"{path}@{Path(path).stat().st_mtime_ns}:{output}"  # a conversion redone in this process is loaded anew
     with _KERAS_LOCK:
         if key not in _KERAS_MODELS:
             import tensorflow as tf
@@ -191,6 +200,20 @@ def _keras_forward(path: Path) -> Any:
             from gender_lib import dlib_keras
 
             model, _ = dlib_keras.load(path)
+            if output == "level2":
+                import keras
+
+                lower = keras.Model(model.input, model.get_layer(LEVEL2_LAYER).output, name="dlib_lower_levels")
+
+                @tf.function(input_signature=[tf.TensorSpec((None, dlib_keras.CHIP_SIZE, dlib_keras.CHIP_SIZE, 3), tf.uint8)])
+                def level2(x: Any) -> Any:
+                    x = tf.cast(x, tf.float32)
+                    n = tf.shape(x)[0]
+                    maps = lower(tf.concat([x, x[:, :, ::-1, :]], axis=0), training=False)  # the chip, then its mirror image
+                    return tf.reshape(tf.transpose(tf.reshape(maps, (2, n, -1)), (1, 0, 2)), (n, LEVEL2_DIM))
+
+                _KERAS_MODELS[key] = level2
+                return level2
 
             # uint8 in, so a GPU receives a quarter of the bytes; one trace serves every batch size.
             @tf.function(input_signature=[tf.TensorSpec((None, dlib_keras.CHIP_SIZE, dlib_keras.CHIP_SIZE, 3), tf.uint8)])
@@ -220,12 +243,24 @@ class DlibBackbone:
     dim = 128
     input_size = (150, 150)
 
-    def __init__(self, align: str = "chip", workers: int | None = None, engine: str = "keras", cache_root: str | os.PathLike[str] | None = None):
+    def __init__(
+        self,
+        align: str = "chip",
+        workers: int | None = None,
+        engine: str = "keras",
+        cache_root: str | os.PathLike[str] | None = None,
+        output: str = "descriptor",
+    ):
         if align not in ("chip", "resize"):
             raise ConfigError(f"dlib align must be 'chip' or 'resize', got {align!r}")
         if engine not in ENGINES:
             raise ConfigError(f"dlib engine must be one of {list(ENGINES)}, got {engine!r}")
-        self.align, self.engine = align, engine
+        if output not in OUTPUTS:
+            raise ConfigError(f"dlib output must be one of {list(OUTPUTS)}, got {output!r}")
+        if output != "descriptor" and engine != "keras":
+            raise ConfigError(f"the dlib backbone's {output} output needs engine 'keras' (dlib's own code returns only the descriptor)")
+        self.align, self.engine, self.output = align, engine, output
+        self.dim = 128 if output == "descriptor" else LEVEL2_DIM
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self.cache_root = Path(cache_root).expanduser().resolve() if cache_root is not None else None
         self.weights_sha256 = _hash_of(str(dlib_model_paths()["descriptor"]))
@@ -284,7 +319,7 @@ class DlibBackbone:
 
                 root = config.paths().cache
             self.keras_model_path = dlib_keras.ensure_converted(root)
-            self._forward = _keras_forward(self.keras_model_path)
+            self._forward = _keras_forward(self.keras_model_path, self.output)
         return self
 
     def _embed_keras(self, batch: np.ndarray) -> np.ndarray:
@@ -330,6 +365,8 @@ class DlibBackbone:
             "weights_sha256": self.weights_sha256,
             "engine": self.engine,
         }
+        if self.output != "descriptor":  # recorded only when not the default, so descriptor ids stay as they were
+            out["output"] = f"{self.output}: {LEVEL2_LAYER} {'x'.join(map(str, LEVEL2_SHAPE))} map of the chip, then of its mirror image"
         return {**out, "id": getattr(self, "id", None) or backbone_id(self.name, out)}
 
 
@@ -451,6 +488,7 @@ def get_backbone(
     workers: int | None = None,
     engine: str = "keras",
     cache_root: str | os.PathLike[str] | None = None,
+    output: str = "descriptor",
 ) -> Backbone:
     """A backbone by name: ``vggface``, ``dlib`` or ``auto`` (vggface if converted, else dlib).
 
@@ -469,16 +507,34 @@ def get_backbone(
     if name == "dlib":
         if precision != "float32":
             raise ConfigError("the dlib backbone runs in float32 only (precision: float32)")
-        return DlibBackbone(align=align, workers=workers, engine=engine, cache_root=cache_root)
+        return DlibBackbone(align=align, workers=workers, engine=engine, cache_root=cache_root, output=output)
+    if output != "descriptor":
+        raise ConfigError(f"output {output!r} (modes features and finetune) needs the dlib backbone, not {name}")
     raise ConfigError(f"unknown backbone {name!r}; choose one of {BACKBONES} or 'auto'")
 
 
-def from_config(config: Any, workers: int | None = None) -> Backbone:
-    """The backbone a :class:`gender_lib.config.Config` names (the keras engine's model kept under its cache_dir)."""
+def output_for(mode: str) -> str:
+    """The backbone output a head mode trains on: the descriptor (``frozen``) or the level-2 maps."""
+    return "descriptor" if mode == "frozen" else "level2"
+
+
+def from_config(config: Any, workers: int | None = None, mode: str | None = None) -> Backbone:
+    """The backbone a :class:`gender_lib.config.Config` names (the keras engine's model kept under
+    its cache_dir), with the output its head ``mode`` needs (default: the config's)."""
     b = config.backbone
     engine = "keras" if b.engine == "ray" else b.engine  # ray: the keras engine, on a cluster's actors
+    output = output_for(mode or config.head.mode)
+    if output != "descriptor" and engine == "dlib":
+        engine = "keras"  # dlib's own code cannot return inner activations; same network, verified equal
     return get_backbone(
-        b.backbone, layer=b.vggface_layer, precision=b.precision, align=b.dlib_align, workers=workers, engine=engine, cache_root=config.cache_dir()
+        b.backbone,
+        layer=b.vggface_layer,
+        precision=b.precision,
+        align=b.dlib_align,
+        workers=workers,
+        engine=engine,
+        cache_root=config.cache_dir(),
+        output=output,
     )
 
 
@@ -503,7 +559,9 @@ def from_description(
             raise BackboneError(
                 f"the head's backbone record has no 'align' field ({description.get('id')}); it was saved by an older gender_lib: retrain the head"
             )
-        backbone: Backbone = DlibBackbone(align=description["align"], workers=workers, engine=engine, cache_root=cache_root)
+        output = "level2" if str(description.get("output", "descriptor")).startswith("level2") else "descriptor"
+        engine = "keras" if output != "descriptor" else engine  # only the keras engine returns inner activations
+        backbone: Backbone = DlibBackbone(align=description["align"], workers=workers, engine=engine, cache_root=cache_root, output=output)
     elif name == "vggface":
         backbone = get_backbone("vggface", vggface_path=vggface_path, layer=description.get("layer", "fc7"), precision=description.get("precision", "float32"))
     else:

@@ -43,6 +43,11 @@ HELP = {
     "epochs": "maximum epochs (early stopping on validation loss)",
     "patience": "epochs without improvement before stopping",
     "class_balance": "weight classes to balance them (true/false)",
+    "mode": "what the head learns from: the frozen descriptor, frozen multi-level features, or fine-tuning dlib's top level(s) with it",
+    "flip_tta": "features/finetune: average P(female) over the face and its mirror image (true/false)",
+    "finetune_levels": "finetune: how many of dlib's top residual levels are trained",
+    "finetune_epochs": "finetune: maximum epochs of the joint training (early stopping on validation loss)",
+    "finetune_learning_rate": "finetune: Adam step for the network, relative to each weight tensor's RMS",
     "n_boot": "bootstrap resamples (over people) for the 95%% intervals",
     "n_faces": "faces in the prediction grid",
     "workdir": "work folder: manifest, extraction record, head, reports (default $GENDER_LIB_WORKDIR or data/processed)",
@@ -60,12 +65,28 @@ CHOICES = {
     "engine": ["keras", "dlib", "ray"],
     "precision": ["float32", "bfloat16"],
     "vggface_layer": ["fc7", "fc8"],
+    "mode": ["frozen", "features", "finetune"],
+    "finetune_levels": [1, 2],
 }
 ALIASES = {"ray_address": ["--address"]}
 STAGE_FLAGS = {
     "data": ["data_root", "layout", "sample_size", "protocol", "val_fraction", "test_fraction", "folds"],
     "backbone": ["backbone", "dlib_align", "engine", "ray_address", "precision", "vggface_layer", "batch_size"],
-    "head": ["widths", "dropout", "l2", "learning_rate", "head_batch_size", "epochs", "patience", "class_balance"],
+    "head": [
+        "mode",
+        "widths",
+        "dropout",
+        "l2",
+        "learning_rate",
+        "head_batch_size",
+        "epochs",
+        "patience",
+        "class_balance",
+        "flip_tta",
+        "finetune_levels",
+        "finetune_epochs",
+        "finetune_learning_rate",
+    ],
     "where": ["workdir", "cache_dir"],
 }
 
@@ -165,7 +186,7 @@ def _extract(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from gender_lib import stages
 
-    result = stages.train(_config(args), output=args.output)
+    result = stages.train(_config(args), output=args.output, progress=_progress(args))
     print(result.summary())
     print(f"saved {result.path} and {result.path.with_suffix('.json')}")
     return 0
@@ -260,12 +281,14 @@ def build_parser() -> argparse.ArgumentParser:
     train = command(
         "train",
         "train the gender head on a work folder's train split",
-        "Train the MLP head (seeded; early stopping and threshold on the val split) and save it with metadata.",
+        "Train the MLP head (seeded; early stopping and threshold on the val split) and save it with metadata. "
+        "--mode features or finetune first extracts the level-2 maps they need (cached) and saves <workdir>/classifier.npz.",
         "head",
         "where",
         func=_train,
     )
-    train.add_argument("-o", "--output", default=None, help="where the head goes (default: <workdir>/head.keras; a .json goes beside it)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("-o", "--output", default=None, help="where the head goes (default: <workdir>/head.keras, or classifier.npz; a .json beside it)")
 
     evaluate = command(
         "evaluate",

@@ -104,6 +104,7 @@ def paths(root: str | os.PathLike[str] | None = None) -> Paths:
 
 LAYOUTS = ("", "combined", "adience", "utkface", "folders", "csv")
 BACKBONES = ("dlib", "vggface", "auto")
+MODES = ("frozen", "features", "finetune")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +135,18 @@ class BackboneConfig:
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
-    """The MLP head (the original work's Dense 16, Dense 16, Dropout 0.4, sigmoid) and its training."""
+    """The MLP head (the original work's Dense 16, Dense 16, Dropout 0.4, sigmoid) and its training.
+
+    ``mode``: what the head learns from. ``frozen``: the 128-d descriptor. ``features``: the
+    descriptor plus the pooled activations of the last three residual levels (768-d), frozen.
+    ``finetune``: the head first, then the network's top ``finetune_levels`` residual levels and
+    fc layer trained with it at ``finetune_learning_rate`` (relative to each weight tensor's RMS;
+    the head at ``learning_rate`` / 10),
+    on cached level-2 maps with mirror-image augmentation, early-stopped on validation loss.
+    Modes other than frozen average P(female) over the face and its mirror image when ``flip_tta``.
+    """
+
+    mode: str = "frozen"  # frozen | features | finetune
 
     widths: tuple[int, ...] = (16, 16)
     dropout: float = 0.4
@@ -144,6 +156,10 @@ class HeadConfig:
     epochs: int = 100
     patience: int = 8
     class_balance: bool = True
+    flip_tta: bool = True  # features/finetune: average P(female) over the face and its mirror image
+    finetune_levels: int = 1  # finetune: the top residual levels trained (1: the last, 256 channels at 2x2; 2: also the 4x4 one)
+    finetune_epochs: int = 6  # finetune: epochs over the train split after the head's own training
+    finetune_learning_rate: float = 1e-3  # finetune: Adam's step for the network's levels, relative to each weight tensor's RMS
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "widths": list(self.widths)}
@@ -237,6 +253,8 @@ class Config:
             ("engine", self.backbone.engine, ("keras", "dlib", "ray")),
             ("precision", self.backbone.precision, ("float32", "bfloat16")),
             ("vggface_layer", self.backbone.vggface_layer, ("fc7", "fc8")),
+            ("mode", self.head.mode, MODES),
+            ("finetune_levels", self.head.finetune_levels, (1, 2)),
         ]
         for name, value, allowed in checks:
             if value not in allowed:
@@ -247,6 +265,7 @@ class Config:
             "epochs": self.head.epochs,
             "patience": self.head.patience,
             "n_boot": self.evaluation.n_boot,
+            "finetune_epochs": self.head.finetune_epochs,
         }
         for name, value in positive.items():
             if value < 1:
@@ -258,8 +277,11 @@ class Config:
             raise ConfigError(f"{source}: val_fraction and test_fraction must be in (0, 1) and sum to less than 1, got {d.val_fraction} and {d.test_fraction}")
         if d.folds < 2:
             raise ConfigError(f"{source}: folds must be at least 2, got {d.folds}")
-        if self.head.learning_rate <= 0:
-            raise ConfigError(f"{source}: learning_rate must be positive, got {self.head.learning_rate}")
+        for name in ("learning_rate", "finetune_learning_rate"):
+            if getattr(self.head, name) <= 0:
+                raise ConfigError(f"{source}: {name} must be positive, got {getattr(self.head, name)}")
+        if self.head.mode != "frozen" and self.backbone.backbone != "dlib":
+            raise ConfigError(f"{source}: mode {self.head.mode!r} needs backbone 'dlib' (its inner levels), got {self.backbone.backbone!r}")
         if not 0 <= self.head.dropout < 1:
             raise ConfigError(f"{source}: dropout must be in [0, 1), got {self.head.dropout}")
         if not self.head.widths or any(w < 1 for w in self.head.widths):

@@ -267,12 +267,18 @@ def _input_dim(model: Any) -> int:
     return model.dim if isinstance(model, NumpyHead) else int(model.inputs[0].shape[-1])
 
 
-def load_head(path: str | os.PathLike[str], backend: str = "keras") -> tuple[Any, dict[str, Any]]:
+def load_head(path: str | os.PathLike[str], backend: str = "keras", cache_root: str | os.PathLike[str] | None = None) -> tuple[Any, dict[str, Any]]:
     """Load a saved head and its metadata; a clear :class:`HeadError` if either is missing or damaged.
 
     ``backend="numpy"`` gives a :class:`NumpyHead` (no TensorFlow import) for prediction only.
+    A ``.npz`` is a features/finetune classifier (:func:`gender_lib.finetune.load`, always Keras:
+    it runs dlib's top levels, converted model under ``cache_root``).
     """
     path = Path(path)
+    if path.suffix == ".npz":
+        from gender_lib import finetune
+
+        return finetune.load(path, cache_root)
     side = path.with_suffix(".json")
     if not path.is_file():
         raise UserFileNotFoundError(f"{path}: no trained head here; run notebooks/03_train.ipynb or `gender-lib train`, or name another with --head")
@@ -299,6 +305,14 @@ def load_head(path: str | os.PathLike[str], backend: str = "keras") -> tuple[Any
     return model, meta
 
 
+def finetuned_levels(meta: dict[str, Any]) -> str:
+    """Which of dlib's levels a classifier's head reads or tuned, in words."""
+    if meta.get("mode") == "features":
+        return "descriptor + pooled levels 2, 1, 0: 768-d, frozen"
+    levels = int(meta.get("config", {}).get("finetune_levels", 1))
+    return f"top {levels} residual level{'s' if levels > 1 else ''} + fc tuned"
+
+
 def describe(meta: dict[str, Any]) -> str:
     """Rounded, stable summary of a trained head (what notebooks print)."""
     history = meta.get("history", {})
@@ -312,6 +326,9 @@ def describe(meta: dict[str, Any]) -> str:
             f"train {counts['train']}, val {counts['val']}, test {counts['test']}",
             f"head: widths {meta['config']['widths']}, dropout {meta['config']['dropout']}, l2 {meta['config']['l2']}, "
             f"seed {meta.get('seed', meta['config'].get('seed'))}",
+            f"mode {meta.get('mode', 'frozen')}"
+            + (f" ({finetuned_levels(meta)}, flip averaging {'on' if meta.get('flip_tta') else 'off'})" if meta.get("mode", "frozen") != "frozen" else "")
+            + (f"; head epochs 1-{history['finetune_from']}, fine-tuning after" if history.get("finetune_from") else ""),
             f"best epoch {best} of {len(history.get('loss', []))}; threshold (chosen on val) {meta['threshold']:.3f}",
             f"val: accuracy {val['accuracy']:.3f}, macro F1 {val['macro_f1']:.3f}, ROC-AUC {val['roc_auc']:.3f}",
             f"logistic-regression baseline val: accuracy {meta['baseline_val_metrics']['accuracy']:.3f}, ROC-AUC {meta['baseline_val_metrics']['roc_auc']:.3f}",

@@ -60,6 +60,8 @@ def training_curves(history: dict[str, list[float]]) -> Any:
         ax.plot(epochs, history[key], label="train")
         ax.plot(epochs, history[f"val_{key}"], label="validation")
         ax.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
+        if history.get("finetune_from"):  # mode finetune: the head alone, then the network's top levels too
+            ax.axvspan(float(history["finetune_from"]) + 0.5, len(epochs) + 0.5, color="tab:orange", alpha=0.08, label="fine-tuning")
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.legend()

@@ -30,6 +30,7 @@ from gender_lib.errors import GenderLibError, UserFileNotFoundError
 log = logging.getLogger(__name__)
 
 HEAD_NAME = "head.keras"
+CLASSIFIER_NAME = "classifier.npz"  # modes features and finetune (see gender_lib.finetune)
 FEW_PHOTOS = 20  # up to this many photos, predict skips TensorFlow (see stages.predict)
 
 
@@ -242,21 +243,44 @@ class TrainResult:
     __str__ = summary
 
 
-def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, output: str | os.PathLike[str] | None = None) -> TrainResult:
-    """Train the head on the train split, choose its threshold on val, save it (default ``<workdir>/head.keras``)."""
-    from gender_lib import head, metrics
+def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, output: str | os.PathLike[str] | None = None, progress: bool = True) -> TrainResult:
+    """Train on the train split as ``config.head.mode`` says, choose the threshold on val, save
+    (default ``<workdir>/head.keras``, or ``<workdir>/classifier.npz`` for modes features and finetune).
+
+    Modes features and finetune need the backbone's level-2 maps: extracted here first when the
+    work folder holds another output (cached, so once per image)."""
+    from gender_lib import backbones, head, metrics
 
     work = _workdir(config, workdir)
+    mode = config.head.mode
+    wanted = backbones.from_config(config)
+    try:
+        if _extracted_with(work) != wanted.id:  # modes need other backbone outputs: extract them (cached, resumable)
+            log.info("extracting the %s output that mode %s trains on", wanted.describe().get("output", "descriptor"), mode)
+            extract(config, work, progress=progress, backbone=wanted)
+    finally:
+        wanted.close()
     table, x, info, manifest_meta = load_descriptors(config, work)
     y = metrics.labels_from_genders(table["gender"])
     train_rows, val_rows = (table["split"] == "train").to_numpy(), (table["split"] == "val").to_numpy()
-    model, history = head.train_head(x[train_rows], y[train_rows], x[val_rows], y[val_rows], config.head, seed=config.seed)
+    record: dict[str, Any] = {}
+    if mode == "frozen":
+        model, history = head.train_head(x[train_rows], y[train_rows], x[val_rows], y[val_rows], config.head, seed=config.seed)
+    else:
+        from gender_lib import finetune
+
+        model, record = finetune.train(
+            x[train_rows], y[train_rows], x[val_rows], y[val_rows], mode, config.head, seed=config.seed, cache_root=config.cache_dir(), progress=progress
+        )
+        history = record["history"]
     p_val = head.predict_proba(model, x[val_rows])
     threshold = head.choose_threshold(y[val_rows], p_val)
-    baseline = head.logistic_baseline(x[train_rows], y[train_rows], seed=config.seed)
+    xb = baseline_inputs(x, info, config)
+    baseline = head.logistic_baseline(xb[train_rows], y[train_rows], seed=config.seed)
     val_metrics = metrics.classification_metrics(y[val_rows], p_val, threshold)
-    baseline_val = metrics.classification_metrics(y[val_rows], baseline.predict_proba(x[val_rows])[:, 1], 0.5)
+    baseline_val = metrics.classification_metrics(y[val_rows], baseline.predict_proba(xb[val_rows])[:, 1], 0.5)
     meta = {
+        "mode": mode,
         "backbone": info["backbone"],
         "descriptor_dim": int(x.shape[1]),
         "preprocessing": info["backbone"].get("preprocessing"),
@@ -277,8 +301,35 @@ def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, outp
         "baseline_val_metrics": {"accuracy": baseline_val["accuracy"], "macro_f1": baseline_val["macro"]["f1"], "roc_auc": baseline_val["roc_auc"]},
         "history": history,
     }
-    path = head.save_head(model, meta, Path(output) if output else work / HEAD_NAME)
+    if mode == "frozen":
+        path = head.save_head(model, meta, Path(output) if output else work / HEAD_NAME)
+    else:
+        from gender_lib import finetune
+
+        meta |= {"flip_tta": config.head.flip_tta, "train_seconds": round(record["train_seconds"], 1)}
+        path = finetune.save(model, record, meta, Path(output) if output else work / CLASSIFIER_NAME)
     return TrainResult(model, json.loads(path.with_suffix(".json").read_text()), path)
+
+
+def _extracted_with(work: Path) -> str | None:
+    info = work / "extraction.json"
+    return json.loads(info.read_text())["backbone"]["id"] if info.is_file() else None
+
+
+def baseline_inputs(x: np.ndarray, info: dict[str, Any], config: Config) -> np.ndarray:
+    """What the logistic-regression baseline reads: the descriptors, also where ``x`` holds
+    level-2 maps (then the frozen network's descriptor of each face, as in mode frozen)."""
+    if not str(info["backbone"].get("output", "descriptor")).startswith("level2"):
+        return x
+    from gender_lib import finetune
+
+    return finetune.frozen_descriptors(x, config.cache_dir())
+
+
+def workdir_head(work: Path) -> Path:
+    """The head trained last in ``work``: ``head.keras`` (mode frozen) or ``classifier.npz`` (the others)."""
+    found = [p for p in (work / HEAD_NAME, work / CLASSIFIER_NAME) if p.is_file()]
+    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else work / HEAD_NAME
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -326,7 +377,8 @@ def _resolve_head(config: Config, head: str | os.PathLike[str] | None, fallback:
 def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, head: str | os.PathLike[str] | None = None) -> EvaluateResult:
     """Score a head on the work folder's **test** split, beside a logistic-regression baseline.
 
-    The head defaults to the one trained in this work folder (``<workdir>/head.keras``): a head
+    The head defaults to the one trained last in this work folder (``head.keras`` or
+    ``classifier.npz``, see :func:`workdir_head`): a head
     trained elsewhere may have seen these test people. The threshold is the head's (chosen on
     validation at training time); the baseline is refitted on the same train split (seconds).
     """
@@ -334,15 +386,15 @@ def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, h
     from gender_lib import metrics
 
     work = _workdir(config, workdir)
-    head_path = _resolve_head(config, head, work / HEAD_NAME)
-    model, meta = hd.load_head(head_path)
+    head_path = _resolve_head(config, head, workdir_head(work))
+    model, meta = hd.load_head(head_path, cache_root=config.cache_dir())
     table, x, _, manifest_meta = load_descriptors(config, work, backbone=meta["backbone"])
     trained_on = (meta.get("manifest") or {}).get("sha256")
     if trained_on != manifest_meta.get("manifest_sha256"):
         message = (
             f"{head_path} was trained on another manifest than {work}'s (the split may have changed since): its test split may hold people the head trained on"
         )
-        if head_path == work / HEAD_NAME:
+        if head_path == workdir_head(work):
             raise StageError(message + "; train again (notebook 03 or `gender-lib train`)")
         log.warning(message)
     split = table["split"].to_numpy()
@@ -364,10 +416,11 @@ def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, h
     }
     if train_rows.any() and val_rows.any():
         y = metrics.labels_from_genders(table["gender"])
-        baseline = hd.logistic_baseline(x[train_rows], y[train_rows], seed=seed)
-        threshold = hd.choose_threshold(y[val_rows], baseline.predict_proba(x[val_rows])[:, 1])
+        xb = baseline_inputs(x, {"backbone": meta["backbone"]}, config)
+        baseline = hd.logistic_baseline(xb[train_rows], y[train_rows], seed=seed)
+        threshold = hd.choose_threshold(y[val_rows], baseline.predict_proba(xb[val_rows])[:, 1])
         results["models"]["logistic regression"] = metrics.evaluate(
-            y[test], baseline.predict_proba(x[test])[:, 1], threshold, table[test], n_boot=config.evaluation.n_boot, seed=seed
+            y[test], baseline.predict_proba(xb[test])[:, 1], threshold, table[test], n_boot=config.evaluation.n_boot, seed=seed
         )
     results["predictions"] = scored["predictions"]
     results["root"] = manifest_meta.get("root")
@@ -398,7 +451,7 @@ def cross_evaluate(
     data_root = Path(data_root).expanduser().resolve()
     name = data_root.stem if data_root.is_file() else data_root.name
     head_path = _resolve_head(config, head, paths().default_head)
-    model, meta = hd.load_head(head_path)
+    model, meta = hd.load_head(head_path, cache_root=config.cache_dir())
     work = _workdir(config, workdir)
     target = work / "cross" / name
     built = manifest(config, target, progress=progress, data_root=data_root, all_test=True)

@@ -77,3 +77,28 @@ def test_notebook_02_and_the_cli_write_identical_artefacts(tmp_path):
         assert (notebook_dir / name).read_bytes() == (cli_dir / name).read_bytes(), name
     record = json.loads((cli_dir / "extraction.json").read_text())
     assert record["manifest_sha256"] and record["images"] == json.loads((cli_dir / "manifest.json").read_text())["n_images"]
+
+
+@pytest.mark.notebooks
+def test_notebook_03_fine_tunes_headless_with_papermill(tmp_path):
+    """Notebook 03 with mode finetune, as papermill runs it: level-2 maps extracted, the head then
+    the top level trained, classifier.npz saved, its curves drawn (a minute on the sample)."""
+    import papermill as pm
+
+    from gender_lib import cli
+
+    assert cli.main(["extract", "--sample-size", "120", "--workdir", str(tmp_path), "--quiet"]) == 0
+    out = tmp_path / "03_finetune.ipynb"
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "03_train.ipynb"),
+        str(out),
+        kernel_name="python3",
+        parameters={"mode": "finetune", "epochs": 10, "finetune_epochs": 1, "workdir": str(tmp_path)},
+        progress_bar=False,
+        cwd=str(ROOT / "notebooks"),
+    )
+    assert problems(out) == [] and images(out) >= 1
+    text = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", []))
+    assert "mode finetune (top 1 residual level + fc tuned" in text
+    meta = json.loads((tmp_path / "classifier.json").read_text())
+    assert meta["mode"] == "finetune" and meta["history"]["finetune_from"] >= 1
