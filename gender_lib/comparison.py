@@ -91,17 +91,16 @@ def compare(
     folds: int = 5,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run the comparison on a work folder holding level-2 maps; returns the results (also written
-    to ``<workdir>/reports/methods.json`` and ``methods.md``)."""
+    """Run the comparison on a work folder with a manifest (its level-2 maps are extracted first
+    where missing); returns the results (also written to ``<workdir>/reports/methods.json`` and ``methods.md``)."""
     from gender_lib import head as hd
     from gender_lib import metrics, stages
     from gender_lib.fileio import write_json, write_text
 
     work = config.workdir() if workdir is None else Path(workdir)
-    level2 = dataclasses.replace(config, head=dataclasses.replace(config.head, mode="finetune"))
+    level2 = config.replace(mode="finetune")
+    stages.ensure_extracted(level2, work, progress=progress)  # the level-2 maps every method reads (cached)
     table, x, info, manifest_meta = stages.load_descriptors(level2, work)
-    if not str(info["backbone"].get("output", "")).startswith("level2"):
-        raise stages.StageError(f"{work}: extracted with the descriptor output; run `gender-lib train --mode features` (or extract in mode finetune) first")
     y = metrics.labels_from_genders(table["gender"])
     split = table["split"].to_numpy()
     tr, va, te = split == "train", split == "val", split == "test"

@@ -249,17 +249,11 @@ def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, outp
 
     Modes features and finetune need the backbone's level-2 maps: extracted here first when the
     work folder holds another output (cached, so once per image)."""
-    from gender_lib import backbones, head, metrics
+    from gender_lib import head, metrics
 
     work = _workdir(config, workdir)
     mode = config.head.mode
-    wanted = backbones.from_config(config)
-    try:
-        if _extracted_with(work) != wanted.id:  # modes need other backbone outputs: extract them (cached, resumable)
-            log.info("extracting the %s output that mode %s trains on", wanted.describe().get("output", "descriptor"), mode)
-            extract(config, work, progress=progress, backbone=wanted)
-    finally:
-        wanted.close()
+    ensure_extracted(config, work, progress=progress)
     table, x, info, manifest_meta = load_descriptors(config, work)
     y = metrics.labels_from_genders(table["gender"])
     train_rows, val_rows = (table["split"] == "train").to_numpy(), (table["split"] == "val").to_numpy()
@@ -311,15 +305,38 @@ def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, outp
     return TrainResult(model, json.loads(path.with_suffix(".json").read_text()), path)
 
 
-def _extracted_with(work: Path) -> str | None:
+def output_kind(description: dict[str, Any]) -> str:
+    """``level2`` or ``descriptor``: what a recorded backbone returns (see :data:`gender_lib.backbones.OUTPUTS`)."""
+    return "level2" if str(description.get("output", "")).startswith("level2") else "descriptor"
+
+
+def ensure_extracted(config: Config, workdir: str | os.PathLike[str] | None = None, *, progress: bool = True, backbone: dict[str, Any] | None = None) -> None:
+    """Extract the kind of output ``config.head.mode`` reads (descriptors, or level-2 maps), or that
+    the recorded ``backbone`` (a head's) returns, where the work folder's last extraction (notebook
+    02's) was of the other kind. Cached by content, so switching modes costs once per image; a folder extracted with
+    another backbone of the same kind is left alone (the stages that read it say so)."""
+    from gender_lib import backbones
+
+    work = _workdir(config, workdir)
     info = work / "extraction.json"
-    return json.loads(info.read_text())["backbone"]["id"] if info.is_file() else None
+    if not info.is_file():
+        return  # nothing extracted yet: the stage that reads says to run extraction (notebook 02)
+    done = output_kind(json.loads(info.read_text())["backbone"])
+    wanted_kind = output_kind(backbone) if backbone is not None else backbones.output_for(config.head.mode)
+    if done == wanted_kind:
+        return
+    wanted = backbones.from_config(config) if backbone is None else backbones.from_description(backbone, cache_root=config.cache_dir())
+    try:
+        log.info("extracting the %s output that mode %s reads", wanted_kind, config.head.mode if backbone is None else "of the head")
+        extract(config, work, progress=progress, backbone=wanted)
+    finally:
+        wanted.close()
 
 
 def baseline_inputs(x: np.ndarray, info: dict[str, Any], config: Config) -> np.ndarray:
     """What the logistic-regression baseline reads: the descriptors, also where ``x`` holds
     level-2 maps (then the frozen network's descriptor of each face, as in mode frozen)."""
-    if not str(info["backbone"].get("output", "descriptor")).startswith("level2"):
+    if output_kind(info["backbone"]) != "level2":
         return x
     from gender_lib import finetune
 
@@ -388,6 +405,7 @@ def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, h
     work = _workdir(config, workdir)
     head_path = _resolve_head(config, head, workdir_head(work))
     model, meta = hd.load_head(head_path, cache_root=config.cache_dir())
+    ensure_extracted(config, work, progress=False, backbone=meta["backbone"])  # the head's kind of output, where missing
     table, x, _, manifest_meta = load_descriptors(config, work, backbone=meta["backbone"])
     trained_on = (meta.get("manifest") or {}).get("sha256")
     if trained_on != manifest_meta.get("manifest_sha256"):

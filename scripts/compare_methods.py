@@ -3,8 +3,8 @@
 
     python scripts/compare_methods.py --workdir runs/levels-person [--methods NAME ...] [--folds 5]
 
-The work folder must hold a manifest and the level-2 maps (``make results`` makes
-``runs/levels-person``; or ``gender-lib train --mode finetune --workdir DIR`` once). Every method
+The work folder must hold a manifest (``gender-lib extract``/``manifest``); the level-2 maps
+are extracted first where missing (cached; ~13 min for the 29k faces on 2 cores). Every method
 trains on the train split, its variant (face alone or flip-averaged) and threshold are chosen on the
 validation split, the winner too; the test split is read once, after all choices. Then 5-fold
 person-disjoint cross-validation of the baseline and the winner. Writes

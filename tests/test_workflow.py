@@ -111,7 +111,7 @@ def test_cross_evaluation_reports_corrupt_and_missing_images(extracted, tmp_path
 def test_cross_evaluation_without_a_head_uses_the_committed_one(cfg, tmp_path, monkeypatch):
     seen = {}
 
-    def fake_load(path):
+    def fake_load(path, **_):
         seen["path"] = path
         raise stages.StageError("stop here")
 
