@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 export IPYTHONDIR := $(CURDIR)/.ipython
 
-.PHONY: setup test test-fast run results benchmarks
+.PHONY: setup test test-fast run results compare benchmarks
 
 setup:  ## fresh machine -> .venv with the package, test tools and Chromium for the browser test
 	$(PY) -m venv $(VENV)
@@ -23,13 +23,20 @@ run:    ## the whole notebook chain with papermill into runs/<name>/ (parameters
 
 FULL ?= $(abspath ../shared/datasets/combined/aligned)
 
-results:  ## the README's real-data results: dlib backbone, all 29k faces, person-disjoint vs the original leaky split
+results:  ## the README's real-data results: dlib backbone, all 29k faces, person-disjoint vs the original leaky split, head modes, the shipped model
 	$(BIN)/gender-lib extract --data-root $(FULL) --workdir runs/full-person --protocol person --quiet
 	$(BIN)/gender-lib train --workdir runs/full-person -o checkpoints/dlib_gender_head.keras
 	$(BIN)/gender-lib evaluate --workdir runs/full-person --head checkpoints/dlib_gender_head.keras
 	$(BIN)/gender-lib extract --data-root $(FULL) --workdir runs/full-original --protocol original --quiet
 	$(BIN)/gender-lib train --workdir runs/full-original
 	$(BIN)/gender-lib evaluate --workdir runs/full-original
+	$(MAKE) compare
+	$(BIN)/gender-lib train --workdir runs/levels-person --mode finetune -o checkpoints/dlib_gender_finetuned.npz
+	$(BIN)/gender-lib evaluate --workdir runs/levels-person --head checkpoints/dlib_gender_finetuned.npz
+
+compare:  ## head modes on the full data (README's comparison table and 5-fold CV; ~1 h on 2 cores, ~13 min of it extracting level-2 maps once)
+	$(BIN)/gender-lib manifest --data-root $(FULL) --workdir runs/levels-person --protocol person --quiet
+	$(BIN)/python scripts/compare_methods.py --workdir runs/levels-person
 
 benchmarks:  ## speed benchmarks (medians and ratios; JSON under benchmarks/results/)
 	$(BIN)/python benchmarks/dataset.py
@@ -37,6 +44,8 @@ benchmarks:  ## speed benchmarks (medians and ratios; JSON under benchmarks/resu
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/dlib_keras.py
 	$(BIN)/python benchmarks/predict_latency.py
+	$(BIN)/python benchmarks/predict_latency.py --head checkpoints/dlib_gender_finetuned.npz
+	$(BIN)/python benchmarks/head_modes.py
 
 test-fast:  ## unit tests only
 	$(BIN)/python -m pytest -ra -m "not slow and not browser and not notebooks" tests

@@ -59,13 +59,13 @@ def timed(fn, repeats: int) -> tuple[float, list[float], object]:
 # --------------------------------------------------------------------------- warm
 
 
-def warm(photo: Path, repeats: int) -> dict:
+def warm(photo: Path, repeats: int, head: Path) -> dict:
     from gender_lib import backbones
     from gender_lib import head as hd
     from gender_lib.predict import Predictor, read_image
 
     start = time.perf_counter()
-    predictor = Predictor()
+    predictor = Predictor(head)
     predictor.backbone.load()  # converts once where absent, loads, traces
     setup_s = time.perf_counter() - start
     rgb = read_image(photo)
@@ -130,11 +130,11 @@ def numpy_head(path: Path):
 
 
 def tf_free_once(photo: str) -> None:
-    """What ``gender-lib predict PHOTO`` does, with the dlib engine and a NumPy head: no TensorFlow."""
+    """What ``gender-lib predict --head <frozen head> PHOTO`` does, with the dlib engine and a NumPy head: no TensorFlow."""
     from gender_lib import backbones
     from gender_lib.predict import read_image
 
-    head_path = config.paths().default_head
+    head_path = config.paths().frozen_head
     meta = json.loads(head_path.with_suffix(".json").read_text())
     backbone = backbones.from_description(meta["backbone"], workers=1, engine="dlib")
     rgb = read_image(photo)
@@ -144,14 +144,16 @@ def tf_free_once(photo: str) -> None:
     print(json.dumps({"p_female": [float(v) for v in p], "boxes": boxes}))
 
 
-def cold(photo: Path, repeats: int) -> dict:
+def cold(photo: Path, repeats: int, head: Path) -> dict:
     root = config.paths().root
-    cli = [str(Path(sys.executable).with_name("gender-lib")), "predict", str(photo)]
+    cli = [str(Path(sys.executable).with_name("gender-lib")), "predict", "--head", str(head), str(photo)]
     runs: dict[str, list[str]] = {
         "gender_lib_predict": cli,
         "import_tensorflow": [sys.executable, "-c", "import tensorflow"],
         "tf_free_prototype": [sys.executable, str(Path(__file__).resolve()), "--tf-free-once", str(photo)],
     }
+    if head.resolve() != config.paths().frozen_head.resolve():
+        del runs["tf_free_prototype"]  # a TF-free path exists for the frozen head only
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     outputs: dict[str, str] = {}
     for _ in range(repeats):  # interleaved
@@ -163,7 +165,7 @@ def cold(photo: Path, repeats: int) -> dict:
                 raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
             outputs[name] = done.stdout
     cli_p = float(outputs["gender_lib_predict"].split("P(female) ")[1].split()[0])
-    proto_p = json.loads(outputs["tf_free_prototype"])["p_female"][0]
+    proto_p = json.loads(outputs["tf_free_prototype"])["p_female"][0] if "tf_free_prototype" in outputs else float("nan")
     return {
         "seconds": seconds,
         "median_s": {name: statistics.median(s) for name, s in seconds.items()},
@@ -179,24 +181,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--cold-repeats", type=int, default=3)
     parser.add_argument("--photo", default=None, help="default: a 128 px face crop of data/sample")
+    parser.add_argument("--head", default=str(config.paths().frozen_head), help="the model to time (default: the frozen head, TF-free)")
     parser.add_argument("--tf-free-once", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=str(config.paths().root / "benchmarks" / "results" / "predict_latency.json"))
+    parser.add_argument("--out", default=None, help="default: benchmarks/results/predict_latency[_<head>].json")
     args = parser.parse_args()
+    head = Path(args.head)
+    frozen = head.resolve() == config.paths().frozen_head.resolve()
+    out = args.out or str(config.paths().root / "benchmarks" / "results" / ("predict_latency.json" if frozen else f"predict_latency_{head.stem}.json"))
     if args.tf_free_once:
         tf_free_once(args.tf_free_once)
         return
     photo = Path(args.photo) if args.photo else sample_face()
-    w = warm(photo, args.repeats)
+    w = warm(photo, args.repeats, head)
     print(
         f"warm Predictor ({w['engine']} engine) on {photo.name} ({w['size'][0]} px), median of {args.repeats}: "
         f"{w['detect_ms']:.1f} ms with detection, {w['no_detect_ms']:.1f} ms without; parts: " + ", ".join(f"{k} {v:.1f} ms" for k, v in w["parts_ms"].items())
     )
-    c = cold(photo, args.cold_repeats)
+    c = cold(photo, args.cold_repeats, head)
     m = c["median_s"]
     print(
-        f"cold, median of {args.cold_repeats}: gender-lib predict {m['gender_lib_predict']:.2f} s; import tensorflow alone "
-        f"{m['import_tensorflow']:.2f} s; TF-free prototype (dlib engine + NumPy head) {m['tf_free_prototype']:.2f} s "
-        f"(P(female) {c['tf_free_p_female']:.4f} vs the CLI's {c['cli_p_female']:.3f})"
+        f"cold ({head.name}), median of {args.cold_repeats}: gender-lib predict {m['gender_lib_predict']:.2f} s; import tensorflow alone "
+        f"{m['import_tensorflow']:.2f} s"
+        + (
+            f"; TF-free prototype (dlib engine + NumPy head) {m['tf_free_prototype']:.2f} s "
+            f"(P(female) {c['tf_free_p_female']:.4f} vs the CLI's {c['cli_p_female']:.3f})"
+            if "tf_free_prototype" in m
+            else ""
+        )
     )
     verdicts = []
     for what, value, target, unit in (
@@ -215,8 +226,9 @@ def main() -> None:
     }
     from gender_lib.fileio import write_json
 
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    result["head"] = str(head)
+    write_json(out, result)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ def compare(
 
     work = config.workdir() if workdir is None else Path(workdir)
     level2 = config.replace(mode="finetune")
-    stages.ensure_extracted(level2, work, progress=progress)  # the level-2 maps every method reads (cached)
+    stages.extract(level2, work, progress=progress)  # the level-2 maps every method reads (cached: a rerun only reads them)
     table, x, info, manifest_meta = stages.load_descriptors(level2, work)
     y = metrics.labels_from_genders(table["gender"])
     split = table["split"].to_numpy()

@@ -32,8 +32,12 @@ from typing import Any
 
 from gender_lib.errors import ConfigError
 
-#: The head every reader uses unless another is named (trained by ``make results``; a few KB).
-DEFAULT_HEAD_NAME = "dlib_gender_head.keras"
+#: The model every reader uses unless another is named: the winner of the README's comparison of
+#: head modes (mode finetune, flip-averaged; trained by ``make results``; ~2.4 MB of float16).
+DEFAULT_HEAD_NAME = "dlib_gender_finetuned.npz"
+#: The frozen-descriptor head (a few KB; trained by ``make results``): NumPy-only, so
+#: ``gender-lib predict --head checkpoints/dlib_gender_head.keras`` answers without importing TensorFlow.
+FROZEN_HEAD_NAME = "dlib_gender_head.keras"
 
 
 def project_root() -> Path:
@@ -64,8 +68,13 @@ class Paths:
 
     @property
     def default_head(self) -> Path:
-        """The committed head: predict, the widget and cross-dataset evaluation use it by default."""
+        """The committed default model: predict, the widget and cross-dataset evaluation use it by default."""
         return self.checkpoints / DEFAULT_HEAD_NAME
+
+    @property
+    def frozen_head(self) -> Path:
+        """The committed frozen-descriptor head (NumPy forward pass: no TensorFlow at prediction)."""
+        return self.checkpoints / FROZEN_HEAD_NAME
 
     @property
     def vggface_model(self) -> Path:

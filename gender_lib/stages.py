@@ -569,8 +569,9 @@ def predict(
     if not paths:
         raise StageError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(pr.IMAGE_EXTENSIONS))})")
     own = predictor is None
-    # A handful of photos: dlib's own engine, so the command never imports TensorFlow (seconds);
-    # more: the Keras engine, whose load pays off after a few dozen faces.
+    # A handful of photos with a frozen-descriptor head (checkpoints/dlib_gender_head.keras): dlib's own
+    # engine, so the command never imports TensorFlow (seconds); more, or a features/finetune model
+    # (the default; it runs dlib's inner levels, in Keras only): the Keras engine.
     engine = "keras" if config.backbone.engine == "ray" else config.backbone.engine
     engine = "dlib" if len(paths) <= FEW_PHOTOS and engine == "keras" else engine
     predictor = predictor or pr.Predictor(head or config.paths.head_path or None, engine=engine, cache_root=config.cache_dir())

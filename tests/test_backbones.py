@@ -24,7 +24,7 @@ COMMITTED_ID = "dlib-3c036b295fa0"
 
 @pytest.fixture(scope="module")
 def committed_record() -> dict:
-    return json.loads(config.paths().default_head.with_suffix(".json").read_text())["backbone"]
+    return json.loads(config.paths().frozen_head.with_suffix(".json").read_text())["backbone"]
 
 
 @pytest.fixture(scope="module")

@@ -166,7 +166,7 @@ def test_numpy_forward_pass_equals_keras_on_the_committed_head():
     """Prediction reads the head without TensorFlow; it must give Keras' numbers."""
     from gender_lib import config
 
-    path = config.paths().default_head
+    path = config.paths().frozen_head
     keras_model, _ = hd.load_head(path)
     numpy_model, meta = hd.load_head(path, backend="numpy")
     x = np.random.default_rng(0).normal(0, 0.1, (257, meta["descriptor_dim"])).astype(np.float32)
