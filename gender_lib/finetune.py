@@ -212,12 +212,13 @@ def join_histories(head_history: dict[str, Any], tuned: dict[str, Any]) -> dict[
     """One history for the curves: the head's epochs, then the fine-tuning epochs.
 
     ``finetune_from``: the last head epoch (fine-tuning starts from the head's best weights);
-    ``best_epoch``: the epoch whose weights were kept (a head epoch where fine-tuning never lowered
-    the validation loss)."""
+    ``finetune_start``: the validation scores at that start, flip-averaged like every fine-tuning
+    epoch's (the head's epochs score the face alone); ``best_epoch``: the epoch whose weights were
+    kept (a head epoch where fine-tuning never lowered the validation loss)."""
     head_epochs = len(head_history["loss"])
     out = {key: list(head_history[key]) + list(tuned[key]) for key in ("loss", "accuracy", "val_loss", "val_accuracy")}
     best = int(head_history["best_epoch"][0]) if tuned["best_epoch"] == 0 else head_epochs + int(tuned["best_epoch"])
-    return out | {"best_epoch": [float(best)], "finetune_from": head_epochs, "finetune_start": tuned["start"]}
+    return out | {"best_epoch": [float(best)], "finetune_from": head_epochs, "finetune_start": tuned["start"], "finetune_reading": tuned["reading"]}
 
 
 def _finetune(
@@ -258,7 +259,8 @@ def _finetune(
     rng = np.random.default_rng(seed)
     batch = config.head_batch_size
     loss, acc = val_scores()
-    history: dict[str, Any] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": [], "start": {"val_loss": loss, "val_accuracy": acc}}
+    history: dict[str, Any] = {"loss": [], "accuracy": [], "val_loss": [], "val_accuracy": []}
+    history |= {"start": {"val_loss": loss, "val_accuracy": acc}, "reading": "flip-averaged" if config.flip_tta else "face"}
     best = (loss, [v.numpy() for v in net_vars + head_vars], 0)
     log.info("fine-tuning: before, val loss %.4f, accuracy %.4f", loss, acc)
     for epoch in range(1, config.finetune_epochs + 1):

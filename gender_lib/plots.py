@@ -56,12 +56,18 @@ def training_curves(history: dict[str, list[float]]) -> Any:
     axes = figure.subplots(1, 2)
     epochs = np.arange(1, len(history["loss"]) + 1)
     best = int(history.get("best_epoch", [np.argmin(history["val_loss"]) + 1])[0])
+    tuned_from = int(history.get("finetune_from", 0) or 0)  # mode finetune: the head alone, then the network's top levels too
     for ax, key, title in ((axes[0], "accuracy", "accuracy"), (axes[1], "loss", "binary cross-entropy")):
         ax.plot(epochs, history[key], label="train")
-        ax.plot(epochs, history[f"val_{key}"], label="validation")
+        if not tuned_from:
+            ax.plot(epochs, history[f"val_{key}"], label="validation")
+        else:  # fine-tuning starts from the head's best epoch and is scored flip-averaged: a line of its own
+            ax.plot(epochs[:tuned_from], history[f"val_{key}"][:tuned_from], label="validation (face)")
+            start = history["finetune_start"][f"val_{key}"]
+            reading = history.get("finetune_reading", "flip-averaged")
+            ax.plot(np.arange(tuned_from, len(epochs) + 1), [start, *history[f"val_{key}"][tuned_from:]], marker=".", label=f"validation ({reading})")
+            ax.axvspan(tuned_from + 0.5, len(epochs) + 0.5, color="tab:orange", alpha=0.08, label="fine-tuning")
         ax.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
-        if history.get("finetune_from"):  # mode finetune: the head alone, then the network's top levels too
-            ax.axvspan(float(history["finetune_from"]) + 0.5, len(epochs) + 0.5, color="tab:orange", alpha=0.08, label="fine-tuning")
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.legend()
