@@ -500,6 +500,8 @@ def get_backbone(
     path = Path(vggface_path) if vggface_path else config.paths().vggface_model
     if name == "auto":
         name = "vggface" if path.is_file() else "dlib"
+    if output != "descriptor" and name == "vggface":
+        raise ConfigError(f"output {output!r} (modes features and finetune) needs the dlib backbone, not {name}")
     if name == "vggface":
         if not path.is_file():
             raise UserFileNotFoundError(f"{path}: no converted VGG-Face model; run notebooks/01_convert.ipynb (needs vgg_face.mat) or use backbone='dlib'")
@@ -508,8 +510,6 @@ def get_backbone(
         if precision != "float32":
             raise ConfigError("the dlib backbone runs in float32 only (precision: float32)")
         return DlibBackbone(align=align, workers=workers, engine=engine, cache_root=cache_root, output=output)
-    if output != "descriptor":
-        raise ConfigError(f"output {output!r} (modes features and finetune) needs the dlib backbone, not {name}")
     raise ConfigError(f"unknown backbone {name!r}; choose one of {BACKBONES} or 'auto'")
 
 

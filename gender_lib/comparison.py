@@ -8,7 +8,7 @@ train) then measures the spread of accuracy for the baseline and the winner.
 
 All methods read the level-2 maps of a work folder extracted in mode features/finetune; the
 frozen descriptor is computed from them by dlib's frozen top levels (equal to the descriptor
-output to 1e-6), so every method sees exactly the same faces.
+output to 1e-5, tested), so every method sees exactly the same faces.
 """
 
 from __future__ import annotations
@@ -156,6 +156,9 @@ def cross_validate(name: str, variant: str, table: Any, x: np.ndarray, y: np.nda
     from gender_lib import head as hd
 
     fold = table["fold"].to_numpy().astype(int)
+    available = len(np.unique(fold))
+    if not 3 <= folds <= available:
+        raise ValueError(f"cross-validation needs 3 to {available} folds (one tests, the next validates, the rest train); got {folds}")
     accuracies = []
     for k in range(folds):
         te, va = fold == k, fold == (k + 1) % folds
@@ -165,7 +168,14 @@ def cross_validate(name: str, variant: str, table: Any, x: np.ndarray, y: np.nda
         threshold = hd.choose_threshold(y[va], p_val)
         accuracies.append(float(((p_test >= threshold) == y[te]).mean()))
         log.info("%s, fold %d: accuracy %.4f", name, k, accuracies[-1])
-    return {"variant": variant, "accuracy": accuracies, "mean": float(np.mean(accuracies)), "std": float(np.std(accuracies, ddof=1))}
+    return {
+        "variant": variant,
+        "folds": folds,
+        "of_folds": available,
+        "accuracy": accuracies,
+        "mean": float(np.mean(accuracies)),
+        "std": float(np.std(accuracies, ddof=1)),
+    }
 
 
 def inference_rate(trained: Trained, config: Config, n: int = 128) -> float:
@@ -216,7 +226,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["", f"Winner on validation: **{results['winner']}**, {results['winner_variant']}.", ""]
     for name, cv in results.get("cross_validation", {}).items():
         per_fold = ", ".join(f"{a:.3f}" for a in cv["accuracy"])
-        lines.append(f"- 5-fold person-disjoint CV, {name} ({cv['variant']}): accuracy {cv['mean']:.4f} ± {cv['std']:.4f} (folds: {per_fold})")
+        k, of = len(cv["accuracy"]), cv.get("of_folds", len(cv["accuracy"]))
+        tested = f"{k}-fold" if k == of else f"{k} of {of} folds tested,"
+        lines.append(f"- {tested} person-disjoint CV, {name} ({cv['variant']}): accuracy {cv['mean']:.4f} ± {cv['std']:.4f} (folds: {per_fold})")
     return "\n".join(lines) + "\n"
 
 

@@ -33,7 +33,7 @@ from typing import Any
 from gender_lib.errors import ConfigError
 
 #: The model every reader uses unless another is named: the winner of the README's comparison of
-#: head modes (mode finetune, flip-averaged; trained by ``make results``; ~2.4 MB of float16).
+#: head modes (mode finetune, flip-averaged; trained by ``make results``).
 DEFAULT_HEAD_NAME = "dlib_gender_finetuned.npz"
 #: The frozen-descriptor head (a few KB; trained by ``make results``): NumPy-only, so
 #: ``gender-lib predict --head checkpoints/dlib_gender_head.keras`` answers without importing TensorFlow.

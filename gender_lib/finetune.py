@@ -14,6 +14,9 @@ training it for an epoch over 20k faces takes minutes on two cores instead of ho
   head's learning rate for the head, a random view (face or mirror image) per face and epoch, early
   stopping on validation loss. dlib's affine layers stay fixed (they hold no batch statistics).
 
+Where no fine-tuning epoch lowers the validation loss, dlib's weights are kept unchanged and
+nothing of them is saved (``tuned_kept`` false in the sidecar).
+
 The result is a :class:`keras.Model` from the ``level2`` vector (n, 16384) to P(female),
 averaging the two views when ``flip_tta``: stages, the predictor and the widget use it as they use a
 head. It is saved as ``<name>.npz`` (the weights that differ from dlib's: the tuned levels in
@@ -94,7 +97,7 @@ def features_model(model: Any) -> Any:
 
 def frozen_descriptors(x: np.ndarray, cache_root: str | os.PathLike[str] | None = None) -> np.ndarray:
     """(n, 128) dlib descriptors of the faces (not the mirror images) of level2 vectors: what
-    mode frozen and the logistic-regression baseline read (equal to the descriptor output to 1e-6)."""
+    mode frozen and the logistic-regression baseline read (equal to the descriptor output to 1e-5, tested)."""
     return apply(part(dlib_model(cache_root), LEVEL2_LAYER, None, "top_levels"), views(x)[:, 0])
 
 
@@ -196,16 +199,25 @@ def train(
         head, head_history = hd.train_head(d_train, np.repeat(y_train, 2), d_val, y_val, config, seed=seed)
         tuned_history = _finetune(tuned, head, z_train, y_train, z_val, y_val, config, seed, progress)
         history = join_histories(head_history, tuned_history)
-        for layer in tuned.layers:  # what is saved is float16: evaluate exactly that
-            if layer.weights and layer.trainable:
-                layer.set_weights([w.astype(np.float16).astype(np.float32) for w in layer.get_weights()])
+        kept = tuned_history["best_epoch"] > 0  # else no epoch lowered the validation loss: dlib's weights stay as they are
+        parts = {"head": head}
+        if kept:
+            parts["tuned"] = tuned
+            round_to_float16(tuned)  # what is saved is float16: evaluate exactly that
         trunk = chain(fixed, tuned) if fixed is not None else tuned
-        record = {"history": history, "parts": {"tuned": tuned, "head": head}, "trunk": f"finetune-{levels}"}
+        record = {"history": history, "parts": parts, "trunk": f"finetune-{levels}", "tuned_kept": kept}
     classifier = build_classifier(trunk, head, config.flip_tta)
     record["per_view_model"] = chain(trunk, head)  # one (8, 8, 128) map -> P(female), for comparisons
     record["head_config"] = {"dim": int(head.inputs[0].shape[-1]), "widths": list(config.widths), "dropout": config.dropout}
     record["train_seconds"] = time.perf_counter() - started
     return classifier, record
+
+
+def round_to_float16(tuned: Any) -> None:
+    """Round the trainable layers' weights to float16 in place: exactly what :func:`save` stores."""
+    for layer in tuned.layers:
+        if layer.weights and layer.trainable:
+            layer.set_weights([w.astype(np.float16).astype(np.float32) for w in layer.get_weights()])
 
 
 def join_histories(head_history: dict[str, Any], tuned: dict[str, Any]) -> dict[str, Any]:
@@ -328,6 +340,7 @@ def save(classifier: Any, record: dict[str, Any], meta: dict[str, Any], path: st
         "classes": ["M", "F"],
         "output": "P(female)",
         "trunk": record["trunk"],
+        "tuned_kept": bool(record.get("tuned_kept", False)),
         "head_config": record["head_config"],
         "weights_sha256": sha256_bytes(data),
         "weights_bytes": len(data),
@@ -375,6 +388,13 @@ def load(path: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None
 
 
 def _restore(model: Any, arrays: dict[str, np.ndarray], prefix: str, only_stored: bool = False) -> None:
+    """Set ``model``'s layers from ``arrays`` (``<prefix>/<layer>/<i>``); every stored array of the
+    prefix must find its layer (``only_stored``: layers with nothing stored keep their weights)."""
+    unused = {k for k in arrays if k.startswith(prefix + "/")} - {
+        f"{prefix}/{layer.name}/{i}" for layer in model.layers for i in range(len(layer.get_weights()))
+    }
+    if unused:
+        raise ClassifierError(f"stored weights {sorted(unused)[:3]} fit no layer of this network; retrain the classifier")
     for layer in model.layers:
         names = [f"{prefix}/{layer.name}/{i}" for i in range(len(layer.get_weights()))]
         if not names or (only_stored and names[0] not in arrays):

@@ -310,7 +310,10 @@ def finetuned_levels(meta: dict[str, Any]) -> str:
     if meta.get("mode") == "features":
         return "descriptor + pooled levels 2, 1, 0: 768-d, frozen"
     levels = int(meta.get("config", {}).get("finetune_levels", 1))
-    return f"top {levels} residual level{'s' if levels > 1 else ''} + fc tuned"
+    plural = "s" if levels > 1 else ""
+    if not meta.get("tuned_kept", True):
+        return f"top {levels} residual level{plural} + fc fine-tuned, discarded: no epoch lowered the validation loss"
+    return f"top {levels} residual level{plural} + fc tuned"
 
 
 def describe(meta: dict[str, Any]) -> str:

@@ -127,7 +127,7 @@ class Predictor:
 
         self.head_path = Path(head_path) if head_path else config.paths().default_head
         # The head's forward pass in NumPy: same numbers, and no TensorFlow import for it.
-        self.model, self.meta = hd.load_head(self.head_path, backend="numpy")
+        self.model, self.meta = hd.load_head(self.head_path, backend="numpy", cache_root=cache_root or config.paths().cache)
         # Single photos: one process (worker start-up would cost more than it saves).
         self.backbone = backbone or backbones.from_description(
             self.meta["backbone"], vggface_path, workers=1, engine=engine, cache_root=cache_root or config.paths().cache

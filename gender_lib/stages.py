@@ -253,6 +253,9 @@ def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, outp
 
     work = _workdir(config, workdir)
     mode = config.head.mode
+    suffix = ".keras" if mode == "frozen" else ".npz"
+    if output is not None and Path(output).suffix != suffix:  # before minutes of training, not after
+        raise StageError(f"{output}: mode {mode} saves a {suffix} file; name one (-o ...{suffix}) or choose another --mode")
     ensure_extracted(config, work, progress=progress)
     table, x, info, manifest_meta = load_descriptors(config, work)
     y = metrics.labels_from_genders(table["gender"])
@@ -321,11 +324,16 @@ def ensure_extracted(config: Config, workdir: str | os.PathLike[str] | None = No
     info = work / "extraction.json"
     if not info.is_file():
         return  # nothing extracted yet: the stage that reads says to run extraction (notebook 02)
-    done = output_kind(json.loads(info.read_text())["backbone"])
+    recorded = json.loads(info.read_text())["backbone"]
+    done = output_kind(recorded)
     wanted_kind = output_kind(backbone) if backbone is not None else backbones.output_for(config.head.mode)
     if done == wanted_kind:
         return
     wanted = backbones.from_config(config) if backbone is None else backbones.from_description(backbone, cache_root=config.cache_dir())
+    ignore = ("id", "engine", "output", "dim")
+    if {k: v for k, v in wanted.describe().items() if k not in ignore} != {k: v for k, v in recorded.items() if k not in ignore}:
+        wanted.close()  # another network or preprocessing, not just the other output: the reading stage says so
+        return
     try:
         log.info("extracting the %s output that mode %s reads", wanted_kind, config.head.mode if backbone is None else "of the head")
         extract(config, work, progress=progress, backbone=wanted)

@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
@@ -78,12 +79,38 @@ def test_a_saved_classifier_reloads_to_the_same_probabilities(level2_work, mode:
     np.testing.assert_allclose(np.asarray(loaded(x[va])), np.asarray(model(x[va])), atol=1e-6)
     stored = np.load(path)
     tuned = {k.split("/")[1] for k in stored.files if k.startswith("tuned/")}
-    if mode == "features":
-        assert not tuned  # nothing of dlib's changed: only the head is stored
-    else:  # only the trained levels and the fc layer, in float16
-        assert "descriptor" in tuned and all(stored[k].dtype == np.float16 for k in stored.files if k.startswith("tuned/"))
-        assert ("con_094" in tuned or "con_092" in tuned) == (levels == 2) and "con_119" in tuned
     assert path.stat().st_size <= 12 * 2**20 and meta["weights_sha256"]
+    if mode == "features" or not record["tuned_kept"]:
+        assert not tuned  # nothing of dlib's changed: only the head is stored
+        return
+    assert "descriptor" in tuned and all(stored[k].dtype == np.float16 for k in stored.files if k.startswith("tuned/"))
+    assert ("con_094" in tuned or "con_092" in tuned) == (levels == 2) and "con_119" in tuned
+
+
+def test_tuned_levels_are_stored_in_float16_and_restored(level2_work, tmp_path: Path) -> None:
+    """A fine-tuned level (here: changed by hand, as a kept epoch would) round-trips through the npz;
+    the classifier evaluated before saving already carries the float16 rounding."""
+    cfg, table, x = level2_work
+    y = labels_from_genders(table["gender"])
+    tr, va = _rows(table, "train"), _rows(table, "val")
+    _, record = finetune.train(x[tr], y[tr], x[va], y[va], "finetune", cfg.head, progress=False)
+    dlib = finetune.dlib_model()
+    tuned = finetune.part(dlib, finetune.SPLIT_LAYERS[1], None, "tuned_levels")
+    conv = tuned.get_layer("con_119")
+    conv.set_weights([w * 1.5 for w in conv.get_weights()])
+    for layer in tuned.layers:
+        layer.trainable = not isinstance(layer, keras.layers.BatchNormalization)  # as train() leaves them
+    finetune.round_to_float16(tuned)
+    trunk = finetune.chain(finetune.part(dlib, finetune.LEVEL2_LAYER, finetune.SPLIT_LAYERS[1]), tuned)
+    changed = finetune.build_classifier(trunk, record["parts"]["head"])
+    record = {**record, "parts": {**record["parts"], "tuned": tuned}, "tuned_kept": True}
+    path = finetune.save(changed, record, {"mode": "finetune", "flip_tta": True}, tmp_path / "c.npz")
+    loaded, meta = finetune.load(path)
+    unchanged, _ = finetune.load(finetune.save(changed, {**record, "parts": {"head": record["parts"]["head"]}, "tuned_kept": False}, {}, tmp_path / "u.npz"))
+    p_changed, p_loaded, p_unchanged = (np.asarray(m(x[va]))[:, 0] for m in (changed, loaded, unchanged))
+    np.testing.assert_allclose(p_loaded, p_changed, atol=1e-6)
+    assert np.abs(p_unchanged - p_changed).max() > 1e-3 and meta["tuned_kept"] is True
+    assert "tuned/con_119/0" in np.load(path).files and "tuned/con_119/0" not in np.load(tmp_path / "u.npz").files
 
 
 def test_finetune_with_the_same_seed_gives_the_same_model(level2_work) -> None:
@@ -122,7 +149,7 @@ def test_train_stage_in_mode_finetune_extracts_trains_and_evaluate_reads_it(tmp_
     frozen = stages.train(cfg, progress=False)
     tuned = stages.train(cfg.replace(mode="finetune"), progress=False)
     assert tuned.path.name == "classifier.npz" and frozen.path.name == "head.keras"
-    assert "mode finetune (top 1 residual level + fc tuned, flip averaging on)" in tuned.summary()
+    assert "mode finetune (top 1 residual level + fc " in tuned.summary() and "flip averaging on)" in tuned.summary()
     assert stages.workdir_head(tmp_path) == tuned.path
     report = stages.evaluate(cfg)
     assert report.results["meta"]["head"] == "classifier.npz" and 0.0 <= report.head_report["accuracy"] <= 1.0
@@ -144,7 +171,7 @@ def test_comparison_chooses_variant_and_winner_on_validation_only(level2_work, m
     monkeypatch.setattr(metrics, "evaluate", lambda y, *a, **k: calls.append("test") or real_evaluate(y, *a, **k))
     monkeypatch.setattr(comparison, "inference_rate", lambda *a, **k: 1.0)
     methods = ["frozen descriptor (a)", "multi-level features (b)"]
-    results = comparison.compare(cfg.replace(n_boot=20), methods=methods, folds=2, progress=False)
+    results = comparison.compare(cfg.replace(n_boot=20), methods=methods, folds=3, progress=False)
     rows = results["methods"]
     for row in rows.values():
         val = row["val"]
@@ -154,6 +181,14 @@ def test_comparison_chooses_variant_and_winner_on_validation_only(level2_work, m
     assert rows[results["winner"]]["val"][results["winner_variant"]]["accuracy"] == best
     assert calls == ["test"] * 4  # two methods x two variants, scored once each after the choices
     cv = results["cross_validation"][comparison.BASELINE]
-    assert len(cv["accuracy"]) == 2 and cv["mean"] == pytest.approx(np.mean(cv["accuracy"]))
+    assert len(cv["accuracy"]) == 3 and cv["mean"] == pytest.approx(np.mean(cv["accuracy"]))
+    with pytest.raises(ValueError, match="needs 3 to 5 folds"):
+        comparison.cross_validate(comparison.BASELINE, "face", table, level2_work[2], labels_from_genders(table["gender"]), cfg, folds=2)
     table_md = (Path(cfg.paths.workdir) / "reports" / "methods.md").read_text()
     assert all(m in table_md for m in methods) and "(chosen on val)" in table_md
+
+
+def test_train_stage_refuses_a_wrong_suffix_before_training(tmp_path: Path) -> None:
+    cfg = config.DEFAULT.replace(workdir=str(tmp_path), mode="finetune")
+    with pytest.raises(stages.StageError, match=r"mode finetune saves a \.npz file"):
+        stages.train(cfg, output=tmp_path / "model.keras", progress=False)

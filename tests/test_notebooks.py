@@ -99,6 +99,6 @@ def test_notebook_03_fine_tunes_headless_with_papermill(tmp_path):
     )
     assert problems(out) == [] and images(out) >= 1
     text = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", []))
-    assert "mode finetune (top 1 residual level + fc tuned" in text
+    assert "mode finetune (top 1 residual level + fc " in text
     meta = json.loads((tmp_path / "classifier.json").read_text())
     assert meta["mode"] == "finetune" and meta["history"]["finetune_from"] >= 1
