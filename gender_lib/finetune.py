@@ -358,18 +358,7 @@ def load(path: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None
 
     path = Path(path)
     side = path.with_suffix(".json")
-    if not path.is_file():
-        raise UserFileNotFoundError(f"{path}: no trained classifier here; run notebooks/03_train.ipynb or `gender-lib train` with mode features or finetune")
-    try:
-        meta = json.loads(side.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} sidecar")
-    except (OSError, ValueError) as error:
-        raise ClassifierError(f"{side}: classifier metadata missing or damaged ({error}); retrain or restore the checkpoint") from None
-    if sha256_file(path) != meta.get("weights_sha256"):
-        raise ClassifierError(f"{path}: its weights do not match the sha256 in {side.name} (changed or half-written); retrain or restore the checkpoint")
-    with np.load(path, allow_pickle=False) as stored:
-        arrays = {k: stored[k] for k in stored.files}
+    meta, arrays = _read_checked(path)
     model = dlib_model(cache_root)
     head_config = meta["head_config"]
     head = hd.build_head(int(head_config["dim"]), HeadConfig(widths=tuple(head_config["widths"]), dropout=float(head_config["dropout"])))
@@ -385,6 +374,103 @@ def load(path: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None
     else:
         raise ClassifierError(f"{side}: unknown trunk {trunk_kind!r}")
     return build_classifier(trunk, head, bool(meta.get("flip_tta", True))), meta
+
+
+def _read_checked(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(sidecar, arrays) of a saved classifier: format and sha256 checked."""
+    side = path.with_suffix(".json")
+    if not path.is_file():
+        raise UserFileNotFoundError(f"{path}: no trained classifier here; run notebooks/03_train.ipynb or `gender-lib train` with mode features or finetune")
+    try:
+        meta = json.loads(side.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} sidecar")
+    except (OSError, ValueError) as error:
+        raise ClassifierError(f"{side}: classifier metadata missing or damaged ({error}); retrain or restore the checkpoint") from None
+    if sha256_file(path) != meta.get("weights_sha256"):
+        raise ClassifierError(f"{path}: its weights do not match the sha256 in {side.name} (changed or half-written); retrain or restore the checkpoint")
+    with np.load(path, allow_pickle=False) as stored:
+        return meta, {k: stored[k] for k in stored.files}
+
+
+class NumpyFlipHead:
+    """A finetune classifier whose fine-tuning was discarded, in NumPy: dlib's unchanged network gives
+    the descriptors of the face and of its mirror image, the head (here in NumPy) scores each, and
+    the two are averaged (``flip_tta``). Input: (n, 256) = [descriptor of face, of mirror image].
+
+    Equal to :func:`load`'s Keras model on the same faces (to 1e-4, tested) without importing
+    TensorFlow, so ``gender-lib predict`` of a few photos stays on dlib's own engine.
+    """
+
+    numpy_forward = True
+    dim = 256
+
+    def __init__(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]):
+        self.meta = meta
+        self.flip_tta = bool(meta.get("flip_tta", True))
+        mean, variance = arrays["gender_head/standardize/0"], arrays["gender_head/standardize/1"]
+        self.mean, self.scale = mean.astype(np.float64), np.maximum(np.sqrt(variance.astype(np.float64)), 1e-7)
+        names = [f"dense{i + 1}" for i in range(len(meta["head_config"]["widths"]))] + ["p_female"]
+        self.dense = [(arrays[f"gender_head/{n}/0"].astype(np.float64), arrays[f"gender_head/{n}/1"].astype(np.float64)) for n in names]
+
+    def score(self, descriptors: np.ndarray) -> np.ndarray:
+        out = (np.asarray(descriptors, np.float64) - self.mean) / self.scale
+        for i, (kernel, bias) in enumerate(self.dense):
+            out = out @ kernel + bias
+            out = np.maximum(out, 0.0) if i < len(self.dense) - 1 else 1.0 / (1.0 + np.exp(-out))
+        return out.reshape(-1)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, np.float64)
+        face, mirror = self.score(x[:, :128]), self.score(x[:, 128:])
+        return (face + mirror) / 2 if self.flip_tta else face
+
+
+def numpy_flip_head(path: str | os.PathLike[str]) -> NumpyFlipHead | None:
+    """The :class:`NumpyFlipHead` of a saved classifier where one exists (mode finetune, nothing of
+    dlib's weights changed); None for the others (features, kept fine-tuning)."""
+    meta, arrays = _read_checked(Path(path))
+    if not str(meta.get("trunk", "")).startswith("finetune-") or meta.get("tuned_kept", True) or any(k.startswith("tuned/") for k in arrays):
+        return None
+    return NumpyFlipHead(meta, arrays)
+
+
+class MirroredDescriptors:
+    """A descriptor backbone that returns [descriptor of the face, of its mirror image] (n, 256):
+    what :class:`NumpyFlipHead` reads. Faces are prepared by the wrapped backbone."""
+
+    def __init__(self, base: Any):
+        self.base = base
+        self.name, self.input_size, self.preprocessing = base.name, base.input_size, base.preprocessing
+        self.dim = 2 * base.dim
+        self.id = f"{base.id}+mirror"
+        self.engine = getattr(base, "engine", "keras")
+
+    def prepare_face(self, rgb: np.ndarray, box: Any = None) -> np.ndarray:
+        return self.base.prepare_face(rgb, box)
+
+    def embed(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch)
+        return np.concatenate([self.base.embed(batch), self.base.embed(np.ascontiguousarray(batch[:, :, ::-1]))], axis=1)
+
+    def load(self) -> MirroredDescriptors:
+        if hasattr(self.base, "load"):
+            self.base.load()
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.base.describe(), "output": "descriptor of the face, then of its mirror image", "dim": self.dim, "id": self.id}
+
+    def close(self) -> None:
+        self.base.close()
+
+
+def descriptor_description(level2: dict[str, Any]) -> dict[str, Any]:
+    """The description (and id) of the descriptor output of the network a level2 description names."""
+    from gender_lib.backbones import backbone_id
+
+    out = {k: v for k, v in level2.items() if k not in ("output", "id")} | {"dim": 128}
+    return out | {"id": backbone_id(str(out["name"]), out)}
 
 
 def _restore(model: Any, arrays: dict[str, np.ndarray], prefix: str, only_stored: bool = False) -> None:

@@ -136,7 +136,7 @@ def predict_proba(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarr
         raise HeadError(f"descriptors are {x.shape[1]}-d but the head expects {expected}-d: they come from another backbone")
     if len(x) == 0:
         return np.zeros(0)
-    if isinstance(model, NumpyHead):
+    if _is_numpy(model):
         return model(x)
     if len(x) <= batch_size:  # one traced call: no model.predict set-up, no eager overhead (154 -> 8 ms for a classifier)
         return np.asarray(_traced(model)(x), np.float64).reshape(-1)
@@ -229,6 +229,7 @@ class NumpyHead:
     """
 
     LAYERS = ("InputLayer", "Normalization", "Dense", "Dropout")
+    numpy_forward = True
 
     def __init__(self, path: str | os.PathLike[str]):
         import io
@@ -281,20 +282,30 @@ class NumpyHead:
 
 
 def _input_dim(model: Any) -> int:
-    return model.dim if isinstance(model, NumpyHead) else int(model.inputs[0].shape[-1])
+    return model.dim if _is_numpy(model) else int(model.inputs[0].shape[-1])
+
+
+def _is_numpy(model: Any) -> bool:
+    """A forward pass in NumPy (:class:`NumpyHead`, :class:`gender_lib.finetune.NumpyFlipHead`)."""
+    return bool(getattr(model, "numpy_forward", False))
 
 
 def load_head(path: str | os.PathLike[str], backend: str = "keras", cache_root: str | os.PathLike[str] | None = None) -> tuple[Any, dict[str, Any]]:
     """Load a saved head and its metadata; a clear :class:`HeadError` if either is missing or damaged.
 
     ``backend="numpy"`` gives a :class:`NumpyHead` (no TensorFlow import) for prediction only.
-    A ``.npz`` is a features/finetune classifier (:func:`gender_lib.finetune.load`, always Keras:
-    it runs dlib's top levels, converted model under ``cache_root``).
+    A ``.npz`` is a features/finetune classifier (:func:`gender_lib.finetune.load`: Keras, as it
+    runs dlib's top levels, converted model under ``cache_root``); with ``backend="numpy"``, one
+    whose fine-tuning was discarded loads as a :class:`gender_lib.finetune.NumpyFlipHead` instead.
     """
     path = Path(path)
     if path.suffix == ".npz":
         from gender_lib import finetune
 
+        if backend == "numpy":  # a classifier equal to a descriptor head with flip averaging runs without TensorFlow
+            flip_head = finetune.numpy_flip_head(path)
+            if flip_head is not None:
+                return flip_head, flip_head.meta
         return finetune.load(path, cache_root)
     side = path.with_suffix(".json")
     if not path.is_file():

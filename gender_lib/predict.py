@@ -122,17 +122,24 @@ class Predictor:
     ):
         """``engine``: ``keras`` (fast per face once loaded: notebooks, the widget, folders) or
         ``dlib`` (no TensorFlow import: a few photos from the command line start in about a second)."""
-        from gender_lib import backbones, config
+        from gender_lib import backbones, config, finetune
         from gender_lib import head as hd
 
         self.head_path = Path(head_path) if head_path else config.paths().default_head
         # The head's forward pass in NumPy: same numbers, and no TensorFlow import for it.
         self.model, self.meta = hd.load_head(self.head_path, backend="numpy", cache_root=cache_root or config.paths().cache)
         # Single photos: one process (worker start-up would cost more than it saves).
+        description = self.meta["backbone"]
+        flip_head = isinstance(self.model, finetune.NumpyFlipHead)
+        if flip_head:  # dlib's unchanged network: descriptors of face and mirror image, on either engine
+            description = finetune.descriptor_description(description)
         self.backbone = backbone or backbones.from_description(
-            self.meta["backbone"], vggface_path, workers=1, engine=engine, cache_root=cache_root or config.paths().cache
+            description, vggface_path, workers=1, engine=engine, cache_root=cache_root or config.paths().cache
         )
-        if self.backbone.id != self.meta["backbone"]["id"]:
+        if flip_head and self.backbone.dim == finetune.NumpyFlipHead.dim // 2:
+            self.backbone = finetune.MirroredDescriptors(self.backbone)
+            description = self.backbone.describe()
+        if self.backbone.id != description["id"]:
             raise PredictionError(f"{self.head_path}: trained on {self.meta['backbone']['id']} descriptors, not {self.backbone.id}")
         self.threshold = float(self.meta["threshold"])
 

@@ -111,6 +111,37 @@ def test_tuned_levels_are_stored_in_float16_and_restored(level2_work, tmp_path: 
     np.testing.assert_allclose(p_loaded, p_changed, atol=1e-6)
     assert np.abs(p_unchanged - p_changed).max() > 1e-3 and meta["tuned_kept"] is True
     assert "tuned/con_119/0" in np.load(path).files and "tuned/con_119/0" not in np.load(tmp_path / "u.npz").files
+    assert finetune.numpy_flip_head(path) is None  # changed weights: only Keras computes it
+    assert isinstance(finetune.numpy_flip_head(tmp_path / "u.npz"), finetune.NumpyFlipHead)
+
+
+def test_the_shipped_model_predicts_without_tensorflow_and_equals_keras(chips: np.ndarray) -> None:
+    """Its fine-tuning was discarded, so dlib's own engine (descriptors of face and mirror image) and
+    the head in NumPy give the Keras classifier's P(female); a few photos never import TensorFlow."""
+    import subprocess
+    import sys
+
+    from gender_lib import head as hd
+    from gender_lib.predict import Predictor
+
+    path = config.paths().default_head
+    assert json.loads(path.with_suffix(".json").read_text())["tuned_kept"] is False
+    fast = Predictor(path, engine="dlib")
+    assert isinstance(fast.model, finetune.NumpyFlipHead) and fast.backbone.dim == 256
+    keras_model, meta = hd.load_head(path)
+    level2 = backbones.from_description(meta["backbone"])
+    p_keras = hd.predict_proba(keras_model, level2.embed(chips))
+    np.testing.assert_allclose(hd.predict_proba(fast.model, fast.backbone.embed(chips)), p_keras, atol=1e-4)
+    assert level2.dim == 2 * 8 * 8 * 128
+    face = sorted(config.paths().sample.glob("*/*.jpg"))[0]
+    code = (
+        "import sys; from gender_lib import config, stages; "
+        f"r = stages.predict(config.DEFAULT, [{str(face)!r}], detect=False); "
+        "assert 'tensorflow' not in sys.modules, 'tensorflow imported'; print(r.rows[0]['label'])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() in ("M", "F")
 
 
 def test_finetune_with_the_same_seed_gives_the_same_model(level2_work) -> None:
