@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from gender_lib import backbones, config
+from gender_lib import backbones, config, finetune
 from gender_lib import head as hd
 from gender_lib.fileio import write_json
 from gender_lib.images import load_rgb
@@ -36,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     p = config.paths()
     frozen_head, _ = hd.load_head(p.frozen_head, backend="numpy")
-    shipped, shipped_meta = hd.load_head(p.default_head)
+    shipped, shipped_meta = finetune.load_any(p.default_head)
     frozen_net = backbones.DlibBackbone()
     level2_net = backbones.from_description(shipped_meta["backbone"])
     faces = sorted(p.sample.glob("*/*.jpg"))

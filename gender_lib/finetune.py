@@ -393,6 +393,24 @@ def _read_checked(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         return meta, {k: stored[k] for k in stored.files}
 
 
+def load_any(path: str | os.PathLike[str], backend: str = "keras", cache_root: str | os.PathLike[str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """A saved head (``.keras``, :func:`gender_lib.head.load_head`) or classifier (``.npz``,
+    :func:`load`: Keras, dlib's converted model under ``cache_root``), with its metadata.
+
+    ``backend="numpy"`` (prediction): a head's NumPy forward pass, and a classifier whose
+    fine-tuning was discarded as a :class:`NumpyFlipHead`; neither imports TensorFlow.
+    """
+    from gender_lib import head as hd
+
+    if Path(path).suffix != ".npz":
+        return hd.load_head(path, backend=backend)
+    if backend == "numpy":
+        flip_head = numpy_flip_head(path)
+        if flip_head is not None:
+            return flip_head, flip_head.meta
+    return load(path, cache_root)
+
+
 class NumpyFlipHead:
     """A finetune classifier whose fine-tuning was discarded, in NumPy: dlib's unchanged network gives
     the descriptors of the face and of its mirror image, the head (here in NumPy) scores each, and
@@ -493,4 +511,19 @@ def _restore(model: Any, arrays: dict[str, np.ndarray], prefix: str, only_stored
             layer.finalize_state()  # Normalization computes its mean and variance from the stored state here
 
 
-__all__ = ["FEATURES_DIM", "FORMAT", "ClassifierError", "build_classifier", "features_model", "load", "part", "per_view", "save", "train", "views"]
+__all__ = [
+    "FEATURES_DIM",
+    "FORMAT",
+    "ClassifierError",
+    "MirroredDescriptors",
+    "NumpyFlipHead",
+    "build_classifier",
+    "features_model",
+    "load",
+    "load_any",
+    "part",
+    "per_view",
+    "save",
+    "train",
+    "views",
+]

@@ -290,23 +290,13 @@ def _is_numpy(model: Any) -> bool:
     return bool(getattr(model, "numpy_forward", False))
 
 
-def load_head(path: str | os.PathLike[str], backend: str = "keras", cache_root: str | os.PathLike[str] | None = None) -> tuple[Any, dict[str, Any]]:
+def load_head(path: str | os.PathLike[str], backend: str = "keras") -> tuple[Any, dict[str, Any]]:
     """Load a saved head and its metadata; a clear :class:`HeadError` if either is missing or damaged.
 
     ``backend="numpy"`` gives a :class:`NumpyHead` (no TensorFlow import) for prediction only.
-    A ``.npz`` is a features/finetune classifier (:func:`gender_lib.finetune.load`: Keras, as it
-    runs dlib's top levels, converted model under ``cache_root``); with ``backend="numpy"``, one
-    whose fine-tuning was discarded loads as a :class:`gender_lib.finetune.NumpyFlipHead` instead.
+    Heads and classifiers alike (``.keras`` or ``.npz``): :func:`gender_lib.finetune.load_any`.
     """
     path = Path(path)
-    if path.suffix == ".npz":
-        from gender_lib import finetune
-
-        if backend == "numpy":  # a classifier equal to a descriptor head with flip averaging runs without TensorFlow
-            flip_head = finetune.numpy_flip_head(path)
-            if flip_head is not None:
-                return flip_head, flip_head.meta
-        return finetune.load(path, cache_root)
     side = path.with_suffix(".json")
     if not path.is_file():
         raise UserFileNotFoundError(f"{path}: no trained head here; run notebooks/03_train.ipynb or `gender-lib train`, or name another with --head")

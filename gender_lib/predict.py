@@ -123,11 +123,10 @@ class Predictor:
         """``engine``: ``keras`` (fast per face once loaded: notebooks, the widget, folders) or
         ``dlib`` (no TensorFlow import: a few photos from the command line start in about a second)."""
         from gender_lib import backbones, config, finetune
-        from gender_lib import head as hd
 
         self.head_path = Path(head_path) if head_path else config.paths().default_head
         # The head's forward pass in NumPy: same numbers, and no TensorFlow import for it.
-        self.model, self.meta = hd.load_head(self.head_path, backend="numpy", cache_root=cache_root or config.paths().cache)
+        self.model, self.meta = finetune.load_any(self.head_path, backend="numpy", cache_root=cache_root or config.paths().cache)
         # Single photos: one process (worker start-up would cost more than it saves).
         description = self.meta["backbone"]
         flip_head = isinstance(self.model, finetune.NumpyFlipHead)

@@ -407,12 +407,12 @@ def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, h
     trained elsewhere may have seen these test people. The threshold is the head's (chosen on
     validation at training time); the baseline is refitted on the same train split (seconds).
     """
+    from gender_lib import finetune, metrics
     from gender_lib import head as hd
-    from gender_lib import metrics
 
     work = _workdir(config, workdir)
     head_path = _resolve_head(config, head, workdir_head(work))
-    model, meta = hd.load_head(head_path, cache_root=config.cache_dir())
+    model, meta = finetune.load_any(head_path, cache_root=config.cache_dir())
     ensure_extracted(config, work, progress=False, backbone=meta["backbone"])  # the head's kind of output, where missing
     table, x, _, manifest_meta = load_descriptors(config, work, backbone=meta["backbone"])
     trained_on = (meta.get("manifest") or {}).get("sha256")
@@ -470,14 +470,13 @@ def cross_evaluate(
     """
     import shutil
 
-    from gender_lib import backbones, metrics
-    from gender_lib import head as hd
+    from gender_lib import backbones, finetune, metrics
     from gender_lib.config import paths
 
     data_root = Path(data_root).expanduser().resolve()
     name = data_root.stem if data_root.is_file() else data_root.name
     head_path = _resolve_head(config, head, paths().default_head)
-    model, meta = hd.load_head(head_path, cache_root=config.cache_dir())
+    model, meta = finetune.load_any(head_path, cache_root=config.cache_dir())
     work = _workdir(config, workdir)
     target = work / "cross" / name
     built = manifest(config, target, progress=progress, data_root=data_root, all_test=True)

@@ -128,7 +128,7 @@ def test_the_shipped_model_predicts_without_tensorflow_and_equals_keras(chips: n
     assert json.loads(path.with_suffix(".json").read_text())["tuned_kept"] is False
     fast = Predictor(path, engine="dlib")
     assert isinstance(fast.model, finetune.NumpyFlipHead) and fast.backbone.dim == 256
-    keras_model, meta = hd.load_head(path)
+    keras_model, meta = finetune.load_any(path)
     level2 = backbones.from_description(meta["backbone"])
     p_keras = hd.predict_proba(keras_model, level2.embed(chips))
     np.testing.assert_allclose(hd.predict_proba(fast.model, fast.backbone.embed(chips)), p_keras, atol=1e-4)

@@ -115,7 +115,7 @@ def test_cross_evaluation_without_a_head_uses_the_committed_one(cfg, tmp_path, m
         seen["path"] = path
         raise stages.StageError("stop here")
 
-    monkeypatch.setattr("gender_lib.head.load_head", fake_load)
+    monkeypatch.setattr("gender_lib.finetune.load_any", fake_load)
     with pytest.raises(stages.StageError, match="stop here"):
         stages.cross_evaluate(cfg, tmp_path / "faces", progress=False)
     assert seen["path"] == config.paths().default_head and seen["path"].is_file()
