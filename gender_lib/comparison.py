@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from gender_lib.config import Config
+from gender_lib.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +102,8 @@ def compare(
     level2 = config.replace(mode="finetune")
     stages.extract(level2, work, progress=progress)  # the level-2 maps every method reads (cached: a rerun only reads them)
     table, x, info, manifest_meta = stages.load_descriptors(level2, work)
+    if folds:  # before an hour of training, not after
+        _check_folds(folds, table["fold"].nunique())
     y = metrics.labels_from_genders(table["gender"])
     split = table["split"].to_numpy()
     tr, va, te = split == "train", split == "val", split == "test"
@@ -151,14 +154,18 @@ def compare(
     return results
 
 
+def _check_folds(folds: int, available: int) -> None:
+    if not 3 <= folds <= available:
+        raise ConfigError(f"cross-validation needs 3 to {available} folds (one tests, the next validates, the rest train); got {folds}")
+
+
 def cross_validate(name: str, variant: str, table: Any, x: np.ndarray, y: np.ndarray, config: Config, folds: int = 5, progress: bool = False) -> dict[str, Any]:
     """Accuracy on each person-disjoint fold k (trained on the other folds but k+1, which validates)."""
     from gender_lib import head as hd
 
     fold = table["fold"].to_numpy().astype(int)
     available = len(np.unique(fold))
-    if not 3 <= folds <= available:
-        raise ValueError(f"cross-validation needs 3 to {available} folds (one tests, the next validates, the rest train); got {folds}")
+    _check_folds(folds, available)
     accuracies = []
     for k in range(folds):
         te, va = fold == k, fold == (k + 1) % folds

@@ -19,6 +19,7 @@ import logging
 import sys
 
 from gender_lib import comparison, config
+from gender_lib.errors import GenderLibError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("absl", "tensorflow", "h5py", "PIL", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     cfg = config.DEFAULT.replace(workdir=args.workdir, seed=args.seed)
-    comparison.compare(cfg, methods=args.methods, folds=args.folds, progress=False)
+    try:
+        comparison.compare(cfg, methods=args.methods, folds=args.folds, progress=False)
+    except GenderLibError as error:  # user input (folder, folds): one line, like the CLI
+        print(f"compare_methods.py: error: {error}", file=sys.stderr)
+        return 2
     print((cfg.workdir() / "reports" / "methods.md").read_text())
     return 0
 

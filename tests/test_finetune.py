@@ -213,7 +213,7 @@ def test_comparison_chooses_variant_and_winner_on_validation_only(level2_work, m
     assert calls == ["test"] * 4  # two methods x two variants, scored once each after the choices
     cv = results["cross_validation"][comparison.BASELINE]
     assert len(cv["accuracy"]) == 3 and cv["mean"] == pytest.approx(np.mean(cv["accuracy"]))
-    with pytest.raises(ValueError, match="needs 3 to 5 folds"):
+    with pytest.raises(ConfigError, match="needs 3 to 5 folds"):
         comparison.cross_validate(comparison.BASELINE, "face", table, level2_work[2], labels_from_genders(table["gender"]), cfg, folds=2)
     table_md = (Path(cfg.paths.workdir) / "reports" / "methods.md").read_text()
     assert all(m in table_md for m in methods) and "(chosen on val)" in table_md
