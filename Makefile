@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN      = $(VENV)/bin
 export IPYTHONDIR := $(CURDIR)/.ipython
 
-.PHONY: setup test test-fast run results compare benchmarks
+.PHONY: setup test test-fast run notebooks results compare benchmarks
 
 setup:  ## fresh machine -> .venv with the package, test tools and Chromium for the browser test
 	$(PY) -m venv $(VENV)
@@ -20,6 +20,9 @@ test:   ## lint, then all tests, notebooks included (nbval); writes only to a te
 
 run:    ## the whole notebook chain with papermill into runs/<name>/ (parameters: pipeline.yml)
 	$(BIN)/gender-lib run --config pipeline.yml
+
+notebooks:  ## re-execute the committed notebooks in place (the default run on the embedded sample; stages write to a scratch folder)
+	$(BIN)/python scripts/execute_notebooks.py
 
 FULL ?= $(abspath ../shared/datasets/combined/aligned)
 

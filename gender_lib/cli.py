@@ -31,7 +31,7 @@ HELP = {
     "dlib_align": "dlib: 5-point chip or plain resize",
     "engine": "dlib: its network converted to Keras (verified against dlib), dlib's own code (same descriptors, slower), "
     "or ray (the Keras model on a Ray cluster; needs the distributed extra)",
-    "ray_address": "with --engine ray: an existing Ray cluster (ray://host:10001 or auto); empty starts a local Ray instance",
+    "ray_address": "with --engine ray: an existing Ray cluster (ray://host:10001 or auto) (default: empty, a local Ray instance)",
     "precision": "vggface compute precision",
     "vggface_layer": "vggface descriptor layer",
     "batch_size": "images per backbone batch",
@@ -50,12 +50,12 @@ HELP = {
     "finetune_learning_rate": "finetune: Adam step for the network, relative to each weight tensor's RMS",
     "n_boot": "bootstrap resamples (over people) for the 95%% intervals",
     "n_faces": "faces in the prediction grid",
-    "workdir": "work folder: manifest, extraction record, head, reports (default $GENDER_LIB_WORKDIR or data/processed)",
-    "cache_dir": "descriptor cache root (default $GENDER_LIB_CACHE or data/cache/descriptors)",
-    "head_path": "the head to use",
-    "vgg_face_mat": "the MatConvNet vgg_face.mat",
-    "vggface_model": "where the converted VGG-Face model goes",
-    "example_image": "example photo",
+    "workdir": "work folder: manifest, extraction record, head, reports (default: $GENDER_LIB_WORKDIR, else data/processed)",
+    "cache_dir": "descriptor cache root (default: $GENDER_LIB_CACHE, else data/cache/descriptors)",
+    "head_path": "the head to use (default: the committed model)",
+    "vgg_face_mat": "the MatConvNet vgg_face.mat (default: $GENDER_LIB_VGG_FACE_MAT, else data/external/vgg_face.mat)",
+    "vggface_model": "where the converted VGG-Face model goes (default: checkpoints/vggface.keras)",
+    "example_image": "example photo (default: a face of the embedded sample)",
 }
 CHOICES = {
     "layout": [c for c in LAYOUTS if c],
@@ -96,7 +96,9 @@ def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> 
     for name in names:
         default = defaults[name]
         flags = ["--" + name.replace("_", "-"), *ALIASES.get(name, [])]
-        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": f"{HELP[name]} (default: {default if default != '' else 'see above'})"}
+        # A help text that explains its own default (environment variables, empty meaning detect) says it once.
+        text = HELP[name] if "(default" in HELP[name] else f"{HELP[name]} (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
+        kwargs: dict[str, Any] = {"dest": name, "default": None, "help": text}
         if isinstance(default, list):
             kwargs.update(type=int, nargs="+")
         elif isinstance(default, bool):
@@ -298,7 +300,12 @@ def build_parser() -> argparse.ArgumentParser:
         "where",
         func=_evaluate,
     )
-    evaluate.add_argument("--head", dest="head_path", default=None, help="the head to evaluate")
+    evaluate.add_argument(
+        "--head",
+        dest="head_path",
+        default=None,
+        help=f"the head to evaluate (default: the one trained in the work folder; with --data-root, {p.default_head.name})",
+    )
     evaluate.add_argument("--data-root", default=None, help="a labelled folder in any supported layout (cross-dataset evaluation)")
     _add_config_flags(evaluate, ["layout", "n_boot"])
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")

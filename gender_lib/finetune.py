@@ -181,7 +181,7 @@ def train(
         trunk = features_model(model)
         f_train, f_val = per_view(trunk, x_train), per_view(trunk, x_val)
         # Both views are training faces (mirror-image augmentation); validation scores the face itself.
-        head, history = hd.train_head(f_train.reshape(-1, FEATURES_DIM), np.repeat(y_train, 2), f_val[:, 0], y_val, config, seed=seed)
+        head, history = hd.train_head(f_train.reshape(-1, FEATURES_DIM), np.repeat(y_train, 2), f_val[:, 0], y_val, config, seed=seed, dtype="float32")
         record = {"history": history, "parts": {"head": head}, "trunk": "features"}
     else:
         levels = config.finetune_levels
@@ -196,7 +196,7 @@ def train(
 
         z_train, z_val = split_input(x_train), split_input(x_val)
         d_train, d_val = apply(tuned, z_train.reshape(-1, *z_train.shape[2:])), apply(tuned, z_val[:, 0])
-        head, head_history = hd.train_head(d_train, np.repeat(y_train, 2), d_val, y_val, config, seed=seed)
+        head, head_history = hd.train_head(d_train, np.repeat(y_train, 2), d_val, y_val, config, seed=seed, dtype="float32")
         tuned_history = _finetune(tuned, head, z_train, y_train, z_val, y_val, config, seed, progress)
         history = join_histories(head_history, tuned_history)
         kept = tuned_history["best_epoch"] > 0  # else no epoch lowered the validation loss: dlib's weights stay as they are
@@ -361,7 +361,7 @@ def load(path: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None
     meta, arrays = _read_checked(path)
     model = dlib_model(cache_root)
     head_config = meta["head_config"]
-    head = hd.build_head(int(head_config["dim"]), HeadConfig(widths=tuple(head_config["widths"]), dropout=float(head_config["dropout"])))
+    head = hd.build_head(int(head_config["dim"]), HeadConfig(widths=tuple(head_config["widths"]), dropout=float(head_config["dropout"])), dtype="float32")
     _restore(head, arrays, "gender_head")
     trunk_kind = meta["trunk"]
     if trunk_kind == "features":

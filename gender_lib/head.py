@@ -60,22 +60,30 @@ def _check_split(name: str, x: np.ndarray, y: np.ndarray, dim: int | None = None
         raise HeadError(f"{name} descriptors contain NaN or inf values")
 
 
-def build_head(dim: int, config: HeadConfig | None = None, x_train: np.ndarray | None = None, seed: int = 0) -> Any:
-    """The MLP, with its input Normalization adapted to ``x_train`` when given."""
+#: The head's arithmetic. In float32, training is sensitive to rounding: descriptors that differ by
+#: 1e-6 (what the same backbone gives on two CPU generations) sent the sample's head down another
+#: early-stopping path (best epoch 100 of 100 vs 89 of 97, threshold 0.641 vs 0.666; P(female)
+#: apart by up to 0.099). In float64 the same perturbation moves P(female) by at most ~1e-4
+#: (tests/test_machine_independence.py). The head is tiny, so float64 costs nothing measurable.
+HEAD_DTYPE = "float64"
+
+
+def build_head(dim: int, config: HeadConfig | None = None, x_train: np.ndarray | None = None, seed: int = 0, dtype: str = HEAD_DTYPE) -> Any:
+    """The MLP in ``dtype``, with its input Normalization adapted to ``x_train`` when given."""
     import keras
 
     config = config or HeadConfig()
     regularizer = keras.regularizers.L2(config.l2) if config.l2 else None
-    inputs = keras.Input((dim,), name="descriptor")
-    normalize = keras.layers.Normalization(name="standardize")
+    inputs = keras.Input((dim,), name="descriptor", dtype=dtype)
+    normalize = keras.layers.Normalization(name="standardize", dtype=dtype)
     if x_train is not None:
-        normalize.adapt(np.asarray(x_train, np.float32))
+        normalize.adapt(np.asarray(x_train, dtype))
     x = normalize(inputs)
     for i, width in enumerate(config.widths):
-        x = keras.layers.Dense(width, activation="relu", kernel_regularizer=regularizer, name=f"dense{i + 1}")(x)
+        x = keras.layers.Dense(width, activation="relu", kernel_regularizer=regularizer, name=f"dense{i + 1}", dtype=dtype)(x)
     if config.dropout:
-        x = keras.layers.Dropout(config.dropout, seed=seed, name="dropout")(x)
-    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=regularizer, name="p_female")(x)
+        x = keras.layers.Dropout(config.dropout, seed=seed, name="dropout", dtype=dtype)(x)
+    outputs = keras.layers.Dense(1, activation="sigmoid", kernel_regularizer=regularizer, name="p_female", dtype=dtype)(x)
     return keras.Model(inputs, outputs, name="gender_head")
 
 
@@ -87,19 +95,20 @@ def train_head(
     config: HeadConfig | None = None,
     seed: int = 0,
     verbose: int = 0,
+    dtype: str = HEAD_DTYPE,
 ) -> tuple[Any, dict[str, list[float]]]:
-    """Train with Adam and binary cross-entropy; returns (model with best weights, history)."""
+    """Train with Adam and binary cross-entropy in ``dtype``; returns (model with best weights, history)."""
     import keras
     import tensorflow as tf
 
     config = config or HeadConfig()
-    x_train, x_val = np.asarray(x_train, np.float32), np.asarray(x_val, np.float32)
-    y_train, y_val = np.asarray(y_train, np.float32), np.asarray(y_val, np.float32)
+    x_train, x_val = np.asarray(x_train, dtype), np.asarray(x_val, dtype)
+    y_train, y_val = np.asarray(y_train, dtype), np.asarray(y_val, dtype)
     _check_split("train", x_train, y_train)
     _check_split("val", x_val, y_val, x_train.shape[1])
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()  # same seed -> same weights on CPU
-    model = build_head(x_train.shape[1], config, x_train, seed)
+    model = build_head(x_train.shape[1], config, x_train, seed, dtype)
     model.compile(
         optimizer=keras.optimizers.Adam(config.learning_rate),
         loss=keras.losses.BinaryCrossentropy(from_logits=False),
@@ -127,8 +136,8 @@ def train_head(
 
 
 def predict_proba(model: Any, x: np.ndarray, batch_size: int = 1024) -> np.ndarray:
-    """P(female) for each descriptor row, float64 (n,)."""
-    x = np.asarray(x, np.float32)
+    """P(female) for each descriptor row, float64 (n,), computed in the model's own dtype."""
+    x = np.asarray(x, np.float64 if _is_numpy(model) else _input_dtype(model))
     if x.ndim != 2:
         raise HeadError(f"descriptors must be (n, dim), got {x.shape}")
     expected = _input_dim(model)
@@ -155,7 +164,7 @@ def _traced(model: Any) -> Any:
         def call(x: Any) -> Any:
             return model(x, training=False)
 
-        _TRACED[model] = tf.function(call, input_signature=[tf.TensorSpec((None, _input_dim(model)), tf.float32)])
+        _TRACED[model] = tf.function(call, input_signature=[tf.TensorSpec((None, _input_dim(model)), _input_dtype(model))])
     return _TRACED[model]
 
 
@@ -283,6 +292,10 @@ class NumpyHead:
 
 def _input_dim(model: Any) -> int:
     return model.dim if _is_numpy(model) else int(model.inputs[0].shape[-1])
+
+
+def _input_dtype(model: Any) -> str:
+    return str(model.inputs[0].dtype)
 
 
 def _is_numpy(model: Any) -> bool:

@@ -92,17 +92,18 @@ def confusion(matrix: Sequence[Sequence[int]], title: str = "test split") -> Any
 
 
 def roc(y: np.ndarray, p: np.ndarray, threshold: float | None = None) -> Any:
+    """ROC curve of P(female), with the threshold's operating point (:func:`operating_point`) in red."""
     from matplotlib.figure import Figure
     from sklearn.metrics import roc_auc_score, roc_curve
 
-    fpr, tpr, thresholds = roc_curve(y, p)
+    fpr, tpr, _ = roc_curve(y, p)
     figure = Figure(figsize=(3.8, 3.6))
     ax = figure.subplots()
     ax.plot(fpr, tpr, label=f"AUC {roc_auc_score(y, p):.3f}")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":")
     if threshold is not None:
-        i = int(np.argmin(np.abs(thresholds - threshold)))
-        ax.scatter([fpr[i]], [tpr[i]], color="red", zorder=3, label=f"threshold {threshold:.2f}")
+        point = operating_point(y, p, threshold)
+        ax.scatter([point[0]], [point[1]], color="red", zorder=3, label=f"threshold {threshold:.2f}")
     ax.set_xlabel("false female rate (men called women)")
     ax.set_ylabel("true female rate")
     ax.set_title("ROC (test split)")
@@ -111,19 +112,33 @@ def roc(y: np.ndarray, p: np.ndarray, threshold: float | None = None) -> Any:
     return Plot(figure, "ROC curve")
 
 
+def operating_point(y: np.ndarray, p: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(false female rate, true female rate) of the rule ``P(female) >= threshold``: the rule itself,
+    not the nearest threshold ``roc_curve`` kept, which can be far off on a small test split."""
+    y, called_female = np.asarray(y).astype(int), np.asarray(p, np.float64) >= threshold
+    return float(called_female[y == 0].mean()), float(called_female[y == 1].mean())
+
+
 def reliability(curve: dict[str, list[float]], ece: float | None = None) -> Any:
+    """Observed fraction female against mean P(female) per bin, each point labelled with its face count.
+
+    The legend sits outside the axes so that it covers no point."""
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(3.8, 3.6))
+    figure = Figure(figsize=(4.6, 3.6))
     ax = figure.subplots()
     mean_p, observed, count = (np.asarray(curve[k], float) for k in ("mean_predicted", "fraction_female", "count"))
     ok = count > 0
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     ax.plot(mean_p[ok], observed[ok], marker="o", label="head" + (f" (ECE {ece:.3f})" if ece is not None else ""))
+    for x, y, n in zip(mean_p[ok], observed[ok], count[ok]):
+        ax.annotate(f"{int(n)}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7, color="tab:blue")
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.05, 1.05)
     ax.set_xlabel("predicted P(female)")
     ax.set_ylabel("observed fraction female")
-    ax.set_title("reliability (test split)")
-    ax.legend(loc="upper left")
+    ax.set_title("reliability (test split; faces per bin)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2, fontsize=8, frameon=False)
     figure.tight_layout()
     return Plot(figure, "reliability diagram")
 

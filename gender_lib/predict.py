@@ -171,11 +171,11 @@ class Predictor:
                 continue
             if not faces:
                 rows.append({"path": str(path), "face": "", "label": "", "p_female": "", "box": "", "message": NO_FACE})
-            for i, face in enumerate(faces):
+            for number, face in enumerate(faces, 1):  # numbered from 1, as the text output and the widget say it
                 rows.append(
                     {
                         "path": str(path),
-                        "face": i,
+                        "face": number,
                         "label": face.label,
                         "p_female": round(face.p_female, 4),
                         "threshold": round(face.threshold, 4),

@@ -544,17 +544,19 @@ class PredictResult:
                 word = "female" if row["label"] == "F" else "male"
                 out.append(
                     (
-                        f"{row['path']}: face {row['face'] + 1}: {word}, P(female) {row['p_female']:.3f} (threshold {row['threshold']:.3f}), box {row['box']}",
+                        f"{row['path']}: face {row['face']}: {word}, P(female) {row['p_female']:.3f} (threshold {row['threshold']:.3f}), box {row['box']}",
                         False,
                     )
                 )
         return out
 
     def summary(self) -> str:
+        """Images with a face + images without one + unreadable files = images; faces counted apart."""
         faces = sum(1 for r in self.rows if not r["message"])
         files = len({r["path"] for r in self.rows})
+        with_face = len({r["path"] for r in self.rows if not r["message"]})
         no_face = sum(1 for r in self.rows if r["message"].startswith("no face found"))
-        text = f"{files} images: {faces} faces, {no_face} without a face, {len(self.failed)} could not be read"
+        text = f"{files} images: {with_face} with a face ({faces} faces), {no_face} without a face, {len(self.failed)} could not be read"
         return text + (f"; wrote {self.csv}" if self.csv else "")
 
     __str__ = summary

@@ -55,8 +55,33 @@ def _png(figure: Any) -> bytes:
     return buffer.getvalue()
 
 
+#: What a static render of the notebook (nbconvert HTML, a repository viewer) shows in place of
+#: the widget, which needs a running kernel.
+STATIC_FALLBACK = (
+    "Upload widget: open this notebook in JupyterLab and run the cell to choose photos; "
+    "each is shown with its faces boxed and labelled. (A static view of the notebook cannot run it.)"
+)
+
+
+def _with_static_fallback(box: Any) -> Any:
+    """``box`` whose display also carries text/plain and text/html for renderers without a kernel;
+    live front ends prefer the widget view."""
+    live = box._repr_mimebundle_
+
+    def bundle(**kwargs: Any) -> Any:
+        data = live(**kwargs)
+        if isinstance(data, dict):
+            data = {**data, "text/plain": STATIC_FALLBACK, "text/html": f"<p><i>{html.escape(STATIC_FALLBACK)}</i></p>"}
+        return data
+
+    box._repr_mimebundle_ = bundle
+    return box
+
+
 def upload_and_predict(predictor: Predictor | None = None, detect: bool = True) -> Any:
-    """A ``FileUpload`` (several files at once) that shows each image with its faces labelled."""
+    """A ``FileUpload`` (several files at once) that shows each image with its faces labelled.
+
+    Displayed outside a kernel (a static render), it reads as :data:`STATIC_FALLBACK`."""
     import ipywidgets as w
 
     predictor = predictor or Predictor()
@@ -80,4 +105,4 @@ def upload_and_predict(predictor: Predictor | None = None, detect: bool = True) 
     upload.observe(on_change, names="value")
     box = w.VBox([upload, output])
     box.upload, box.output = upload, output  # for tests and advanced use
-    return box
+    return _with_static_fallback(box)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -10,14 +11,27 @@ import pytest
 
 from gender_lib import config as gl_config
 
+_SCRATCH: list[Path] = []
+
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Everything a test run writes by default (the notebooks under nbval included: their kernels
-    inherit this environment) goes to a temporary folder, never into the checkout."""
+    """Everything a test run writes by default goes to one scratch folder, never into the checkout,
+    and the scratch folder is removed at the end: the stages' work folder and cache, pytest's own
+    ``tmp_path`` folders, and (through ``TMPDIR``) what the notebook kernels, JupyterLab, Chromium
+    and Ray put in the temp folder. Subprocesses inherit this environment."""
     scratch = Path(tempfile.mkdtemp(prefix="gender_lib-tests-"))
+    _SCRATCH.append(scratch)
+    (scratch / "tmp").mkdir()
+    os.environ["TMPDIR"] = str(scratch / "tmp")
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
     os.environ.setdefault("GENDER_LIB_WORKDIR", str(scratch / "work"))
     os.environ.setdefault("GENDER_LIB_CACHE", str(scratch / "cache"))
     os.environ.setdefault("IPYTHONDIR", str(Path(__file__).resolve().parents[1] / ".ipython"))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for scratch in _SCRATCH:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 REAL_COMBINED = gl_config.paths().datasets / "combined" / "aligned"

@@ -39,6 +39,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture
+def screenshots(tmp_path) -> Path:
+    """Where the screenshots go: ``$GENDER_LIB_SCREENSHOTS`` to keep them and look, else this test's
+    temporary folder (removed with it), so a test run writes nothing into the checkout."""
+    folder = Path(os.environ.get("GENDER_LIB_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+@pytest.fixture
 def jupyterlab(tmp_path):
     _need_browser()
     for name in ("05_visualize", "06_predict"):
@@ -84,12 +93,11 @@ def jupyterlab(tmp_path):
 
 
 @pytest.mark.browser
-def test_committed_face_grid_shows_as_an_image_in_jupyterlab(jupyterlab):
+def test_committed_face_grid_shows_as_an_image_in_jupyterlab(jupyterlab, screenshots):
     """Notebook 05 as committed: its 30-face grid is an <img> a person sees, not a '<Figure ...>' line."""
     from playwright.sync_api import sync_playwright
 
-    screenshot = ROOT / "reports" / "screenshots" / "face_grid.png"
-    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    screenshot = screenshots / "face_grid.png"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
         try:
@@ -109,12 +117,11 @@ def test_committed_face_grid_shows_as_an_image_in_jupyterlab(jupyterlab):
 
 
 @pytest.mark.browser
-def test_upload_widget_labels_a_real_face_in_jupyterlab(jupyterlab, sample_faces):
+def test_upload_widget_labels_a_real_face_in_jupyterlab(jupyterlab, sample_faces, screenshots):
     from playwright.sync_api import sync_playwright
 
     face = sorted(sample_faces.glob("4*_F/nm*.jpg"))[0]  # an adult woman from the embedded sample
-    screenshot = ROOT / "reports" / "screenshots" / "upload_widget.png"
-    screenshot.parent.mkdir(parents=True, exist_ok=True)
+    screenshot = screenshots / "upload_widget.png"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS, headless=True)
         try:
@@ -132,6 +139,7 @@ def test_upload_widget_labels_a_real_face_in_jupyterlab(jupyterlab, sample_faces
             result = page.locator(".gender-lib-result")
             result.wait_for(state="visible", timeout=120_000)
             text = result.inner_text()
+            body = page.locator(".jp-Notebook").inner_text()
             result.scroll_into_view_if_needed()
             page.locator(".gender-lib-result >> xpath=../../..").screenshot(path=str(screenshot))
         except Exception:
@@ -142,4 +150,5 @@ def test_upload_widget_labels_a_real_face_in_jupyterlab(jupyterlab, sample_faces
     # "female, " cannot be matched by "male, ": the label is checked exactly, with its probability.
     assert text.startswith(f"{face.name}: face 1: female, P(female) 0.") or text.startswith(f"{face.name}: face 1: female, P(female) 1.")
     assert "(threshold " in text and ", box (" in text
+    assert "static view of the notebook cannot run it" not in body  # live, the widget shows, not its static fallback
     assert screenshot.stat().st_size > 10_000

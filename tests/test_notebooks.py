@@ -102,3 +102,28 @@ def test_notebook_03_fine_tunes_headless_with_papermill(tmp_path):
     assert "mode finetune (top 1 residual level + fc " in text
     meta = json.loads((tmp_path / "classifier.json").read_text())
     assert meta["mode"] == "finetune" and meta["history"]["finetune_from"] >= 1
+
+
+def test_notebook_06_names_the_model_it_really_uses():
+    from gender_lib.config import DEFAULT_HEAD_NAME
+
+    cells = json.loads((ROOT / "notebooks" / "06_predict.ipynb").read_text())["cells"]
+    narration = "".join(cells[0]["source"])
+    parameters = "".join(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))["source"])
+    printed = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))
+    for text in (narration, parameters, printed):
+        assert DEFAULT_HEAD_NAME in text
+        assert "dlib_gender_head.keras" not in text
+
+
+def test_the_upload_cell_shows_a_text_fallback_in_a_static_render():
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from gender_lib.widgets import STATIC_FALLBACK
+
+    notebook = nbformat.read(ROOT / "notebooks" / "06_predict.ipynb", as_version=4)
+    upload = next(c for c in notebook.cells if "upload_and_predict" in "".join(c.source))
+    assert [o["data"].get("text/plain") for o in upload.outputs] == [STATIC_FALLBACK]
+    body, _ = HTMLExporter().from_notebook_node(notebook)
+    assert STATIC_FALLBACK.split("(")[0].strip() in body.replace("\n", " ")

@@ -214,3 +214,36 @@ def test_every_cli_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main([command, "--help"])
     assert exit_.value.code == 0 and "usage: gender-lib" in capsys.readouterr().out
+
+
+def test_cli_help_states_each_default_once(capsys):
+    for command in ("extract", "train", "evaluate", "predict"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = " ".join(capsys.readouterr().out.split()).split("options:")[1]  # argparse wraps lines
+        assert "see above" not in text
+        for flag in ("--workdir", "--cache-dir", "--head"):
+            start = text.find(f"{flag} ")
+            if start < 0:
+                continue
+            entry = text[start : text.find(" --", start + len(flag))]
+            assert entry.count("default") == 1, entry
+
+
+def test_csv_and_text_number_faces_the_same_way_and_the_summary_adds_up(predictor, face_photo, tmp_path):
+    from gender_lib import config, stages
+
+    scene = Image.open(face_photo)
+    two = Image.new("RGB", (scene.width * 2, scene.height), (120, 130, 125))
+    two.paste(scene, (0, 0)), two.paste(scene, (scene.width, 0))
+    two.save(tmp_path / "two.jpg", quality=95)
+    Image.new("RGB", (128, 128), (90, 90, 90)).save(tmp_path / "blank.jpg")
+    (tmp_path / "broken.jpg").write_bytes(b"nope")
+    inputs = [tmp_path / "two.jpg", face_photo, tmp_path / "blank.jpg", tmp_path / "broken.jpg"]
+    result = stages.predict(config.DEFAULT, inputs, predictor=predictor, csv=tmp_path / "out.csv")
+    table = pd.read_csv(tmp_path / "out.csv")
+    faces = table[table["message"].isna()]
+    assert faces[faces["path"].str.endswith("two.jpg")]["face"].astype(int).tolist() == [1, 2]
+    texts = [text for text, problem in result.lines() if not problem]
+    assert [t.split(": ")[1] for t in texts] == [f"face {n}" for n in faces["face"].astype(int)]
+    assert result.summary() == "4 images: 2 with a face (3 faces), 1 without a face, 1 could not be read; wrote " + str(tmp_path / "out.csv")
