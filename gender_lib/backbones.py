@@ -131,40 +131,119 @@ def _dlib_models() -> _DlibModels:
 def dlib_chip(rgb: np.ndarray, box: Box | None = None, models: _DlibModels | None = None, size: int = 150, padding: float = 0.25) -> tuple[np.ndarray, bool]:
     """dlib's aligned face chip: 5-point landmarks in ``box`` then ``get_face_chip``.
 
-    With no box (a face crop), HOG detection (upsampled once) finds the face; where it finds
-    none the whole crop is taken as the face box. Returns (chip uint8 (size, size, 3), face_found).
+    With no box (a face crop), :func:`detect_faces` finds the face (for crops under 800 px exactly
+    dlib's HOG upsampled once, as descriptors have always been computed); where it finds none the
+    whole crop is taken as the face box. Returns (chip uint8 (size, size, 3), face_found).
     """
     import dlib
 
     models = models or _dlib_models()
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if box is not None:
-        found, rect = True, dlib.rectangle(*(int(v) for v in box))
+    if box is None:  # the largest face :func:`detect_faces` finds (for crops under 800 px: HOG upsampled once)
+        faces = detect_faces(rgb)
+        found, box = bool(faces), faces[0] if faces else None
     else:
-        faces = models.detector(rgb, 1)
-        found = bool(faces)
-        rect = max(faces, key=lambda r: r.area()) if faces else dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
+        found = True
+    rect = dlib.rectangle(*(int(v) for v in box)) if box is not None else dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
     shape = models.landmarks(rgb, rect)
     return np.asarray(dlib.get_face_chip(rgb, shape, size=size, padding=padding), np.uint8), found
 
 
-def detect_faces(rgb: np.ndarray, upsample: int = 1, max_side: int = 1600) -> list[Box]:
-    """dlib HOG face boxes (left, top, right, bottom) in ``rgb``'s pixels, largest first.
+#: Detection's first pass looks at a copy no larger than this (big faces, quickly).
+DETECT_MAX_SIDE = 1600
+#: The second pass's tiles (full resolution, upsampled once), so memory stays bounded on 50 MP photos.
+DETECT_TILE = 1536
 
-    Detection runs on a copy no larger than ``max_side`` (boxes are mapped back); small
-    images (face crops) are upsampled so HOG can see the face, big photos are not.
+
+def detect_faces(rgb: np.ndarray, min_face: int | None = None, max_side: int = DETECT_MAX_SIDE) -> list[Box]:
+    """Faces in ``rgb`` as boxes (left, top, right, bottom) in its pixels, largest first: dlib's HOG
+    detector, the one detection path of prediction, the upload widget and dataset images alike.
+
+    dlib's HOG window is 80 px, so a face ``s`` px wide is found in an image scaled by 80/s or
+    more. Pass 1 scans a copy at most ``max_side`` px on its longer side (upsampled once when that
+    copy is under 800 px, as for face crops): big faces, quickly. Where pass 1 cannot see faces as
+    small as ``min_face`` (default :data:`gender_lib.images.MIN_FACE_SIDE`, 40 px), pass 2 scans the
+    full-resolution image upsampled once (faces from 40 px), in overlapping tiles of
+    :data:`DETECT_TILE` px so memory stays bounded; the overlap exceeds the smallest face pass 1
+    sees, so every face is whole in some tile. Boxes found twice (IoU > 0.3) are merged, keeping
+    the better-scored one. A phone photo's cost is in pass 2: about four times the image's pixels
+    (see ``benchmarks/detect.py``).
     """
     from PIL import Image
 
+    from gender_lib.images import MIN_FACE_SIDE
+
+    min_face = MIN_FACE_SIDE if min_face is None else int(min_face)
     height, width = rgb.shape[:2]
+    detector = _dlib_models().detector
     scale = min(1.0, max_side / max(height, width))
     small = rgb if scale == 1.0 else np.asarray(Image.fromarray(rgb).resize((round(width * scale), round(height * scale)), Image.BILINEAR))
-    found = _dlib_models().detector(np.ascontiguousarray(small), upsample if max(small.shape[:2]) < 800 else 0)
-    boxes = []
-    for r in found:
-        left, top, right, bottom = (int(round(v / scale)) for v in (r.left(), r.top(), r.right(), r.bottom()))
-        boxes.append((max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom)))
-    return sorted(boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+    upsample = 1 if max(small.shape[:2]) < 800 else 0
+    found: list[tuple[float, Box]] = []
+    rects, scores, _ = detector.run(np.ascontiguousarray(small), upsample, 0.0)
+    for r, score in zip(rects, scores):
+        found.append((float(score), _clip_box((r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale), width, height)))
+    smallest_seen = 80.0 / (scale * 2**upsample)  # the smallest face pass 1 can find, in rgb's pixels
+    if smallest_seen > min_face * 1.05:
+        overlap = int(np.ceil(smallest_seen * 1.25))
+        step = max(DETECT_TILE - overlap, 1)
+        corners = [(top, left) for top in range(0, max(height - overlap, 1), step) for left in range(0, max(width - overlap, 1), step)]
+        times = max(0, int(np.ceil(np.log2(80.0 / max(min_face, 1)))))  # upsamplings: once for 40 px faces
+
+        def scan(corner: tuple[int, int]) -> list[tuple[float, Box]]:
+            top, left = corner
+            tile = np.ascontiguousarray(rgb[top : top + DETECT_TILE, left : left + DETECT_TILE])
+            rects, scores, _ = _thread_detector().run(tile, times, 0.0)
+            return [(float(s), _clip_box((left + r.left(), top + r.top(), left + r.right(), top + r.bottom()), width, height)) for r, s in zip(rects, scores)]
+
+        # dlib releases the GIL while it scans: tiles run in parallel threads (2x on 2 cores, measured),
+        # each with a detector of its own (one dlib detector used by two threads at once crashed).
+        for boxes in _detect_pool().map(scan, corners):
+            found.extend(boxes)
+    return [box for _, box in sorted(_merge(found), key=lambda item: -_area(item[1]))]
+
+
+_THREAD = threading.local()
+
+
+@functools.lru_cache(maxsize=1)
+def _detect_pool() -> Any:
+    """Threads for detection tiles, kept for the process (each builds its detector once: 0.3 s)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="gender_lib-detect")
+
+
+def _thread_detector() -> Any:
+    """dlib's HOG face detector for the calling thread (made once per thread; a few ms)."""
+    if not hasattr(_THREAD, "detector"):
+        import dlib
+
+        _THREAD.detector = dlib.get_frontal_face_detector()
+    return _THREAD.detector
+
+
+def _clip_box(box: tuple[float, float, float, float], width: int, height: int) -> Box:
+    left, top, right, bottom = (int(round(v)) for v in box)
+    return (max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom))
+
+
+def _area(box: Box) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _iou(a: Box, b: Box) -> float:
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / max(1, _area(a) + _area(b) - inter)
+
+
+def _merge(found: list[tuple[float, Box]], iou: float = 0.3) -> list[tuple[float, Box]]:
+    """Greedy non-maximum suppression: the best-scored box of each overlapping group."""
+    kept: list[tuple[float, Box]] = []
+    for score, box in sorted(found, key=lambda item: -item[0]):
+        if all(_iou(box, other) <= iou for _, other in kept):
+            kept.append((score, box))
+    return kept
 
 
 def crop_box(rgb: np.ndarray, box: Box, margin: float = 0.0) -> np.ndarray:

@@ -355,6 +355,7 @@ def _section_type(section: str) -> type:
 
 def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
     """``value`` converted to the type of the default ``current``, or a clear error."""
+    given = value
     try:
         if isinstance(current, bool):
             if isinstance(value, str):
@@ -363,6 +364,14 @@ def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
                 return value.lower() in ("true", "1", "yes")
             return bool(value)
         if isinstance(current, tuple):
+            if isinstance(value, str):  # papermill -p passes "[64, 64]" as text; YAML reads it (also "64, 64" and "64")
+                import yaml
+
+                text = value.strip()
+                parsed = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
+                if not isinstance(parsed, list):
+                    raise ValueError(value)
+                value = parsed
             items = value if isinstance(value, (list, tuple)) else [value]
             return tuple(int(v) for v in items)
         if isinstance(current, int):
@@ -374,7 +383,12 @@ def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
         if isinstance(current, str):
             return "" if value is None else str(value)
     except (TypeError, ValueError):
-        raise ConfigError(f"{source}: {key} must be {type(current).__name__}-like (default {current!r}), got {value!r}") from None
+        hint = (
+            f"; a list of whole numbers such as {list(current)} (papermill: -y '{key}: {list(current)}' or -p {key} '{list(current)}')"
+            if isinstance(current, tuple)
+            else ""
+        )
+        raise ConfigError(f"{source}: {key} must be {type(current).__name__}-like (default {current!r}), got {given!r}{hint}") from None
     return value  # pragma: no cover
 
 

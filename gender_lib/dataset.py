@@ -158,7 +158,7 @@ def clean(table: pd.DataFrame, workers: int | None = None, progress: bool = True
     for digest, same in duplicated.groupby("sha256", sort=False):
         for subject in same["subject"]:
             groups.union(same["subject"].iloc[0], subject)
-        ordered = same.sort_values("path", key=lambda s: s.astype(str))
+        ordered = same.sort_values("path", key=lambda s: s.map(lambda p: os.fsencode(str(p))))  # bytes: any file name
         genders = sorted(set(ordered["gender"]))
         if len(genders) > 1:
             for index, path in zip(ordered.index, ordered["path"]):
@@ -294,7 +294,8 @@ def build(
     before = table["fold"].astype(int).to_numpy() if official else None
     table = assign_splits(table, val=val, test=test, k=k, seed=seed, protocol=protocol, folds=folds)
     base = root.parent if root.is_file() else root
-    table["path"] = [_relative(Path(p), base) for p in table["path"]]
+    # object dtype: a path whose name is not valid UTF-8 keeps its bytes (pandas' string dtype refuses them)
+    table["path"] = pd.Series([_relative(Path(p), base) for p in table["path"]], index=table.index, dtype=object)
     excluded["path"] = [_relative(Path(p), base) for p in excluded["path"]]
     excluded["detail"] = excluded["detail"].str.replace(f"{base}{os.sep}", "", regex=False)
     counts = cleaning_counts(excluded)

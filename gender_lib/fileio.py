@@ -82,3 +82,16 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
 def sha256_bytes(data: bytes) -> str:
     """Hex sha256 of a bytes object."""
     return hashlib.sha256(data).hexdigest()
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """``path`` as text that any output can carry: bytes of a file name that are not valid UTF-8
+    (a Latin-1 name from an old zip file, kept by Python as surrogate escapes) are shown as
+    ``\\xe9`` escapes. Use it wherever a path is printed, written to CSV, JSON or Markdown, or
+    shown in HTML; keep the real ``Path`` for opening the file."""
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text

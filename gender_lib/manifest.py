@@ -35,7 +35,9 @@ def write_manifest(dataset: Dataset, out_dir: str | os.PathLike[str]) -> Path:
     """Write ``manifest.csv``, ``manifest.json`` and ``excluded.csv`` to ``out_dir`` (atomically)."""
     out_dir = Path(out_dir)
     manifest = out_dir / "manifest.csv"
-    atomic_write(manifest, lambda tmp: dataset.table.to_csv(tmp, index=False))
+    # A file name that is not valid UTF-8 is written back as its own bytes (surrogateescape), so
+    # the manifest still opens the file; every other report shows such names escaped.
+    atomic_write(manifest, lambda tmp: dataset.table.to_csv(tmp, index=False, errors="surrogateescape"))
     atomic_write(out_dir / "excluded.csv", lambda tmp: dataset.excluded.to_csv(tmp, index=False))
     write_json(out_dir / "manifest.json", {**dataset.meta, "manifest_sha256": sha256_file(manifest)})
     return manifest
@@ -53,7 +55,9 @@ def read_manifest(path: str | os.PathLike[str]) -> Dataset:
         meta = json.loads(meta_path.read_text())
     except (FileNotFoundError, json.JSONDecodeError) as error:
         raise DatasetError(f"{meta_path}: manifest metadata missing or damaged ({error}); rebuild the manifest") from None
-    table = pd.read_csv(path, dtype={"age": str, "note": str, "subject": str, "group": str}, keep_default_na=False)
+    table = pd.read_csv(
+        path, dtype={"path": object, "age": str, "note": str, "subject": str, "group": str}, keep_default_na=False, encoding_errors="surrogateescape"
+    )
     missing = [c for c in MANIFEST_COLUMNS if c not in table]
     if missing:
         raise DatasetError(f"{path}: not a gender_lib manifest (missing columns {missing})")

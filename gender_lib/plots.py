@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from gender_lib.fileio import atomic_write
+from gender_lib.fileio import atomic_write, display_path
 from gender_lib.metrics import CLASSES
 
 
@@ -188,7 +188,7 @@ def prediction_grid(results: dict[str, Any], n: int = 30, seed: int = 0, columns
     for i, probability, label in zip(picks, p, true):
         predicted = "F" if probability >= threshold else "M"
         wrong = "  WRONG" if predicted != label else ""
-        lines.append(f"{Path(predictions['path'][i]).name[:40]:<40} predicted {predicted} (P(female)={probability:.2f}) true {label}{wrong}")
+        lines.append(f"{display_path(Path(predictions['path'][i]).name)[:40]:<40} predicted {predicted} (P(female)={probability:.2f}) true {label}{wrong}")
     return face_grid(images, p, true, threshold, columns), lines
 
 

@@ -19,10 +19,33 @@ from typing import Any
 import numpy as np
 
 from gender_lib.errors import GenderLibError
+from gender_lib.fileio import display_path
 from gender_lib.images import IMAGE_EXTENSIONS
 
 MAX_PIXELS = 80_000_000  # larger images are refused with a message (decompression-bomb guard)
-NO_FACE = "no face found (if the image is already a cropped face, predict it with detect=False / --no-detect)"
+NO_FACE = (
+    "no face found (faces from 40 px wide, frontal or nearly so, are searched for; "
+    "for a tightly cropped, aligned face at least 40x40 px, --no-detect / detect=False reads the whole image as one face)"
+)
+#: A ``--no-detect`` crop whose centre has a grey-level standard deviation below this (0-255 scale)
+#: is refused as featureless: a blank or flat image, not a face. Measured: the lowest of the 300
+#: embedded sample faces is 9.5, of every 10th face of the full shared data 4.7 (a very dark
+#: photo); a blank JPEG is under 1.
+MIN_CONTRAST = 2.0
+
+
+def check_face_crop(rgb: np.ndarray, name: str = "image") -> None:
+    """Refuse, with :class:`PredictionError`, a whole image offered as a face (``--no-detect``) that
+    cannot be one: smaller than :data:`gender_lib.images.MIN_FACE_SIDE` on a side, or featureless
+    (centre contrast below :data:`MIN_CONTRAST`)."""
+    from gender_lib.images import MIN_FACE_SIDE
+
+    height, width = rgb.shape[:2]
+    if min(height, width) < MIN_FACE_SIDE:
+        raise PredictionError(f"{name}: too small to be a face ({width}x{height}; a face needs at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE} pixels)")
+    grey = rgb[height // 4 : height - height // 4, width // 4 : width - width // 4].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+    if grey.std() < MIN_CONTRAST:
+        raise PredictionError(f"{name}: blank or featureless image (contrast {grey.std():.1f} < {MIN_CONTRAST}); not a face")
 
 
 class PredictionError(GenderLibError, ValueError):
@@ -52,31 +75,38 @@ class Face:
         return f"{self.word}, P(female) {self.p_female:.2f} (threshold {self.threshold:.2f}), box {self.box}"
 
 
-def read_image(image: Any, name: str = "image") -> np.ndarray:
-    """Path, bytes, PIL image or array -> uint8 RGB (h, w, 3); :class:`PredictionError` otherwise."""
+def read_image(image: Any, name: str = "image", channels: str = "rgb") -> np.ndarray:
+    """A path, bytes, PIL image or array -> uint8 RGB (h, w, 3).
+
+    Arrays follow :func:`gender_lib.images.array_to_rgb`: (h, w), (h, w, 1), (h, w, 3) or
+    (h, w, 4); uint8 as is, uint16 scaled by 255/65535, other integers 0-255, floats 0-1 (by
+    dtype, never by value); ``channels="bgr"`` for OpenCV's order. PIL images of every mode follow
+    :func:`gender_lib.images.to_rgb`. Files: JPEG, PNG, BMP, GIF, WebP, TIFF and HEIC/HEIF, EXIF
+    orientation applied.
+
+    Raises :class:`PredictionError` naming ``name`` and the problem: an unreadable or damaged file,
+    a format Pillow cannot read, more than :data:`MAX_PIXELS` pixels, an empty array, NaN or
+    infinite values, values outside the dtype's range, another shape or type.
+    """
     from PIL import Image, UnidentifiedImageError
 
-    from gender_lib.images import load_rgb
+    from gender_lib.images import ImageContractError, array_to_rgb, load_rgb, register_decoders, to_rgb
 
     if isinstance(image, np.ndarray):
-        array = image
-        if array.ndim == 2:
-            array = np.repeat(array[:, :, None], 3, axis=2)
-        if array.ndim != 3 or array.shape[2] not in (3, 4):
-            raise PredictionError(f"{name}: an image array must be (h, w), (h, w, 3) or (h, w, 4), got {array.shape}")
-        if array.dtype != np.uint8:
-            scale = 255.0 if array.dtype.kind == "f" and array.max() <= 1.0 else 1.0
-            array = np.clip(array * scale, 0, 255).astype(np.uint8)
-        return np.ascontiguousarray(array[:, :, :3])
+        try:
+            return array_to_rgb(image, channels)
+        except ImageContractError as error:
+            raise PredictionError(f"{name}: {error}") from None
     if isinstance(image, Image.Image):
-        from gender_lib.images import to_rgb
-
         if image.width * image.height > MAX_PIXELS:
             raise PredictionError(f"{name}: image too large ({image.width}x{image.height}); downscale it first")
-        return to_rgb(image)  # any mode (CMYK, palette, 16-bit), EXIF orientation applied
+        try:
+            return to_rgb(image)  # any mode (CMYK, palette, 16-bit, float), EXIF orientation applied
+        except (ImageContractError, ValueError, OSError) as error:
+            raise PredictionError(f"{name}: PIL image in mode {image.mode} cannot be read as a picture ({error})") from None
     if isinstance(image, (str, os.PathLike)):
         path = Path(image)
-        name = str(path)
+        name = display_path(path)
         if path.is_dir():
             raise PredictionError(f"{name}: is a folder, not an image (give folders to predict_paths / the CLI)")
         if not path.is_file():
@@ -90,6 +120,7 @@ def read_image(image: Any, name: str = "image") -> np.ndarray:
     data = bytes(image)
     if not data:
         raise PredictionError(f"{name}: the file is empty")
+    register_decoders()
     try:
         with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
@@ -142,18 +173,24 @@ class Predictor:
             raise PredictionError(f"{self.head_path}: trained on {self.meta['backbone']['id']} descriptors, not {self.backbone.id}")
         self.threshold = float(self.meta["threshold"])
 
-    def predict(self, image: Any, detect: bool = True, name: str = "image") -> list[Face]:
-        """Faces in ``image`` (largest first). ``detect=False`` treats the whole image as one face crop."""
+    def predict(self, image: Any, detect: bool = True, name: str = "image", channels: str = "rgb") -> list[Face]:
+        """Faces in ``image`` (largest first): see :func:`read_image` for what ``image`` may be.
+
+        ``detect=False`` reads the whole image as one face crop; it must be a face at least
+        :data:`gender_lib.images.MIN_FACE_SIDE` px on a side and not blank (:func:`check_face_crop`).
+        ``channels="bgr"`` for OpenCV arrays. Raises :class:`PredictionError`; no face is ``[]``.
+        """
         from gender_lib import backbones
         from gender_lib import head as hd
 
-        rgb = read_image(image, name)
+        rgb = read_image(image, name, channels)
         if detect:
             boxes: list[Any] = backbones.detect_faces(rgb)
             if not boxes:
                 return []
             x = np.stack([self.backbone.prepare_face(rgb, box) for box in boxes])
         else:
+            check_face_crop(rgb, name)
             boxes = [(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)]
             x = np.stack([self.backbone.prepare_face(rgb)])
         p = hd.predict_proba(self.model, self.backbone.embed(x))
@@ -163,24 +200,26 @@ class Predictor:
         """One row per face (or per problem) for each path; never raises for a bad file."""
         rows = []
         for path in paths:
+            shown = display_path(path)
             try:
-                faces = self.predict(path, detect=detect, name=str(path))
+                faces = self.predict(path, detect=detect, name=shown)
             except PredictionError as error:
-                message = str(error).removeprefix(f"{path}: ")  # the path has its own column
-                rows.append({"path": str(path), "face": "", "label": "", "p_female": "", "box": "", "message": message})
+                message = str(error).removeprefix(f"{shown}: ")  # the path has its own column
+                rows.append({"path": shown, "face": "", "label": "", "p_female": "", "box": "", "message": message, "problem": True})
                 continue
             if not faces:
-                rows.append({"path": str(path), "face": "", "label": "", "p_female": "", "box": "", "message": NO_FACE})
+                rows.append({"path": shown, "face": "", "label": "", "p_female": "", "box": "", "message": NO_FACE, "problem": False})
             for number, face in enumerate(faces, 1):  # numbered from 1, as the text output and the widget say it
                 rows.append(
                     {
-                        "path": str(path),
+                        "path": shown,
                         "face": number,
                         "label": face.label,
                         "p_female": round(face.p_female, 4),
                         "threshold": round(face.threshold, 4),
                         "box": " ".join(map(str, face.box)),
                         "message": "",
+                        "problem": False,
                     }
                 )
         return rows
@@ -190,7 +229,8 @@ class Predictor:
         folder = Path(folder)
         if not folder.is_dir():
             raise PredictionError(f"{folder}: not a folder")
-        return write_csv(self.predict_paths(images_in(folder), detect=detect), csv_path)
+        images, skipped = walk(folder)
+        return write_csv(self.predict_paths(images, detect=detect) + skipped_rows(skipped), csv_path)
 
     def close(self) -> None:
         self.backbone.close()
@@ -199,22 +239,102 @@ class Predictor:
 CSV_COLUMNS = ["path", "face", "label", "p_female", "threshold", "box", "message"]
 
 
+#: Files a folder walk names as not predictable, by extension, with what to do.
+UNSUPPORTED = {
+    **dict.fromkeys(
+        (".cr2", ".cr3", ".nef", ".arw", ".dng", ".orf", ".rw2", ".raf", ".srw", ".pef"), "camera RAW file: not supported; export it as JPEG first"
+    ),
+    **dict.fromkeys((".jxl",), "JPEG XL: not supported; convert it to JPEG or PNG first"),
+    **dict.fromkeys((".svg", ".pdf", ".eps", ".psd"), "not a photo format this reads; export it as JPEG or PNG first"),
+}
+
+
+@dataclasses.dataclass
+class Skipped:
+    """A file a folder walk leaves out: ``problem`` ones (broken link, unreadable, unsupported
+    image format) fail the run; other files (notes, videos) are only named."""
+
+    path: Path
+    reason: str
+    problem: bool
+
+
 def images_in(folder: str | os.PathLike[str]) -> list[Path]:
-    """Every image file below ``folder`` (by extension, sorted, hidden files skipped)."""
-    return sorted(
-        p
-        for p in Path(folder).rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    """Every image file below ``folder`` (sorted; links followed): :func:`walk` without the skipped list."""
+    return walk(folder)[0]
 
 
-def expand_inputs(items: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files stay as they are; each folder becomes the images below it (order kept)."""
+def walk(folder: str | os.PathLike[str]) -> tuple[list[Path], list[Skipped]]:
+    """(images, skipped) below ``folder``, both sorted; nothing is left out in silence.
+
+    Images are files with an extension of :data:`IMAGE_EXTENSIONS` (any case; HEIC included).
+    Links to files and folders are followed; a folder reached twice (a link loop, or two links to
+    one place) is walked once. Broken links, unreadable folders, unsupported image formats
+    (:data:`UNSUPPORTED`) and other files each become a :class:`Skipped` entry. Any file name works,
+    including bytes that are not valid UTF-8.
+    """
+    root = Path(folder)
+    images: list[Path] = []
+    skipped: list[Skipped] = []
+    seen: set[tuple[int, int]] = set()
+
+    def visit(directory: Path) -> None:
+        try:
+            info = directory.stat()
+            if (info.st_dev, info.st_ino) in seen:
+                return  # a loop, or a folder already walked through another link
+            seen.add((info.st_dev, info.st_ino))
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as error:
+            skipped.append(Skipped(directory, f"folder cannot be read ({error.strerror or error})", True))
+            return
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()  # follows links
+                is_file = entry.is_file()
+            except OSError as error:
+                skipped.append(Skipped(path, f"cannot be read ({error.strerror or error})", True))
+                continue
+            if is_dir:
+                visit(path)
+            elif is_file:
+                suffix = path.suffix.lower()
+                if suffix in IMAGE_EXTENSIONS:
+                    images.append(path)
+                elif suffix in UNSUPPORTED:
+                    skipped.append(Skipped(path, f"skipped: {UNSUPPORTED[suffix]}", True))
+                else:
+                    skipped.append(Skipped(path, f"skipped: not an image file ({suffix or 'no extension'})", False))
+            elif entry.is_symlink():
+                target = os.readlink(path)
+                skipped.append(Skipped(path, f"broken link (points to {display_path(target)}, which does not exist)", True))
+            else:
+                skipped.append(Skipped(path, "skipped: not a regular file", False))
+
+    visit(root)
+    return images, skipped
+
+
+def expand_inputs(items: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[Skipped]]:
+    """Files stay as they are (a missing one is reported when predicted); each folder becomes the
+    images below it, order kept. Returns (paths, skipped) as :func:`walk` does."""
     out: list[Path] = []
+    skipped: list[Skipped] = []
     for item in items:
         path = Path(item)
-        out.extend(images_in(path) if path.is_dir() else [path])
-    return out
+        if path.is_dir():
+            found, left_out = walk(path)
+            out.extend(found)
+            skipped.extend(left_out)
+        else:
+            out.append(path)
+    return out, skipped
+
+
+def skipped_rows(skipped: Sequence[Skipped]) -> list[dict[str, Any]]:
+    """CSV/text rows for :class:`Skipped` entries (the path column shown escaped where needed)."""
+    return [{"path": display_path(s.path), "face": "", "label": "", "p_female": "", "box": "", "message": s.reason, "problem": s.problem} for s in skipped]
 
 
 def write_csv(rows: Sequence[dict[str, Any]], csv_path: str | os.PathLike[str]) -> Path:

@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from gender_lib.errors import GenderLibError
+from gender_lib.fileio import display_path
 from gender_lib.images import is_image_name
 
 RECORD_COLUMNS = ["path", "gender", "age", "subject", "source"]
@@ -55,7 +56,7 @@ class DatasetError(GenderLibError, ValueError):
 
 def problem(path: Path | str, reason: str, detail: str = "", kind: str = SKIPPED) -> dict[str, str]:
     """One line of the exclusion report."""
-    return {"path": str(path), "reason": reason, "detail": detail, "kind": kind}
+    return {"path": display_path(path), "reason": reason, "detail": display_path(detail), "kind": kind}
 
 
 def _walk_files(folder: Path) -> list[Path]:
@@ -357,6 +358,12 @@ def read_records(
         "csv": read_csv_labels,
     }[layout]
     records, problems = reader(root)
+    # File names that are not valid UTF-8 reach here as surrogate escapes, which pandas' string
+    # columns refuse: labels derived from names are shown escaped, paths stay Path objects.
+    for record in records:
+        for key, value in record.items():
+            if isinstance(value, str):
+                record[key] = display_path(value)
     table = pd.DataFrame(records)
     for column in RECORD_COLUMNS:
         if column not in table:

@@ -26,6 +26,7 @@ import numpy as np
 
 from gender_lib.config import Config
 from gender_lib.errors import GenderLibError, UserFileNotFoundError
+from gender_lib.fileio import display_path
 
 log = logging.getLogger(__name__)
 
@@ -526,8 +527,14 @@ class PredictResult:
 
     @property
     def failed(self) -> list[dict[str, Any]]:
-        """Rows for files that could not be read (not an image, damaged, too large, missing)."""
-        return [r for r in self.rows if r["message"] and r["face"] == "" and not r["message"].startswith("no face found")]
+        """Rows for files that could not be used (not an image, damaged, too large, missing, a
+        broken link, an unsupported format, too small or blank for ``--no-detect``)."""
+        return [r for r in self.rows if r.get("problem")]
+
+    @property
+    def other_files(self) -> list[dict[str, Any]]:
+        """Rows for files a folder walk left out that are not images (notes, videos): named, not failures."""
+        return [r for r in self.rows if r["message"] and not r.get("problem") and not r["message"].startswith("no face found")]
 
     @property
     def exit_code(self) -> int:
@@ -553,11 +560,13 @@ class PredictResult:
     def summary(self) -> str:
         """Images with a face + images without one + unreadable files = images; faces counted apart."""
         faces = sum(1 for r in self.rows if not r["message"])
-        files = len({r["path"] for r in self.rows})
         with_face = len({r["path"] for r in self.rows if not r["message"]})
         no_face = sum(1 for r in self.rows if r["message"].startswith("no face found"))
-        text = f"{files} images: {with_face} with a face ({faces} faces), {no_face} without a face, {len(self.failed)} could not be read"
-        return text + (f"; wrote {self.csv}" if self.csv else "")
+        images = with_face + no_face + len(self.failed)
+        text = f"{images} images: {with_face} with a face ({faces} faces), {no_face} without a face, {len(self.failed)} could not be read"
+        others = len(self.other_files)
+        text += f"; {others} other file{'s' if others != 1 else ''} skipped" if others else ""
+        return text + (f"; wrote {display_path(self.csv)}" if self.csv else "")
 
     __str__ = summary
 
@@ -574,9 +583,9 @@ def predict(
     """Label the faces in photos; folders stand for the images below them (head default: the committed one)."""
     from gender_lib import predict as pr
 
-    paths = pr.expand_inputs(inputs)
-    if not paths:
-        raise StageError(f"no images found in {', '.join(map(str, inputs))} (looked for {', '.join(sorted(pr.IMAGE_EXTENSIONS))})")
+    paths, skipped = pr.expand_inputs(inputs)
+    if not paths and not any(s.problem for s in skipped):
+        raise StageError(f"no images found in {', '.join(map(display_path, inputs))} (looked for {', '.join(sorted(pr.IMAGE_EXTENSIONS))})")
     own = predictor is None
     # A handful of photos with a frozen-descriptor head (checkpoints/dlib_gender_head.keras): dlib's own
     # engine, so the command never imports TensorFlow (seconds); more, or a features/finetune model
@@ -585,7 +594,7 @@ def predict(
     engine = "dlib" if len(paths) <= FEW_PHOTOS and engine == "keras" else engine
     predictor = predictor or pr.Predictor(head or config.paths.head_path or None, engine=engine, cache_root=config.cache_dir())
     try:
-        rows = predictor.predict_paths(paths, detect=detect)
+        rows = predictor.predict_paths(paths, detect=detect) + pr.skipped_rows(skipped)
     finally:
         if own:
             predictor.close()

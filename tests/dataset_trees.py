@@ -10,7 +10,7 @@ from PIL import Image
 FOLD_HEADER = "user_id\toriginal_image\tface_id\tage\tgender\tx\ty\tdx\tdy\ttilt_ang\tfiducial_yaw_angle\tfiducial_score"
 
 
-def jpeg(path: Path, seed: int = 0, size=(24, 24), mode="RGB", **save) -> Path:
+def jpeg(path: Path, seed: int = 0, size=(48, 48), mode="RGB", **save) -> Path:
     """A random-noise image at ``path`` (JPEG unless ``format=`` says otherwise)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

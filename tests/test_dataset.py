@@ -39,13 +39,14 @@ def messy(tmp_path: Path) -> Path:
     jpeg(root / "female" / "cmyk.jpg", 4, mode="CMYK")
     jpeg(root / "female" / "palette.png", 5, mode="P", format="PNG")
     jpeg(root / "female" / "alpha.png", 6, mode="RGBA", format="PNG")
-    Image.fromarray(np.arange(24 * 24, dtype=np.uint16).reshape(24, 24) * 100).save(root / "female" / "sixteen.png")
-    rotated = Image.fromarray(np.zeros((10, 20, 3), np.uint8))  # 20 wide, 10 high
+    Image.fromarray(np.arange(48 * 48, dtype=np.uint16).reshape(48, 48) * 25).save(root / "female" / "sixteen.png")
+    rotated = Image.fromarray(np.zeros((40, 80, 3), np.uint8))  # 80 wide, 40 high
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     rotated.save(root / "female" / "rotated.jpg", exif=exif)
     (root / "female" / "conflict.jpg").write_bytes(good.read_bytes())  # same bytes as a male image
     jpeg(root / "female" / "other.jpg", 7)
+    jpeg(root / "female" / "thumbnail.jpg", 8, size=(39, 60))  # below the smallest face anything here labels
     return root
 
 
@@ -60,6 +61,7 @@ def test_cleaning_excludes_broken_files_and_reports_each_one(messy: Path):
         "female/conflict.jpg": "duplicate with conflicting labels",
         "male/copy.jpg": "duplicate with conflicting labels",
         "male/good.jpg": "duplicate with conflicting labels",
+        "female/thumbnail.jpg": "too small",
     }
     assert set(dataset.excluded["kind"]) == {"excluded"}
     assert dataset.meta["n_read"] == len(dataset.table) + len(excluded)
@@ -74,9 +76,9 @@ def test_odd_colour_modes_are_kept_and_load_as_rgb(messy: Path):
     for name in ("gray.png", "cmyk.jpg", "palette.png", "alpha.png", "sixteen.png", "rotated.jpg"):
         rgb = images.load_rgb(messy / "female" / name)
         assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3
-    assert images.load_rgb(messy / "female" / "rotated.jpg").shape == (20, 10, 3)
+    assert images.load_rgb(messy / "female" / "rotated.jpg").shape == (80, 40, 3)
     assert images.load_rgb(messy / "female" / "sixteen.png").max() > 0
-    assert images.load_rgb((messy / "female" / "gray.png").read_bytes()).shape == (24, 24, 3)
+    assert images.load_rgb((messy / "female" / "gray.png").read_bytes()).shape == (48, 48, 3)
 
 
 def test_duplicates_collapse_to_one_copy_and_merge_their_people(tmp_path: Path):

@@ -27,7 +27,7 @@ def _images(folder: Path, n: int, start: int = 0) -> tuple[list[Path], list[str]
     folder.mkdir(parents=True, exist_ok=True)
     paths, keys = [], []
     for i in range(start, start + n):
-        rgb = np.random.default_rng(i).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        rgb = np.random.default_rng(i).integers(0, 256, (40, 40, 3), dtype=np.uint8)
         path = folder / f"img{i:03d}.png"
         Image.fromarray(rgb).save(path)
         paths.append(path)
@@ -67,7 +67,7 @@ def test_changed_image_is_embedded_again(tmp_path):
     paths, keys = _images(tmp_path / "img", 4)
     backbone = ColourBackbone()
     ft.extract(paths, keys, backbone, ft.cache_for(backbone, tmp_path / "c"), progress=False)
-    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(paths[2])
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(paths[2])
     keys[2] = hashlib.sha256(paths[2].read_bytes()).hexdigest()
     report = ft.extract(paths, keys, backbone, ft.cache_for(backbone, tmp_path / "c"), progress=False)
     assert report.embedded == 1

@@ -21,7 +21,7 @@ def _faces(folder: Path, people: int = 80, seed: int = 0) -> Path:
     for person in range(people):
         gender = "male" if person % 2 else "female"
         for shot in range(3):
-            pixels = np.clip(rng.normal(70 if gender == "male" else 180, 35, (16, 16, 3)), 0, 255).astype(np.uint8)
+            pixels = np.clip(rng.normal(70 if gender == "male" else 180, 35, (40, 40, 3)), 0, 255).astype(np.uint8)
             path = folder / gender / f"p{seed}_{person}" / f"{shot}.png"
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(pixels).save(path)

@@ -1,0 +1,311 @@
+"""The inputs users actually send: phone photos, group shots, odd file names, HEIC, links, arrays of
+every dtype, non-faces under --no-detect, and list parameters through papermill. Each kind failed
+or was ugly before; the expectations here are the right answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from gender_lib import backbones, cli, config, stages
+from gender_lib import head as hd
+from gender_lib import predict as pr
+from gender_lib.backbones import DlibBackbone
+from gender_lib.fileio import display_path
+from gender_lib.images import MIN_FACE_SIDE, array_to_rgb, register_decoders, to_rgb
+
+ROOT = Path(__file__).resolve().parents[1]
+LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 name, as from an old zip file: not valid UTF-8
+
+
+@pytest.fixture(scope="module")
+def toy_head(tmp_path_factory) -> Path:
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 128)).astype(np.float32), np.arange(64) % 2
+    model, _ = hd.train_head(x, y, x, y, hd.HeadConfig(epochs=2))
+    path = tmp_path_factory.mktemp("head") / "toy_head.keras"
+    return hd.save_head(model, {"backbone": DlibBackbone(workers=1).describe(), "descriptor_dim": 128, "threshold": 0.5}, path)
+
+
+@pytest.fixture(scope="module")
+def predictor(toy_head) -> pr.Predictor:
+    return pr.Predictor(toy_head, backbone=DlibBackbone(workers=1))
+
+
+@pytest.fixture(scope="module")
+def women() -> list[Path]:
+    register_decoders()  # the tests write HEIC files
+    return sorted(config.paths().sample.glob("[3-5]?_F/nm*.jpg"))
+
+
+def _men() -> list[Path]:
+    return sorted(config.paths().sample.glob("[3-5]?_M/nm*.jpg"))
+
+
+def _face(path: Path, width: int) -> Image.Image:
+    """A sample crop scaled so that the face inside (about 70% of the crop) is ``width`` px wide."""
+    return Image.open(path).convert("RGB").resize((int(width / 0.7),) * 2, Image.BICUBIC)
+
+
+def _scene(size: tuple[int, int], faces: list[tuple[Image.Image, tuple[int, int]]], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    scene = Image.fromarray(np.clip(rng.normal(125, 18, (size[1], size[0], 3)), 0, 255).astype(np.uint8))
+    for face, at in faces:
+        scene.paste(face, at)
+    return np.asarray(scene)
+
+
+def _inside(box, at, face) -> bool:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    return at[0] <= cx <= at[0] + face.width and at[1] <= cy <= at[1] + face.height
+
+
+# --------------------------------------------------------------------------- 1. detection
+
+
+def test_a_12_megapixel_photo_with_two_125_px_faces_gives_both(women, predictor, tmp_path):
+    faces = [(_face(women[0], 125), (900, 1100)), (_face(women[5], 125), (2900, 1700))]
+    Image.fromarray(_scene((4032, 3024), faces)).save(tmp_path / "phone.jpg", quality=92)
+    found = predictor.predict(tmp_path / "phone.jpg")
+    assert len(found) == 2
+    assert all(any(_inside(f.box, at, face) for face, at in faces) for f in found)
+
+
+def test_a_group_photo_with_small_faces_finds_each_of_them(women):
+    men = _men()
+    faces = [(_face(p, 48), (250 + 380 * i, 700 + (i % 2) * 300)) for i, p in enumerate([*women[:3], *men[:3]])]
+    boxes = backbones.detect_faces(_scene((2600, 1800), faces))
+    assert len(boxes) == 6
+    assert all(any(_inside(b, at, face) for b in boxes) for face, at in faces)
+
+
+def test_a_photo_whose_only_face_is_large_finds_it_once(women):
+    face = _face(women[1], 1300)
+    boxes = backbones.detect_faces(_scene((2400, 2200), [(face, (300, 150))]))
+    assert len(boxes) == 1 and boxes[0][2] - boxes[0][0] > 900
+
+
+def test_face_crops_are_detected_exactly_as_before():
+    """Dataset crops (under 800 px) keep dlib's HOG upsampled once: descriptors and caches stay valid."""
+    rgb = np.asarray(Image.open(sorted(config.paths().sample.glob("*/*.jpg"))[0]).convert("RGB"))
+    dlib_boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in backbones._dlib_models().detector(rgb, 1)]
+    assert backbones.detect_faces(rgb) == sorted(dlib_boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+
+
+# --------------------------------------------------------------------------- 2. file names
+
+
+@pytest.fixture
+def messy_folder(women, tmp_path) -> Path:
+    """Good faces, a non-UTF-8 name, a HEIC photo, a dangling link, a RAW file, a note and a linked folder."""
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    Image.open(women[0]).save(folder / "a.jpg")
+    Image.open(women[1]).save(folder / LATIN1)
+    Image.open(women[2]).save(folder / "phone.heic")
+    (folder / "gone.jpg").symlink_to(tmp_path / "nowhere.jpg")
+    (folder / "IMG_0001.CR2").write_bytes(b"raw sensor data")
+    (folder / "notes.txt").write_text("holiday")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.open(women[3]).save(elsewhere / "linked.jpg")
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "sub" / "loop").symlink_to(folder, target_is_directory=True)  # a link loop
+    return folder
+
+
+def test_a_messy_folder_gives_a_complete_csv_one_line_per_problem_and_exit_1(messy_folder, toy_head, tmp_path, capfd):
+    out = tmp_path / "out.csv"
+    assert cli.main(["predict", str(messy_folder), "--head", str(toy_head), "--csv", str(out), "--no-detect"]) == 1
+    table = pd.read_csv(out, keep_default_na=False)
+    names = [Path(p).name for p in table["path"]]
+    assert sorted(n for n, m in zip(names, table["message"]) if not m) == sorted(["a.jpg", "caf\\xe9.jpg", "phone.heic", "linked.jpg"])
+    problems = dict(zip(names, table["message"]))
+    assert problems["gone.jpg"].startswith("broken link") and "RAW" in problems["IMG_0001.CR2"] and "not an image file" in problems["notes.txt"]
+    assert len(table) == 7  # every file once: the loop walked nothing twice
+    err = capfd.readouterr().err
+    for name in ("gone.jpg", "IMG_0001.CR2", "notes.txt"):
+        assert err.count(name) == 1
+    assert "7 images" not in err and "6 images: 4 with a face (4 faces), 0 without a face, 2 could not be read; 1 other file skipped" in err
+
+
+def test_non_utf8_names_survive_a_strict_utf8_standard_output(messy_folder, toy_head):
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict", "LC_ALL": "C.UTF-8"}
+    run = subprocess.run(
+        [sys.executable, "-m", "gender_lib.cli", "predict", str(messy_folder), "--head", str(toy_head), "--no-detect"],
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+    )
+    stdout, stderr = run.stdout.decode("utf-8"), run.stderr.decode("utf-8")  # strict: valid UTF-8 throughout
+    assert run.returncode == 1 and "Traceback" not in stderr
+    assert "caf\\xe9.jpg: face 1: " in stdout and "linked.jpg: face 1: " in stdout
+
+
+def test_a_dataset_with_a_non_utf8_name_builds_its_manifest_and_reports(women, tmp_path):
+    from gender_lib.manifest import absolute_paths, read_manifest
+
+    root = tmp_path / "faces"
+    for gender, people in (("female", women[:3]), ("male", _men()[:3])):
+        (root / gender).mkdir(parents=True)
+        for i, p in enumerate(people):
+            Image.open(p).save(root / gender / (LATIN1 if i == 0 else f"{i}.jpg"))
+    cfg = config.DEFAULT.replace(workdir=str(tmp_path / "work"), data_root=str(root))
+    built = stages.manifest(cfg, progress=False)
+    assert len(built.dataset.table) == 6
+    again = read_manifest(tmp_path / "work" / "manifest.csv")
+    assert sum(path.is_file() for path in absolute_paths(again)) == 6  # the real bytes of the name, not its escaped form
+    assert any(display_path(p).endswith("caf\\xe9.jpg") for p in again.table["path"])
+
+
+# --------------------------------------------------------------------------- 3. no label without a face
+
+
+@pytest.mark.parametrize("size", [(1, 1), (4, 4), (MIN_FACE_SIDE - 1, 128)])
+def test_no_detect_refuses_images_too_small_to_be_a_face(predictor, size):
+    rgb = np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+    with pytest.raises(pr.PredictionError, match="too small to be a face"):
+        predictor.predict(rgb, detect=False)
+
+
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_no_detect_refuses_a_blank_image(predictor, value, tmp_path):
+    Image.new("RGB", (128, 128), (value,) * 3).save(tmp_path / "blank.jpg", quality=90)
+    with pytest.raises(pr.PredictionError, match="blank or featureless"):
+        predictor.predict(tmp_path / "blank.jpg", detect=False)
+
+
+def test_no_real_face_of_the_sample_is_refused_as_featureless():
+    for path in sorted(config.paths().sample.glob("*/*.jpg")):
+        pr.check_face_crop(pr.read_image(path), str(path))
+
+
+@pytest.mark.realdata
+def test_no_real_face_of_the_shared_data_is_refused_as_featureless(real_combined):
+    paths = sorted(real_combined.glob("*/*.jpg"))[::5]  # every 5th of 29k faces, the darkest photos included
+    for path in paths:
+        pr.check_face_crop(pr.read_image(path), str(path))
+    assert len(paths) > 5000
+
+
+def test_the_no_face_hint_does_not_steer_a_photo_into_no_detect():
+    assert "40 px" in pr.NO_FACE and "tightly cropped" in pr.NO_FACE
+
+
+# --------------------------------------------------------------------------- 4. arrays
+
+
+@pytest.fixture(scope="module")
+def face_rgb(women) -> np.ndarray:
+    return np.asarray(Image.open(women[0]).convert("RGB"))
+
+
+def test_float_arrays_are_read_by_dtype_not_by_value(face_rgb, predictor):
+    as_float = face_rgb / 255.0
+    nudged = as_float.copy()
+    nudged[0, 0, 0] = 1.0000001  # used to switch off the rescaling and turn the face into noise
+    base = predictor.predict(as_float, detect=False)[0].p_female
+    assert predictor.predict(nudged, detect=False)[0].p_female == pytest.approx(base, abs=1e-4)
+    assert np.array_equal(array_to_rgb(as_float), face_rgb)
+    with pytest.raises(pr.PredictionError, match=r"values in \[0, 1\].*uint8"):
+        predictor.predict(face_rgb.astype(np.float64), detect=False)  # 0-255 floats: a clear error, not a white image
+
+
+def test_uint16_arrays_are_scaled_by_their_range(face_rgb):
+    assert np.array_equal(array_to_rgb(face_rgb.astype(np.uint16) * 257), face_rgb)
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.zeros((0, 0, 3), np.uint8), "empty"),
+        (np.full((64, 64, 3), np.nan), "NaN or infinite"),
+        (np.full((64, 64, 3), np.inf), "NaN or infinite"),
+        (np.zeros((64, 64, 3), bool), "uint8, uint16"),
+        (np.zeros((64, 64, 2), np.uint8), "shape"),
+        (np.full((64, 64, 3), 300, np.int64), "0-255"),
+    ],
+    ids=["empty", "nan", "inf", "bool", "two-channels", "int-out-of-range"],
+)
+def test_bad_arrays_are_clear_errors(predictor, array, message):
+    with pytest.raises(pr.PredictionError, match=message):
+        predictor.predict(array)
+
+
+def test_a_nan_pixel_is_an_error_not_no_face(face_rgb, predictor):
+    broken = face_rgb / 255.0
+    broken[5, 5, 1] = np.nan
+    with pytest.raises(pr.PredictionError, match="1 NaN or infinite"):
+        predictor.predict(broken)
+
+
+def test_bgr_arrays_from_opencv_give_the_rgb_answer(face_rgb, predictor):
+    rgb = predictor.predict(face_rgb, detect=False)[0].p_female
+    assert predictor.predict(face_rgb[:, :, ::-1], detect=False, channels="bgr")[0].p_female == pytest.approx(rgb, abs=1e-6)
+    with pytest.raises(pr.PredictionError, match="channels"):
+        predictor.predict(face_rgb, channels="bgra")
+
+
+@pytest.mark.parametrize("mode", ["F", "I", "I;16", "LA", "La", "RGBa", "PA", "1", "L", "P", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"])
+def test_every_pil_mode_is_read(face_rgb, mode):
+    grey = np.asarray(Image.fromarray(face_rgb).convert("L"))
+    if mode == "F":
+        image = Image.fromarray((grey / 255.0).astype(np.float32), "F")
+    elif mode == "I":
+        image = Image.fromarray(grey.astype(np.int32) * 257, "I")
+    elif mode == "I;16":
+        image = Image.fromarray(grey.astype(np.uint16) * 257)
+    elif mode == "PA":
+        image = Image.fromarray(face_rgb).convert("P").convert("PA")
+    else:
+        image = Image.fromarray(face_rgb).convert("RGBA" if mode in ("La", "RGBa") else "RGB").convert(mode)
+    rgb = to_rgb(image)
+    assert rgb.shape == face_rgb.shape and rgb.dtype == np.uint8
+    if mode in ("F", "I", "I;16", "L"):
+        assert np.abs(rgb[:, :, 0].astype(int) - grey).max() <= 1
+
+
+# --------------------------------------------------------------------------- 5. HEIC
+
+
+def test_a_heic_photo_is_read_directly(women, predictor, tmp_path):
+    Image.open(women[0]).save(tmp_path / "IMG_0001.HEIC")
+    assert len(predictor.predict(tmp_path / "IMG_0001.HEIC")) == 1
+
+
+# --------------------------------------------------------------------------- 6. papermill list parameters
+
+
+@pytest.mark.parametrize("text", ["[64, 64]", "64, 64", "[64,64]"])
+def test_list_parameters_given_as_text_are_read(text):
+    assert config.from_namespace({"widths": text}).head.widths == (64, 64)
+
+
+def test_a_bad_list_parameter_says_how_to_pass_a_list():
+    with pytest.raises(config.ConfigError, match="-y 'widths: \\[16, 16\\]'"):
+        config.from_namespace({"widths": "wide"})
+
+
+@pytest.mark.notebooks
+def test_papermill_passes_a_list_as_text_to_notebook_03(tmp_path):
+    import papermill as pm
+
+    assert cli.main(["extract", "--sample-size", "60", "--workdir", str(tmp_path), "--quiet"]) == 0
+    out = tmp_path / "03.ipynb"
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "03_train.ipynb"),
+        str(out),
+        kernel_name="python3",
+        parameters={"widths": "[8, 8]", "epochs": 2, "workdir": str(tmp_path)},
+        progress_bar=False,
+        cwd=str(ROOT / "notebooks"),
+    )
+    assert json.loads((tmp_path / "head.json").read_text())["config"]["widths"] == [8, 8]
