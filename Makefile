@@ -49,6 +49,7 @@ benchmarks:  ## speed benchmarks (medians and ratios; JSON under benchmarks/resu
 	$(BIN)/python benchmarks/predict_latency.py
 	$(BIN)/python benchmarks/predict_latency.py --head checkpoints/dlib_gender_finetuned.npz
 	$(BIN)/python benchmarks/head_modes.py
+	$(BIN)/python benchmarks/detect.py --small
 
 test-fast:  ## unit tests only
 	$(BIN)/python -m pytest -ra -m "not slow and not browser and not notebooks" tests
