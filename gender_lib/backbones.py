@@ -176,12 +176,11 @@ def detect_faces(rgb: np.ndarray, min_face: int | None = None, max_side: int = D
 
     min_face = MIN_FACE_SIDE if min_face is None else int(min_face)
     height, width = rgb.shape[:2]
-    detector = _dlib_models().detector
     scale = min(1.0, max_side / max(height, width))
     small = rgb if scale == 1.0 else np.asarray(Image.fromarray(rgb).resize((round(width * scale), round(height * scale)), Image.BILINEAR))
     upsample = 1 if max(small.shape[:2]) < 800 else 0
     found: list[tuple[float, Box]] = []
-    rects, scores, _ = detector.run(np.ascontiguousarray(small), upsample, 0.0)
+    rects, scores, _ = _thread_detector().run(np.ascontiguousarray(small), upsample, 0.0)
     for r, score in zip(rects, scores):
         found.append((float(score), _box((r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale), width, height, clip)))
     smallest_seen = 80.0 / (scale * 2**upsample)  # the smallest face pass 1 can find, in rgb's pixels
@@ -209,14 +208,34 @@ _THREAD = threading.local()
 
 @functools.lru_cache(maxsize=1)
 def _detect_pool() -> Any:
-    """Threads for detection tiles, kept for the process (each builds its detector once: 0.3 s)."""
+    """Threads for detection tiles, kept for the process (each builds its detector once: 0.3 s).
+    A forked child (dataset workers) starts without them, so it makes its own pool."""
     from concurrent.futures import ThreadPoolExecutor
 
-    return ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="gender_lib-detect")
+    if not _FORK_HOOK:
+        os.register_at_fork(after_in_child=_detect_pool.cache_clear)
+        _FORK_HOOK.append(True)
+    return ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)) or 1, thread_name_prefix="gender_lib-detect")
+
+
+_FORK_HOOK: list[bool] = []
+
+
+def face_candidate_score(rgb: np.ndarray, threshold: float) -> float | None:
+    """The best score of a face candidate in a crop (padded by a quarter, upsampled once) with
+    dlib's HOG threshold lowered to ``threshold``; None where there is none."""
+    height, width = rgb.shape[:2]
+    pad = int(0.25 * max(height, width))
+    canvas = np.ascontiguousarray(np.pad(np.asarray(rgb, np.uint8), ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+    _, scores, _ = _thread_detector().run(canvas, 1, threshold)
+    return float(max(scores)) if len(scores) else None
 
 
 def _thread_detector() -> Any:
-    """dlib's HOG face detector for the calling thread (made once per thread; a few ms)."""
+    """dlib's HOG face detector for the calling thread: one dlib detector run by two threads at once
+    gives wrong boxes or crashes. The main thread uses the process's own; others make one (0.3 s)."""
+    if threading.current_thread() is threading.main_thread():
+        return _dlib_models().detector
     if not hasattr(_THREAD, "detector"):
         import dlib
 

@@ -364,7 +364,7 @@ def quiet_native_output(enabled: bool) -> Iterator[None]:
     try:
         os.dup2(devnull, 2)
         if own:
-            sys.stderr = open(saved, "w", closefd=False, buffering=1)
+            sys.stderr = open(saved, "w", closefd=False, buffering=1, encoding=python_stderr.encoding, errors="backslashreplace")
         yield
     finally:
         sys.stderr.flush()
@@ -379,10 +379,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     import logging
 
     from gender_lib.errors import GenderLibError
+    from gender_lib.fileio import display_path
 
     parser = build_parser()
     args = parser.parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not valid UTF-8 never ends the run in an encoding error
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     with quiet_native_output(not verbose):
         # After the redirect, so library warnings reach the user's terminal through sys.stderr.
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
@@ -391,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             return int(args.func(args) or 0)
         except GenderLibError as error:
-            print(f"gender-lib {args.command}: error: {error}", file=sys.stderr)
+            print(f"gender-lib {args.command}: error: {display_path(str(error))}", file=sys.stderr)  # names escaped where not UTF-8
             return 2
         except KeyboardInterrupt:
             print(f"gender-lib {args.command}: interrupted (finished work is kept; run it again to resume)", file=sys.stderr)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -368,11 +369,16 @@ def _coerce(key: str, value: Any, current: Any, source: str) -> Any:
                 import yaml
 
                 text = value.strip()
-                parsed = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
+                try:
+                    parsed = yaml.safe_load(text if text.startswith("[") else f"[{text}]")
+                except yaml.YAMLError:
+                    raise ValueError(value) from None
                 if not isinstance(parsed, list):
                     raise ValueError(value)
                 value = parsed
             items = value if isinstance(value, (list, tuple)) else [value]
+            if any(isinstance(v, bool) or not isinstance(v, numbers.Real) or float(v) != int(v) for v in items):
+                raise ValueError(value)  # true, 64.7 or "wide" are not layer widths
             return tuple(int(v) for v in items)
         if isinstance(current, int):
             if isinstance(value, float) and not value.is_integer():

@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from gender_lib.errors import GenderLibError
-from gender_lib.fileio import sha256_bytes, write_json
+from gender_lib.fileio import display_path, sha256_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +290,7 @@ def _batches(items: Sequence[tuple[Path, str]], backbone: Any, batch_size: int, 
             prepared.append(backbone.prepare(load_rgb(path)))
             batch_keys.append(key)
         except Exception as error:  # noqa: BLE001 - one bad image must not sink its batch
-            failures.append({"path": str(path), "reason": "failed to decode at extraction", "detail": f"{type(error).__name__}: {error}"})
+            failures.append({"path": display_path(path), "reason": "failed to decode at extraction", "detail": f"{type(error).__name__}: {error}"})
         if len(prepared) == batch_size:
             yield batch_keys, np.stack(prepared)
             batch_keys, prepared = [], []

@@ -93,5 +93,8 @@ def display_path(path: str | os.PathLike[str]) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        return os.fsencode(text).decode("utf-8", "backslashreplace")
+        try:
+            return os.fsencode(text).decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # a lone surrogate that no file name decodes to: escape it as it is
+            return text.encode("utf-8", "backslashreplace").decode("utf-8")
     return text

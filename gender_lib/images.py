@@ -19,7 +19,7 @@ HEIF_EXTENSIONS = {".heic", ".heif"}
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"} | HEIF_EXTENSIONS
 #: Smallest face, in pixels of width and height, that anything here labels: a dataset image or a
 #: ``--no-detect`` crop below it is refused, and detection searches down to faces this wide
-#: (dlib's HOG window is 80 px, so 40 px faces need the image upsampled twice).
+#: (dlib's HOG window is 80 px, so 40 px faces need the image upsampled once, to twice its size).
 MIN_FACE_SIDE = 40
 #: Kept for readers of the old name: the smallest image side a dataset keeps.
 MIN_SIDE = MIN_FACE_SIDE
@@ -101,7 +101,7 @@ class ImageContractError(ValueError):
 
 
 #: PIL modes whose values are not 8-bit: what each is taken to hold (see :func:`to_rgb`).
-WIDE_MODES = {"I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I;16N": "uint16", "I": "uint16", "F": "float"}
+WIDE_MODES = {"I;16": "uint16", "I;16B": "uint16", "I;16L": "uint16", "I;16N": "uint16", "I": "int", "F": "float"}
 
 
 def to_rgb(image: Any) -> np.ndarray:
@@ -109,8 +109,9 @@ def to_rgb(image: Any) -> np.ndarray:
 
     * 8-bit modes (``1``, ``L``, ``P``, ``RGB``, ``CMYK``, ``YCbCr``, ``LAB``, ``HSV``) convert with
       Pillow; modes with alpha (``RGBA``, ``LA``, ``PA``, ``La``, ``RGBa``) are composited on white.
-    * ``I;16*`` (16-bit) and ``I`` (32-bit integers, as Pillow opens 16-bit PNGs): values taken as
-      0-65535 and scaled by that range, as for a uint16 array.
+    * ``I;16*`` (16-bit, as Pillow opens 16-bit PNGs): values taken as 0-65535 and scaled by that
+      range, as for a uint16 array.
+    * ``I`` (32-bit integers): values taken as 0-255, as for an int32 array (a clear error outside).
     * ``F`` (32-bit float): values taken as 0-1, as for a float array.
 
     Raises :class:`ImageContractError` for NaN, infinite or out-of-range values.

@@ -204,7 +204,7 @@ def _check_header(path: Path) -> None:
         raise ConversionError(
             path,
             "file not found. Download vgg_face_matconvnet.tar.gz from the VGG group's VGG-Face page "
-            "(about 1 GB), extract vgg_face.mat and place it there (see README, 'The VGG-Face weights').",
+            "(about 1 GB), extract vgg_face.mat and place it there (see docs/backbones.md, 'The VGG-Face weights').",
         )
     if path.is_dir():
         raise ConversionError(path, "is a folder, not a .mat file: give the path of vgg_face.mat itself")

@@ -79,7 +79,7 @@ def manifest(
 
         raise UserFileNotFoundError(
             f"{root}: no such data folder. Leave data_root empty for the embedded sample ({paths().sample}), "
-            f"or point it at a face folder in a supported layout (see README, 'Data')"
+            f"or point it at a face folder in a supported layout (see docs/data.md)"
         )
     full = ds.build(
         root,
@@ -475,7 +475,7 @@ def cross_evaluate(
     from gender_lib.config import paths
 
     data_root = Path(data_root).expanduser().resolve()
-    name = data_root.stem if data_root.is_file() else data_root.name
+    name = display_path(data_root.stem if data_root.is_file() else data_root.name)  # report names: valid UTF-8
     head_path = _resolve_head(config, head, paths().default_head)
     model, meta = finetune.load_any(head_path, cache_root=config.cache_dir())
     work = _workdir(config, workdir)

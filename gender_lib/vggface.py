@@ -320,7 +320,7 @@ def convert_or_demo(source: str | os.PathLike[str] | None = None, output: str | 
     notice = (
         f"The real VGG-Face weights are not at {shown}.\n"
         "Converting a small synthetic file with the same layout instead, so the notebook still runs.\n"
-        "To use the real network, place vgg_face.mat there (see README, 'The VGG-Face weights')."
+        "To use the real network, place vgg_face.mat there (see docs/backbones.md, 'The VGG-Face weights')."
     )
     logger.info(notice)
     demo = write_synthetic_mat(p.data / "interim" / "vgg_face_synthetic.mat")

@@ -107,6 +107,37 @@ def test_face_crops_get_exactly_the_chips_they_always_had():
         assert np.array_equal(backbones.dlib_chip(rgb)[0], before), path.name
 
 
+def test_detection_from_several_threads_at_once_gives_each_the_right_faces(women):
+    from concurrent.futures import ThreadPoolExecutor
+
+    photos = [_scene((700, 500), [(_face(p, 120), (100 + 60 * i, 80))], seed=i) for i, p in enumerate(women[:4])]
+    alone = [backbones.detect_faces(photo) for photo in photos]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            assert list(pool.map(backbones.detect_faces, photos)) == alone
+
+
+def test_a_process_forked_after_a_photo_was_detected_can_detect_too(women):
+    photo = _scene((4032, 3024), [(_face(women[0], 125), (900, 1100))])
+    assert len(backbones.detect_faces(photo)) == 1  # starts the tile threads in this process
+    code = (
+        "import multiprocessing as mp, numpy as np\n"
+        "from gender_lib import backbones\n"
+        "def child(q):\n    q.put(len(backbones.detect_faces(np.load('photo.npy'))))\n"
+        "if __name__ == '__main__':\n"
+        "    backbones.detect_faces(np.load('photo.npy'))\n"
+        "    q = mp.get_context('fork').Queue(); p = mp.get_context('fork').Process(target=child, args=(q,)); p.start()\n"
+        "    print(q.get(timeout=120)); p.join()\n"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        np.save(Path(folder) / "photo.npy", photo)
+        (Path(folder) / "child.py").write_text(code)
+        run = subprocess.run([sys.executable, "child.py"], capture_output=True, text=True, cwd=folder, timeout=240)
+    assert run.returncode == 0 and run.stdout.strip() == "1", run.stderr[-2000:]
+
+
 # --------------------------------------------------------------------------- 2. file names
 
 
@@ -126,6 +157,10 @@ def messy_folder(women, tmp_path) -> Path:
     Image.open(women[3]).save(elsewhere / "linked.jpg")
     (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
     (folder / "sub" / "loop").symlink_to(folder, target_is_directory=True)  # a link loop
+    (folder / ".DS_Store").write_bytes(b"mac")
+    (folder / "._a.jpg").write_bytes(b"AppleDouble")  # macOS resource fork: not a photo, not a failure
+    (folder / ".ipynb_checkpoints").mkdir()
+    Image.open(women[0]).save(folder / ".ipynb_checkpoints" / "a-checkpoint.jpg")  # a copy, not predicted twice
     return folder
 
 
@@ -137,11 +172,12 @@ def test_a_messy_folder_gives_a_complete_csv_one_line_per_problem_and_exit_1(mes
     assert sorted(n for n, m in zip(names, table["message"]) if not m) == sorted(["a.jpg", "caf\\xe9.jpg", "phone.heic", "linked.jpg"])
     problems = dict(zip(names, table["message"]))
     assert problems["gone.jpg"].startswith("broken link") and "RAW" in problems["IMG_0001.CR2"] and "not an image file" in problems["notes.txt"]
-    assert len(table) == 7  # every file once: the loop walked nothing twice
+    assert len(table) == 10  # every entry once: the loop walked nothing twice, hidden ones named and not walked
+    assert {n for n, m in zip(names, table["message"]) if m == "skipped: hidden"} == {".DS_Store", "._a.jpg", ".ipynb_checkpoints"}
     err = capfd.readouterr().err
-    for name in ("gone.jpg", "IMG_0001.CR2", "notes.txt"):
+    for name in ("gone.jpg", "IMG_0001.CR2", "notes.txt", "._a.jpg"):
         assert err.count(name) == 1
-    assert "7 images" not in err and "6 images: 4 with a face (4 faces), 0 without a face, 2 could not be read; 1 other file skipped" in err
+    assert "6 images: 4 with a face (4 faces), 0 without a face, 2 could not be read; 4 other files skipped" in err
 
 
 def test_non_utf8_names_survive_a_strict_utf8_standard_output(messy_folder, toy_head):
@@ -173,6 +209,22 @@ def test_a_dataset_with_a_non_utf8_name_builds_its_manifest_and_reports(women, t
     assert any(display_path(p).endswith("caf\\xe9.jpg") for p in again.table["path"])
 
 
+def test_evaluate_on_a_folder_whose_own_name_is_not_utf8_writes_its_reports(women, toy_head, tmp_path):
+    root = tmp_path / os.fsdecode(b"f\xe9tes")
+    for gender, people in (("female", women[:3]), ("male", _men()[:3])):
+        (root / gender).mkdir(parents=True)
+        for i, p in enumerate(people):
+            Image.open(p).save(root / gender / f"{i}.jpg")
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8:strict"}
+    args = [sys.executable, "-m", "gender_lib.cli", "evaluate", "--data-root", str(root), "--head", str(toy_head), "--workdir", str(tmp_path / "w"), "--quiet"]
+    run = subprocess.run([*args[:3], *args[3:-1]], capture_output=True, env=env, cwd=ROOT)
+    stdout, stderr = run.stdout.decode("utf-8"), run.stderr.decode("utf-8")
+    assert run.returncode == 0 and "Traceback" not in stderr, stderr[-2000:]
+    assert "f\\xe9tes" in stdout and (tmp_path / "w" / "reports" / "evaluation_f\\xe9tes.md").is_file()
+    missing = subprocess.run([*args[:5], str(tmp_path / os.fsdecode(b"gone\xe9"))], capture_output=True, env=env, cwd=ROOT)
+    assert missing.returncode == 2 and "gone\\xe9" in missing.stderr.decode("utf-8") and b"Traceback" not in missing.stderr
+
+
 # --------------------------------------------------------------------------- 3. no label without a face
 
 
@@ -188,6 +240,24 @@ def test_no_detect_refuses_a_blank_image(predictor, value, tmp_path):
     Image.new("RGB", (128, 128), (value,) * 3).save(tmp_path / "blank.jpg", quality=90)
     with pytest.raises(pr.PredictionError, match="blank or featureless"):
         predictor.predict(tmp_path / "blank.jpg", detect=False)
+
+
+def _non_faces() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:128, 0:128]
+    grey = lambda a: np.repeat(a.astype(np.uint8)[:, :, None], 3, axis=2)  # noqa: E731
+    return {
+        "gradient": grey((xx + yy) / 254 * 255),
+        "checkerboard": grey(((xx // 16 + yy // 16) % 2) * 255),
+        "uniform noise": rng.integers(0, 256, (128, 128, 3)).astype(np.uint8),
+        "flat grey with noise": np.clip(rng.normal(128, 2.5, (128, 128, 3)), 0, 255).astype(np.uint8),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_non_faces()))
+def test_no_detect_refuses_images_with_nothing_like_a_face(predictor, kind):
+    with pytest.raises(pr.PredictionError, match="looks like a face|blank or featureless"):
+        predictor.predict(_non_faces()[kind], detect=False)
 
 
 def test_no_real_face_of_the_sample_is_refused_as_featureless():
@@ -267,7 +337,7 @@ def test_every_pil_mode_is_read(face_rgb, mode):
     if mode == "F":
         image = Image.fromarray((grey / 255.0).astype(np.float32), "F")
     elif mode == "I":
-        image = Image.fromarray(grey.astype(np.int32) * 257, "I")
+        image = Image.fromarray(grey.astype(np.int32), "I")  # 32-bit integers holding 0-255, as an int32 array
     elif mode == "I;16":
         image = Image.fromarray(grey.astype(np.uint16) * 257)
     elif mode == "PA":
@@ -278,6 +348,14 @@ def test_every_pil_mode_is_read(face_rgb, mode):
     assert rgb.shape == face_rgb.shape and rgb.dtype == np.uint8
     if mode in ("F", "I", "I;16", "L"):
         assert np.abs(rgb[:, :, 0].astype(int) - grey).max() <= 1
+    elif mode in ("RGBX", "CMYK", "YCbCr", "La", "RGBa", "LA"):
+        reference = face_rgb if mode not in ("La", "LA") else np.repeat(grey[:, :, None], 3, axis=2)
+        assert np.abs(rgb.astype(int) - reference).mean() < 4  # the picture, not a blank or black image
+
+
+def test_a_pil_image_in_mode_i_beyond_8_bits_is_a_clear_error():
+    with pytest.raises(pr.PredictionError, match="uint16"):
+        pr.read_image(Image.fromarray(np.full((64, 64), 40000, np.int32), "I"))
 
 
 # --------------------------------------------------------------------------- 5. HEIC
@@ -296,9 +374,10 @@ def test_list_parameters_given_as_text_are_read(text):
     assert config.from_namespace({"widths": text}).head.widths == (64, 64)
 
 
-def test_a_bad_list_parameter_says_how_to_pass_a_list():
+@pytest.mark.parametrize("text", ["wide", "[64, 64", "true", "[64.7, 8]", "{a: 1}"])
+def test_a_bad_list_parameter_says_how_to_pass_a_list(text):
     with pytest.raises(config.ConfigError, match="-y 'widths: \\[16, 16\\]'"):
-        config.from_namespace({"widths": "wide"})
+        config.from_namespace({"widths": text})
 
 
 @pytest.mark.notebooks
