@@ -44,7 +44,7 @@ endif
 
 compare:  ## head modes on the full data (README's comparison table and 5-fold CV; ~1 h on 2 cores, ~13 min of it extracting level-2 maps once)
 	$(BIN)/gender-lib manifest --data-root $(FULL) --workdir runs/levels-person --protocol person --quiet
-	$(BIN)/python scripts/compare_methods.py --workdir runs/levels-person
+	$(BIN)/python -m experiments.comparison --workdir runs/levels-person
 
 benchmarks:  ## speed benchmarks (medians and ratios; JSON under benchmarks/results/)
 	$(BIN)/python benchmarks/dataset.py

@@ -17,7 +17,7 @@ package). :func:`get_backbone` picks one by name; ``"auto"`` means vggface where
 model exists, else dlib.
 
 The dlib backbone has two engines computing the same descriptors: ``keras`` (default: dlib's
-network converted by :mod:`gender_lib.dlib_keras` and verified against dlib to 1e-4, batched in
+network converted by :mod:`gender_lib.converters.dlib_keras` and verified against dlib to 1e-4, batched in
 TensorFlow, on a GPU where TensorFlow sees one) and ``dlib`` (dlib's own code in worker
 processes, for comparison). The engine is recorded in ``describe()`` but is no part of the id,
 so both share the descriptor cache and the heads.
@@ -276,7 +276,7 @@ def _keras_forward(path: Path, output: str = "descriptor") -> Any:
         if key not in _KERAS_MODELS:
             import tensorflow as tf
 
-            from gender_lib import dlib_keras
+            from gender_lib.converters import dlib_keras
 
             model, _ = dlib_keras.load(path)
             if output == "level2":
@@ -311,7 +311,7 @@ class DlibBackbone:
     measures both.
 
     ``engine``: ``"keras"`` (default) embeds batches with dlib's network converted to Keras and
-    verified against dlib (:func:`gender_lib.dlib_keras.ensure_converted`: converted once into
+    verified against dlib (:func:`gender_lib.converters.dlib_keras.ensure_converted`: converted once into
     ``<cache_root>/dlib_keras/``, default the descriptor cache root); TensorFlow is imported and
     the model loaded on the first :meth:`embed`, not before. ``"dlib"`` runs dlib's own code,
     shared by ``workers`` processes (dlib runs one core each). Both engines have the same id.
@@ -390,7 +390,7 @@ class DlibBackbone:
     def load(self) -> DlibBackbone:
         """Get the keras engine ready now (convert on first use, load, trace) instead of at the first embed."""
         if self.engine == "keras" and self._forward is None:
-            from gender_lib import dlib_keras
+            from gender_lib.converters import dlib_keras
 
             root = self.cache_root
             if root is None:
@@ -514,14 +514,14 @@ class VGGFaceBackbone:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], layer: str = "fc7", precision: str = "float32") -> VGGFaceBackbone:
-        from gender_lib import vggface
+        from gender_lib.converters import vggface
 
         model, meta = vggface.load_model(path)
         return cls(model, meta, layer, precision)
 
     def prepare_face(self, rgb: np.ndarray, box: Box | None = None) -> np.ndarray:
         """A crop (a photo's face box grown by 30%, as the VGG-Face crops were) resized to 224x224."""
-        from gender_lib.vggface import resize_one
+        from gender_lib.converters.vggface import resize_one
 
         face = rgb if box is None else crop_box(rgb, box, margin=0.3)
         return resize_one(face, self.input_size, self.keep_aspect)

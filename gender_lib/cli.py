@@ -71,7 +71,7 @@ def _convert(args: argparse.Namespace) -> int:
         from gender_lib.errors import ConfigError
 
         raise ConfigError("--force goes with --dlib (the VGG-Face conversion always runs)")
-    from gender_lib import vggface
+    from gender_lib.converters import vggface
 
     config = _config(args)
     output = config.vggface_model()
@@ -83,7 +83,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _convert_dlib(args: argparse.Namespace) -> int:
     """dlib's network -> the verified Keras model the dlib backbone's keras engine runs (reused if cached)."""
-    from gender_lib import dlib_keras
+    from gender_lib.converters import dlib_keras
     from gender_lib.errors import ConfigError
 
     vgg_only = [flag for flag, value in (("--vgg-face-mat", args.vgg_face_mat), ("--vggface-model", args.vggface_model), ("--lenient", args.lenient)) if value]

@@ -276,7 +276,7 @@ def _ensure_converted_here(description: dict[str, Any], kwargs: dict[str, Any], 
     where the driver cannot write there, the actors convert it themselves."""
     if description.get("name") != "dlib" or kwargs.get("engine") != "keras":
         return
-    from gender_lib import dlib_keras
+    from gender_lib.converters import dlib_keras
 
     try:
         dlib_keras.ensure_converted(kwargs.get("cache_root"))

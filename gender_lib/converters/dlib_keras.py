@@ -1,11 +1,11 @@
 """dlib's face recognition ResNet as a Keras 3 model, checked against dlib itself before saving.
 
-:func:`build_model` walks the layer list of :mod:`gender_lib.dlib_dnn` (input first) and builds a
+:func:`build_model` walks the layer list of :mod:`gender_lib.converters.dlib_dnn` (input first) and builds a
 functional model: RGB chips (n, 150, 150, 3) in 0-255 (uint8 or float) -> the 128-d descriptor,
 the fc output exactly as dlib returns it (not L2-normalised; dlib's ``loss_metric::to_label``
 copies the fc output). The preprocessing is inside the model: ``(pixel - mean_rgb) / 256``.
 
-Layer mapping (the semantics are dlib's, see :mod:`gender_lib.dlib_dnn`):
+Layer mapping (the semantics are dlib's, see :mod:`gender_lib.converters.dlib_dnn`):
 
 * ``con``: ``Conv2D`` with the filters transposed from dlib's (n, k, nr, nc) to HWIO; padding
   ``same`` where dlib pads size/2 at stride 1, ``valid`` where it does not pad (strided), an
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from gender_lib import dlib_dnn
-from gender_lib.dlib_dnn import DlibModelError, Layer, Network
+from gender_lib.converters import dlib_dnn
+from gender_lib.converters.dlib_dnn import DlibModelError, Layer, Network
 from gender_lib.errors import GenderLibError
 from gender_lib.fileio import atomic_write, sha256_file
 
