@@ -26,6 +26,7 @@ so both share the descriptor cache and the heads.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from pathlib import Path
@@ -35,6 +36,8 @@ import numpy as np
 
 from gender_lib.errors import ConfigError, GenderLibError, UserFileNotFoundError
 from gender_lib.fileio import sha256_bytes, sha256_file
+
+log = logging.getLogger(__name__)
 
 BACKBONES = ("vggface", "dlib")
 #: dlib backbone engines: ``keras`` (dlib's network converted and verified) | ``dlib`` (dlib's own code).
@@ -615,6 +618,37 @@ def from_config(config: Any, workers: int | None = None, mode: str | None = None
         cache_root=config.cache_dir(),
         output=output,
     )
+
+
+def worker_kwargs(description: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """What remote workers (Ray actors) pass to :func:`from_description`: for dlib, the described engine, one dlib process
+    (Ray is the parallelism) and the keras model's cache root as a DlibBackbone built here would
+    have it (the configured cache root), resolved on the driver; ``given`` overrides each."""
+    kwargs: dict[str, Any] = {}
+    if description.get("name") == "dlib":
+        from gender_lib import config
+
+        kwargs = {"engine": description.get("engine", "keras"), "workers": 1, "cache_root": str(config.paths().cache)}
+    kwargs.update(given or {})
+    if kwargs.get("cache_root") is not None:
+        kwargs["cache_root"] = str(Path(kwargs["cache_root"]).expanduser().resolve())
+    return kwargs
+
+
+def prepare_workers(description: dict[str, Any], kwargs: dict[str, Any], address: str | None) -> None:
+    """Convert the dlib keras model once on the driver before the actors start (they would each
+    convert it at once otherwise). On a cluster only a path the workers share makes this useful;
+    where the driver cannot write there, the actors convert it themselves."""
+    if description.get("name") != "dlib" or kwargs.get("engine") != "keras":
+        return
+    from gender_lib.converters import dlib_keras
+
+    try:
+        dlib_keras.ensure_converted(kwargs.get("cache_root"))
+    except OSError as error:
+        if not address:
+            raise
+        log.warning("could not convert the dlib keras model on the driver (%s); the actors will", error)
 
 
 def from_description(
