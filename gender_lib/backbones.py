@@ -143,7 +143,7 @@ def dlib_chip(rgb: np.ndarray, box: Box | None = None, models: _DlibModels | Non
     models = models or _dlib_models()
     rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
     if box is None:  # the largest face :func:`detect_faces` finds (for crops under 800 px: HOG upsampled once)
-        faces = detect_faces(rgb)
+        faces = detect_faces(rgb, clip=False)  # dlib's own rectangles, as descriptors were always computed
         found, box = bool(faces), faces[0] if faces else None
     else:
         found = True
@@ -158,7 +158,7 @@ DETECT_MAX_SIDE = 1600
 DETECT_TILE = 1536
 
 
-def detect_faces(rgb: np.ndarray, min_face: int | None = None, max_side: int = DETECT_MAX_SIDE) -> list[Box]:
+def detect_faces(rgb: np.ndarray, min_face: int | None = None, max_side: int = DETECT_MAX_SIDE, clip: bool = True) -> list[Box]:
     """Faces in ``rgb`` as boxes (left, top, right, bottom) in its pixels, largest first: dlib's HOG
     detector, the one detection path of prediction, the upload widget and dataset images alike.
 
@@ -170,7 +170,8 @@ def detect_faces(rgb: np.ndarray, min_face: int | None = None, max_side: int = D
     :data:`DETECT_TILE` px so memory stays bounded; the overlap exceeds the smallest face pass 1
     sees, so every face is whole in some tile. Boxes found twice (IoU > 0.3) are merged, keeping
     the better-scored one. A phone photo's cost is in pass 2: about four times the image's pixels
-    (see ``benchmarks/detect.py``).
+    (see ``benchmarks/detect.py``). ``clip=False`` keeps dlib's rectangles as found, reaching past
+    the border (the landmark fit of :func:`dlib_chip` wants them so), ordered by their own area.
     """
     from PIL import Image
 
@@ -185,7 +186,7 @@ def detect_faces(rgb: np.ndarray, min_face: int | None = None, max_side: int = D
     found: list[tuple[float, Box]] = []
     rects, scores, _ = detector.run(np.ascontiguousarray(small), upsample, 0.0)
     for r, score in zip(rects, scores):
-        found.append((float(score), _clip_box((r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale), width, height)))
+        found.append((float(score), _box((r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale), width, height, clip)))
     smallest_seen = 80.0 / (scale * 2**upsample)  # the smallest face pass 1 can find, in rgb's pixels
     if smallest_seen > min_face * 1.05:
         overlap = int(np.ceil(smallest_seen * 1.25))
@@ -197,7 +198,7 @@ def detect_faces(rgb: np.ndarray, min_face: int | None = None, max_side: int = D
             top, left = corner
             tile = np.ascontiguousarray(rgb[top : top + DETECT_TILE, left : left + DETECT_TILE])
             rects, scores, _ = _thread_detector().run(tile, times, 0.0)
-            return [(float(s), _clip_box((left + r.left(), top + r.top(), left + r.right(), top + r.bottom()), width, height)) for r, s in zip(rects, scores)]
+            return [(float(s), _box((left + r.left(), top + r.top(), left + r.right(), top + r.bottom()), width, height, clip)) for r, s in zip(rects, scores)]
 
         # dlib releases the GIL while it scans: tiles run in parallel threads (2x on 2 cores, measured),
         # each with a detector of its own (one dlib detector used by two threads at once crashed).
@@ -226,9 +227,9 @@ def _thread_detector() -> Any:
     return _THREAD.detector
 
 
-def _clip_box(box: tuple[float, float, float, float], width: int, height: int) -> Box:
+def _box(box: tuple[float, float, float, float], width: int, height: int, clip: bool = True) -> Box:
     left, top, right, bottom = (int(round(v)) for v in box)
-    return (max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom))
+    return (max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom)) if clip else (left, top, right, bottom)
 
 
 def _area(box: Box) -> int:

@@ -93,11 +93,18 @@ def test_a_photo_whose_only_face_is_large_finds_it_once(women):
     assert len(boxes) == 1 and boxes[0][2] - boxes[0][0] > 900
 
 
-def test_face_crops_are_detected_exactly_as_before():
-    """Dataset crops (under 800 px) keep dlib's HOG upsampled once: descriptors and caches stay valid."""
-    rgb = np.asarray(Image.open(sorted(config.paths().sample.glob("*/*.jpg"))[0]).convert("RGB"))
-    dlib_boxes = [(r.left(), r.top(), r.right(), r.bottom()) for r in backbones._dlib_models().detector(rgb, 1)]
-    assert backbones.detect_faces(rgb) == sorted(dlib_boxes, key=lambda b: -(b[2] - b[0]) * (b[3] - b[1]))
+def test_face_crops_get_exactly_the_chips_they_always_had():
+    """Dataset crops (under 800 px): dlib's HOG upsampled once and its largest rectangle, unclipped,
+    as before the two-pass detector, for all 300 sample faces, so descriptors and caches stay valid."""
+    import dlib
+
+    models = backbones._dlib_models()
+    for path in sorted(config.paths().sample.glob("*/*.jpg")):
+        rgb = np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB")))
+        faces = models.detector(rgb, 1)
+        rect = max(faces, key=lambda r: r.area()) if faces else dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
+        before = np.asarray(dlib.get_face_chip(rgb, models.landmarks(rgb, rect), size=150, padding=0.25))
+        assert np.array_equal(backbones.dlib_chip(rgb)[0], before), path.name
 
 
 # --------------------------------------------------------------------------- 2. file names
