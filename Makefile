@@ -25,21 +25,26 @@ notebooks:  ## re-execute the committed notebooks in place (the default run on t
 	$(BIN)/python scripts/execute_notebooks.py
 
 FULL ?= $(abspath ../shared/datasets/combined/aligned)
+#: make results BACKBONE=vggface: the same recipe on VGG-Face descriptors (needs your converted vgg_face.mat);
+#: the comparison of head modes and the shipped model read dlib's inner levels, so they run for dlib only.
+BACKBONE ?= dlib
 
-results:  ## the README's real-data results: dlib backbone, all 29k faces, person-disjoint vs the original leaky split, head modes, the shipped model
-	$(BIN)/gender-lib extract --data-root $(FULL) --workdir runs/full-person --protocol person --quiet
-	$(BIN)/gender-lib train --workdir runs/full-person -o checkpoints/dlib_gender_head.keras
-	$(BIN)/gender-lib evaluate --workdir runs/full-person --head checkpoints/dlib_gender_head.keras
-	$(BIN)/gender-lib extract --data-root $(FULL) --workdir runs/full-original --protocol original --quiet
-	$(BIN)/gender-lib train --workdir runs/full-original
-	$(BIN)/gender-lib evaluate --workdir runs/full-original
+results:  ## the README's real-data results: all 29k faces, person-disjoint vs the original leaky split (BACKBONE=dlib|vggface); for dlib also the head modes and the shipped model
+	$(BIN)/gender-lib extract --data-root $(FULL) --workdir runs/full-person-$(BACKBONE) --protocol person --backbone $(BACKBONE) --quiet
+	$(BIN)/gender-lib train --workdir runs/full-person-$(BACKBONE) -o checkpoints/$(BACKBONE)_gender_head.keras
+	$(BIN)/gender-lib evaluate --workdir runs/full-person-$(BACKBONE) --head checkpoints/$(BACKBONE)_gender_head.keras
+	$(BIN)/gender-lib extract --data-root $(FULL) --workdir runs/full-original-$(BACKBONE) --protocol original --backbone $(BACKBONE) --quiet
+	$(BIN)/gender-lib train --workdir runs/full-original-$(BACKBONE)
+	$(BIN)/gender-lib evaluate --workdir runs/full-original-$(BACKBONE)
+ifeq ($(BACKBONE),dlib)
 	$(MAKE) compare
 	$(BIN)/gender-lib train --workdir runs/levels-person --mode finetune -o checkpoints/dlib_gender_finetuned.npz
 	$(BIN)/gender-lib evaluate --workdir runs/levels-person --head checkpoints/dlib_gender_finetuned.npz
+endif
 
 compare:  ## head modes on the full data (README's comparison table and 5-fold CV; ~1 h on 2 cores, ~13 min of it extracting level-2 maps once)
 	$(BIN)/gender-lib manifest --data-root $(FULL) --workdir runs/levels-person --protocol person --quiet
-	$(BIN)/python scripts/compare_methods.py --workdir runs/levels-person
+	$(BIN)/python -m experiments.comparison --workdir runs/levels-person
 
 benchmarks:  ## speed benchmarks (medians and ratios; JSON under benchmarks/results/)
 	$(BIN)/python benchmarks/dataset.py

@@ -34,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from gender_lib import config, dlib_dnn, dlib_keras, features
-from gender_lib.backbones import DlibBackbone
+from gender_lib import config, features
+from gender_lib.backbones import DlibBackbone, dlib_chip
+from gender_lib.converters import dlib_dnn, dlib_keras
 from gender_lib.fileio import sha256_file, write_json
+from gender_lib.images import load_rgb
 
 BATCH = 32
 
@@ -48,7 +50,7 @@ _worker: dict = {}
 def _dlib_init() -> None:
     import dlib
 
-    _worker["chip"] = dlib_keras.ChipMaker()
+    _worker["chip"] = lambda rgb: dlib_chip(rgb)[0]
     _worker["net"] = dlib.face_recognition_model_v1(str(dlib_dnn.default_source()))
 
 
@@ -57,7 +59,7 @@ def _dlib_run(paths: list[str]) -> np.ndarray:
         _dlib_init()
     out = []
     for start in range(0, len(paths), BATCH):
-        chips = [_worker["chip"](dlib_keras.load_rgb(p)) for p in paths[start : start + BATCH]]
+        chips = [_worker["chip"](load_rgb(p)) for p in paths[start : start + BATCH]]
         out += [np.asarray(v, np.float32) for v in _worker["net"].compute_face_descriptor(chips)]
     return np.stack(out)
 
@@ -87,7 +89,7 @@ def keras_run(paths: list[str], forward, maker) -> np.ndarray:
     def produce() -> None:
         try:
             for start in range(0, len(paths), BATCH):
-                batches.put(np.stack([maker(dlib_keras.load_rgb(p)) for p in paths[start : start + BATCH]]))
+                batches.put(np.stack([maker(load_rgb(p)) for p in paths[start : start + BATCH]]))
         finally:
             batches.put(None)
 
@@ -169,7 +171,7 @@ def backbone_benchmark(paths: list[str], model_root: str, repeats: int) -> dict:
     engines = {"keras": DlibBackbone(engine="keras", cache_root=model_root), "dlib_2workers": DlibBackbone(engine="dlib", workers=2)}
 
     # Warm-up outside the timing: the keras model loaded and traced, the two dlib workers started.
-    warm_chips = np.stack([engines["keras"].prepare(dlib_keras.load_rgb(p)) for p in paths[:BATCH]])
+    warm_chips = np.stack([engines["keras"].prepare(load_rgb(p)) for p in paths[:BATCH]])
     for backbone in engines.values():
         backbone.embed(warm_chips)
 
@@ -190,7 +192,7 @@ def backbone_benchmark(paths: list[str], model_root: str, repeats: int) -> dict:
     embed_cpu: dict[str, list[float]] = {name: [] for name in engines}
     for _ in range(repeats):
         c, start = cpu_seconds(), time.perf_counter()
-        chips = np.stack([engines["keras"].prepare(dlib_keras.load_rgb(p)) for p in paths])
+        chips = np.stack([engines["keras"].prepare(load_rgb(p)) for p in paths])
         prep_s.append(time.perf_counter() - start)
         prep_cpu.append(cpu_seconds() - c)
         for name, backbone in engines.items():
@@ -232,7 +234,7 @@ def raw_benchmark(paths: list[str], model, repeats: int) -> dict:
     probe = matmul_gflops()
     print(f"network: {flops / 1e9:.3f} GFLOP per chip; 2048^2 float32 matmul probe: {probe:.1f} GFLOP/s")
     forward = keras_forward(model)
-    maker = dlib_keras.ChipMaker()
+    maker = lambda rgb: dlib_chip(rgb)[0]
     _dlib_init()
     forward(np.zeros((BATCH, 150, 150, 3), np.float32))  # trace outside the timing
     pool = concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"), initializer=_dlib_init)
@@ -252,7 +254,7 @@ def raw_benchmark(paths: list[str], model, repeats: int) -> dict:
             seconds[name].append(time.perf_counter() - start)
             print(f"  repeat {repeat + 1} raw {name:<10} {len(paths) / seconds[name][-1]:6.2f} images/s")
     pool.shutdown()
-    chips = np.stack([maker(dlib_keras.load_rgb(p)) for p in paths])
+    chips = np.stack([maker(load_rgb(p)) for p in paths])
     embed_s: dict[str, list[float]] = {"keras": [], "dlib_1proc": []}
     for _ in range(repeats):
         start = time.perf_counter()

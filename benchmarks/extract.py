@@ -81,9 +81,9 @@ def main() -> None:
     import tensorflow as tf
 
     from gender_lib import features as ft
-    from gender_lib import matconvnet as mc
-    from gender_lib import vggface as vf
     from gender_lib.backbones import VGGFaceBackbone, cpu_supports_bf16
+    from gender_lib.converters import matconvnet as mc
+    from gender_lib.converters import vggface as vf
     from gender_lib.dataset import load_rgb
 
     paths = sorted(Path(args.root).glob("*/*.jpg"))[:: max(1, 29000 // args.n)][: args.n]

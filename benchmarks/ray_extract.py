@@ -155,7 +155,7 @@ def main() -> None:
         print(json.dumps(_rates(args.listing) if args.one == "rates" else _one(args.one, args.listing)))
         return
 
-    from gender_lib import dlib_keras
+    from gender_lib.converters import dlib_keras
     from gender_lib.fileio import write_json
 
     paths, source = choose_faces(args.images)

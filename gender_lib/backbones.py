@@ -17,7 +17,7 @@ package). :func:`get_backbone` picks one by name; ``"auto"`` means vggface where
 model exists, else dlib.
 
 The dlib backbone has two engines computing the same descriptors: ``keras`` (default: dlib's
-network converted by :mod:`gender_lib.dlib_keras` and verified against dlib to 1e-4, batched in
+network converted by :mod:`gender_lib.converters.dlib_keras` and verified against dlib to 1e-4, batched in
 TensorFlow, on a GPU where TensorFlow sees one) and ``dlib`` (dlib's own code in worker
 processes, for comparison). The engine is recorded in ``describe()`` but is no part of the id,
 so both share the descriptor cache and the heads.
@@ -26,6 +26,7 @@ so both share the descriptor cache and the heads.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import threading
 from pathlib import Path
@@ -35,6 +36,8 @@ import numpy as np
 
 from gender_lib.errors import ConfigError, GenderLibError, UserFileNotFoundError
 from gender_lib.fileio import sha256_bytes, sha256_file
+
+log = logging.getLogger(__name__)
 
 BACKBONES = ("vggface", "dlib")
 #: dlib backbone engines: ``keras`` (dlib's network converted and verified) | ``dlib`` (dlib's own code).
@@ -296,7 +299,7 @@ def _keras_forward(path: Path, output: str = "descriptor") -> Any:
         if key not in _KERAS_MODELS:
             import tensorflow as tf
 
-            from gender_lib import dlib_keras
+            from gender_lib.converters import dlib_keras
 
             model, _ = dlib_keras.load(path)
             if output == "level2":
@@ -331,7 +334,7 @@ class DlibBackbone:
     measures both.
 
     ``engine``: ``"keras"`` (default) embeds batches with dlib's network converted to Keras and
-    verified against dlib (:func:`gender_lib.dlib_keras.ensure_converted`: converted once into
+    verified against dlib (:func:`gender_lib.converters.dlib_keras.ensure_converted`: converted once into
     ``<cache_root>/dlib_keras/``, default the descriptor cache root); TensorFlow is imported and
     the model loaded on the first :meth:`embed`, not before. ``"dlib"`` runs dlib's own code,
     shared by ``workers`` processes (dlib runs one core each). Both engines have the same id.
@@ -410,7 +413,7 @@ class DlibBackbone:
     def load(self) -> DlibBackbone:
         """Get the keras engine ready now (convert on first use, load, trace) instead of at the first embed."""
         if self.engine == "keras" and self._forward is None:
-            from gender_lib import dlib_keras
+            from gender_lib.converters import dlib_keras
 
             root = self.cache_root
             if root is None:
@@ -534,14 +537,14 @@ class VGGFaceBackbone:
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike[str], layer: str = "fc7", precision: str = "float32") -> VGGFaceBackbone:
-        from gender_lib import vggface
+        from gender_lib.converters import vggface
 
         model, meta = vggface.load_model(path)
         return cls(model, meta, layer, precision)
 
     def prepare_face(self, rgb: np.ndarray, box: Box | None = None) -> np.ndarray:
         """A crop (a photo's face box grown by 30%, as the VGG-Face crops were) resized to 224x224."""
-        from gender_lib.vggface import resize_one
+        from gender_lib.converters.vggface import resize_one
 
         face = rgb if box is None else crop_box(rgb, box, margin=0.3)
         return resize_one(face, self.input_size, self.keep_aspect)
@@ -635,6 +638,37 @@ def from_config(config: Any, workers: int | None = None, mode: str | None = None
         cache_root=config.cache_dir(),
         output=output,
     )
+
+
+def worker_kwargs(description: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
+    """What remote workers (Ray actors) pass to :func:`from_description`: for dlib, the described engine, one dlib process
+    (Ray is the parallelism) and the keras model's cache root as a DlibBackbone built here would
+    have it (the configured cache root), resolved on the driver; ``given`` overrides each."""
+    kwargs: dict[str, Any] = {}
+    if description.get("name") == "dlib":
+        from gender_lib import config
+
+        kwargs = {"engine": description.get("engine", "keras"), "workers": 1, "cache_root": str(config.paths().cache)}
+    kwargs.update(given or {})
+    if kwargs.get("cache_root") is not None:
+        kwargs["cache_root"] = str(Path(kwargs["cache_root"]).expanduser().resolve())
+    return kwargs
+
+
+def prepare_workers(description: dict[str, Any], kwargs: dict[str, Any], address: str | None) -> None:
+    """Convert the dlib keras model once on the driver before the actors start (they would each
+    convert it at once otherwise). On a cluster only a path the workers share makes this useful;
+    where the driver cannot write there, the actors convert it themselves."""
+    if description.get("name") != "dlib" or kwargs.get("engine") != "keras":
+        return
+    from gender_lib.converters import dlib_keras
+
+    try:
+        dlib_keras.ensure_converted(kwargs.get("cache_root"))
+    except OSError as error:
+        if not address:
+            raise
+        log.warning("could not convert the dlib keras model on the driver (%s); the actors will", error)
 
 
 def from_description(

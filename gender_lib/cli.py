@@ -11,93 +11,32 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from gender_lib.config import BACKBONES, DEFAULT, LAYOUTS, Config
+from gender_lib.config import DEFAULT, BackboneConfig, Config, DataConfig, HeadConfig
 
-HELP = {
-    "seed": "seed of the split, sample, head and bootstrap",
-    "data_root": "face folder or label CSV in any supported layout (default: the embedded sample data/sample)",
-    "layout": "force a layout (default: detect)",
-    "sample_size": "seeded subset of the data (0 = every image)",
-    "protocol": "person-disjoint split, or the original work's leaky image-level split (for comparison only)",
-    "val_fraction": "share of people in the validation split",
-    "test_fraction": "share of people in the test split",
-    "folds": "number of person-disjoint folds in the manifest's fold column",
-    "backbone": "descriptor network",
-    "dlib_align": "dlib: 5-point chip or plain resize",
-    "engine": "dlib: its network converted to Keras (verified against dlib), dlib's own code (same descriptors, slower), "
-    "or ray (the Keras model on a Ray cluster; needs the distributed extra)",
-    "ray_address": "with --engine ray: an existing Ray cluster (ray://host:10001 or auto) (default: empty, a local Ray instance)",
-    "precision": "vggface compute precision",
-    "vggface_layer": "vggface descriptor layer",
-    "batch_size": "images per backbone batch",
-    "widths": "hidden layer widths of the head",
-    "dropout": "dropout before the output",
-    "l2": "L2 weight penalty",
-    "learning_rate": "Adam learning rate",
-    "head_batch_size": "training batch size",
-    "epochs": "maximum epochs (early stopping on validation loss)",
-    "patience": "epochs without improvement before stopping",
-    "class_balance": "weight classes to balance them (true/false)",
-    "mode": "what the head learns from: the frozen descriptor, frozen multi-level features, or fine-tuning dlib's top level(s) with it",
-    "flip_tta": "features/finetune: average P(female) over the face and its mirror image (true/false)",
-    "finetune_levels": "finetune: how many of dlib's top residual levels are trained",
-    "finetune_epochs": "finetune: maximum epochs of the joint training (early stopping on validation loss)",
-    "finetune_learning_rate": "finetune: Adam step for the network, relative to each weight tensor's RMS",
-    "n_boot": "bootstrap resamples (over people) for the 95%% intervals",
-    "n_faces": "faces in the prediction grid",
-    "workdir": "work folder: manifest, extraction record, head, reports (default: $GENDER_LIB_WORKDIR, else data/processed)",
-    "cache_dir": "descriptor cache root (default: $GENDER_LIB_CACHE, else data/cache/descriptors)",
-    "head_path": "the head to use (default: the committed model)",
-    "vgg_face_mat": "the MatConvNet vgg_face.mat (default: $GENDER_LIB_VGG_FACE_MAT, else data/external/vgg_face.mat)",
-    "vggface_model": "where the converted VGG-Face model goes (default: checkpoints/vggface.keras)",
-    "example_image": "example photo (default: a face of the embedded sample)",
-}
-CHOICES = {
-    "layout": [c for c in LAYOUTS if c],
-    "protocol": ["person", "original"],
-    "backbone": list(BACKBONES),
-    "dlib_align": ["chip", "resize"],
-    "engine": ["keras", "dlib", "ray"],
-    "precision": ["float32", "bfloat16"],
-    "vggface_layer": ["fc7", "fc8"],
-    "mode": ["frozen", "features", "finetune"],
-    "finetune_levels": [1, 2],
-}
 ALIASES = {"ray_address": ["--address"]}
+#: Each stage's flag groups: a Config section's fields (the work folder's two paths for "where").
 STAGE_FLAGS = {
-    "data": ["data_root", "layout", "sample_size", "protocol", "val_fraction", "test_fraction", "folds"],
-    "backbone": ["backbone", "dlib_align", "engine", "ray_address", "precision", "vggface_layer", "batch_size"],
-    "head": [
-        "mode",
-        "widths",
-        "dropout",
-        "l2",
-        "learning_rate",
-        "head_batch_size",
-        "epochs",
-        "patience",
-        "class_balance",
-        "flip_tta",
-        "finetune_levels",
-        "finetune_epochs",
-        "finetune_learning_rate",
-    ],
+    "data": [f.name for f in dataclasses.fields(DataConfig)],
+    "backbone": [f.name for f in dataclasses.fields(BackboneConfig)],
+    "head": [f.name for f in dataclasses.fields(HeadConfig)],
     "where": ["workdir", "cache_dir"],
 }
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    defaults = DEFAULT.flat()
+    defaults, helps, choices = DEFAULT.flat(), Config.help(), Config.choices()
     for name in names:
         default = defaults[name]
         flags = ["--" + name.replace("_", "-"), *ALIASES.get(name, [])]
         # A help text that explains its own default (environment variables, empty meaning detect) says it once.
-        text = HELP[name] if "(default" in HELP[name] else f"{HELP[name]} (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
+        help_ = helps[name]
+        text = help_ if "(default" in help_ else f"{help_} (default: {' '.join(map(str, default)) if isinstance(default, list) else default})"
         kwargs: dict[str, Any] = {"dest": name, "default": None, "help": text}
         if isinstance(default, list):
             kwargs.update(type=int, nargs="+")
@@ -105,8 +44,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, names: Sequence[str]) -> 
             kwargs.update(choices=["true", "false"])
         elif isinstance(default, (int, float)):
             kwargs.update(type=type(default))
-        if name in CHOICES:
-            kwargs["choices"] = CHOICES[name]
+        if name in choices:
+            kwargs["choices"] = [c for c in choices[name] if c != ""]  # "" (detect) is the flag's absence
         parser.add_argument(*flags, **kwargs)
 
 
@@ -132,7 +71,7 @@ def _convert(args: argparse.Namespace) -> int:
         from gender_lib.errors import ConfigError
 
         raise ConfigError("--force goes with --dlib (the VGG-Face conversion always runs)")
-    from gender_lib import vggface
+    from gender_lib.converters import vggface
 
     config = _config(args)
     output = config.vggface_model()
@@ -144,7 +83,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 def _convert_dlib(args: argparse.Namespace) -> int:
     """dlib's network -> the verified Keras model the dlib backbone's keras engine runs (reused if cached)."""
-    from gender_lib import dlib_keras
+    from gender_lib.converters import dlib_keras
     from gender_lib.errors import ConfigError
 
     vgg_only = [flag for flag, value in (("--vgg-face-mat", args.vgg_face_mat), ("--vggface-model", args.vggface_model), ("--lenient", args.lenient)) if value]

@@ -27,9 +27,10 @@ import dataclasses
 import difflib
 import numbers
 import os
+import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from gender_lib.errors import ConfigError
 
@@ -112,35 +113,56 @@ def paths(root: str | os.PathLike[str] | None = None) -> Paths:
 
 # --------------------------------------------------------------------------- the run config
 
-LAYOUTS = ("", "combined", "adience", "utkface", "folders", "csv")
-BACKBONES = ("dlib", "vggface", "auto")
-MODES = ("frozen", "features", "finetune")
+#: The allowed values of each choice parameter: the CLI's choices, the notebooks' comments and
+#: :meth:`Config.validate` all read these types (:meth:`Config.choices`).
+Layout = Literal["", "combined", "adience", "utkface", "folders", "csv"]
+Protocol = Literal["person", "original"]
+BackboneName = Literal["dlib", "vggface", "auto"]
+Align = Literal["chip", "resize"]
+Engine = Literal["keras", "dlib", "ray"]
+Precision = Literal["float32", "bfloat16"]
+VggFaceLayer = Literal["fc7", "fc8"]
+Mode = Literal["frozen", "features", "finetune"]
+Levels = Literal[1, 2]
+
+LAYOUTS = get_args(Layout)
+BACKBONES = get_args(BackboneName)
+MODES = get_args(Mode)
+
+
+def _param(default: Any, help: str) -> Any:
+    """A config field with its help text (the CLI's ``--help`` and the docs read it from here)."""
+    return dataclasses.field(default=default, metadata={"help": help})
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which faces, and how they are split."""
 
-    data_root: str = ""  # empty: the embedded sample data/sample; the full shared folder is one parameter away
-    layout: str = ""  # empty: detect
-    sample_size: int = 0  # 0: every image of data_root
-    protocol: str = "person"  # person | original (leaky image-level split, for comparison only)
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    folds: int = 5
+    data_root: str = _param("", "face folder or label CSV in any supported layout (default: the embedded sample data/sample)")
+    layout: Layout = _param("", "force a layout (default: detect)")
+    sample_size: int = _param(0, "seeded subset of the data (0 = every image)")
+    protocol: Protocol = _param("person", "person-disjoint split, or the original work's leaky image-level split (for comparison only)")
+    val_fraction: float = _param(0.15, "share of people in the validation split")
+    test_fraction: float = _param(0.15, "share of people in the test split")
+    folds: int = _param(5, "number of person-disjoint folds in the manifest's fold column")
 
 
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
     """The descriptor network and how faces are prepared for it."""
 
-    backbone: str = "dlib"  # dlib | vggface | auto
-    dlib_align: str = "chip"  # chip (5-point alignment) | resize
-    engine: str = "keras"  # keras (dlib's network converted and verified) | dlib (dlib's own code, for comparison) | ray (keras on a Ray cluster)
-    ray_address: str = ""  # engine ray: an existing cluster's address; empty starts a local Ray instance
-    precision: str = "float32"  # float32 | bfloat16 (vggface only)
-    vggface_layer: str = "fc7"  # fc7 | fc8
-    batch_size: int = 32
+    backbone: BackboneName = _param("dlib", "descriptor network")
+    dlib_align: Align = _param("chip", "dlib: 5-point chip or plain resize")
+    engine: Engine = _param(
+        "keras",
+        "dlib: its network converted to Keras (verified against dlib), dlib's own code (same descriptors, slower), "
+        "or ray (the Keras model on a Ray cluster; needs the distributed extra)",
+    )
+    ray_address: str = _param("", "with --engine ray: an existing Ray cluster (ray://host:10001 or auto) (default: empty, a local Ray instance)")
+    precision: Precision = _param("float32", "vggface compute precision")
+    vggface_layer: VggFaceLayer = _param("fc7", "vggface descriptor layer")
+    batch_size: int = _param(32, "images per backbone batch")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,20 +178,19 @@ class HeadConfig:
     Modes other than frozen average P(female) over the face and its mirror image when ``flip_tta``.
     """
 
-    mode: str = "frozen"  # frozen | features | finetune
-
-    widths: tuple[int, ...] = (16, 16)
-    dropout: float = 0.4
-    l2: float = 0.0
-    learning_rate: float = 0.001
-    head_batch_size: int = 64
-    epochs: int = 100
-    patience: int = 8
-    class_balance: bool = True
-    flip_tta: bool = True  # features/finetune: average P(female) over the face and its mirror image
-    finetune_levels: int = 1  # finetune: the top residual levels trained (1: the last, 256 channels at 2x2; 2: also the 4x4 one)
-    finetune_epochs: int = 6  # finetune: epochs over the train split after the head's own training
-    finetune_learning_rate: float = 1e-3  # finetune: Adam's step for the network's levels, relative to each weight tensor's RMS
+    mode: Mode = _param("frozen", "what the head learns from: the frozen descriptor, frozen multi-level features, or fine-tuning dlib's top level(s) with it")
+    widths: tuple[int, ...] = _param((16, 16), "hidden layer widths of the head")
+    dropout: float = _param(0.4, "dropout before the output")
+    l2: float = _param(0.0, "L2 weight penalty")
+    learning_rate: float = _param(0.001, "Adam learning rate")
+    head_batch_size: int = _param(64, "training batch size")
+    epochs: int = _param(100, "maximum epochs (early stopping on validation loss)")
+    patience: int = _param(8, "epochs without improvement before stopping")
+    class_balance: bool = _param(True, "weight classes to balance them (true/false)")
+    flip_tta: bool = _param(True, "features/finetune: average P(female) over the face and its mirror image (true/false)")
+    finetune_levels: Levels = _param(1, "finetune: how many of dlib's top residual levels are trained (1: the last, 256 channels at 2x2; 2: also the 4x4 one)")
+    finetune_epochs: int = _param(6, "finetune: maximum epochs of the joint training (early stopping on validation loss)")
+    finetune_learning_rate: float = _param(1e-3, "finetune: Adam step for the network, relative to each weight tensor's RMS")
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "widths": list(self.widths)}
@@ -179,20 +200,20 @@ class HeadConfig:
 class EvalConfig:
     """Evaluation and the face grid."""
 
-    n_boot: int = 1000
-    n_faces: int = 30
+    n_boot: int = _param(1000, "bootstrap resamples (over people) for the 95%% intervals")
+    n_faces: int = _param(30, "faces in the prediction grid")
 
 
 @dataclasses.dataclass(frozen=True)
 class PathConfig:
     """Where a run reads and writes; empty strings mean the defaults of :func:`paths`."""
 
-    workdir: str = ""  # manifest, extraction record, head.keras, reports/ (default $GENDER_LIB_WORKDIR or data/processed)
-    cache_dir: str = ""  # descriptor cache (default $GENDER_LIB_CACHE or data/cache/descriptors)
-    head_path: str = ""  # the head to read: empty = the workdir's head for its own test split, the committed head elsewhere
-    vgg_face_mat: str = ""  # empty: $GENDER_LIB_VGG_FACE_MAT or data/external/vgg_face.mat
-    vggface_model: str = ""  # empty: checkpoints/vggface.keras
-    example_image: str = ""  # empty: a face of the embedded sample (notebook 06)
+    workdir: str = _param("", "work folder: manifest, extraction record, head, reports (default: $GENDER_LIB_WORKDIR, else data/processed)")
+    cache_dir: str = _param("", "descriptor cache root (default: $GENDER_LIB_CACHE, else data/cache/descriptors)")
+    head_path: str = _param("", "the head to use (default: the work folder's for its own test split, the committed model elsewhere)")
+    vgg_face_mat: str = _param("", "the MatConvNet vgg_face.mat (default: $GENDER_LIB_VGG_FACE_MAT, else data/external/vgg_face.mat)")
+    vggface_model: str = _param("", "where the converted VGG-Face model goes (default: checkpoints/vggface.keras)")
+    example_image: str = _param("", "example photo (default: a face of the embedded sample)")
 
 
 SECTIONS = ("data", "backbone", "head", "evaluation", "paths")
@@ -253,20 +274,30 @@ class Config:
         config.validate(source)
         return config
 
+    @staticmethod
+    def choices() -> dict[str, tuple[Any, ...]]:
+        """Flat name -> allowed values, for every parameter typed with a ``Literal``."""
+        out: dict[str, tuple[Any, ...]] = {}
+        for section in ("", *SECTIONS):
+            kind = Config if not section else _section_type(section)
+            for name, hint in typing.get_type_hints(kind).items():
+                if typing.get_origin(hint) is Literal:
+                    out[name] = get_args(hint)
+        return out
+
+    @staticmethod
+    def help() -> dict[str, str]:
+        """Flat name -> help text (the CLI's ``--help``), from each field's metadata."""
+        out = {"seed": "seed of the split, sample, head and bootstrap"}
+        for section in SECTIONS:
+            out |= {f.name: f.metadata["help"] for f in dataclasses.fields(_section_type(section))}
+        return out
+
     def validate(self, source: str = "parameters") -> None:
         """Values outside their allowed set are a :class:`ConfigError` naming the parameter."""
-        checks = [
-            ("layout", self.data.layout, LAYOUTS),
-            ("protocol", self.data.protocol, ("person", "original")),
-            ("backbone", self.backbone.backbone, BACKBONES),
-            ("dlib_align", self.backbone.dlib_align, ("chip", "resize")),
-            ("engine", self.backbone.engine, ("keras", "dlib", "ray")),
-            ("precision", self.backbone.precision, ("float32", "bfloat16")),
-            ("vggface_layer", self.backbone.vggface_layer, ("fc7", "fc8")),
-            ("mode", self.head.mode, MODES),
-            ("finetune_levels", self.head.finetune_levels, (1, 2)),
-        ]
-        for name, value, allowed in checks:
+        flat = self.flat()
+        for name, allowed in self.choices().items():
+            value = flat[name]
             if value not in allowed:
                 raise ConfigError(f"{source}: {name} must be one of {[a for a in allowed if a]}, got {value!r}")
         positive = {

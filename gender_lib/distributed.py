@@ -34,12 +34,11 @@ import os
 import time
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gender_lib import features
+from gender_lib import backbones, features
 from gender_lib.errors import GenderLibError
 
 log = logging.getLogger(__name__)
@@ -83,8 +82,6 @@ _BACKBONES: dict[str, Any] = {}
 
 def _backbone(description: dict[str, Any], kwargs: dict[str, Any]) -> Any:
     import json
-
-    from gender_lib import backbones
 
     key = json.dumps([description, kwargs], sort_keys=True, default=str)
     if key not in _BACKBONES:
@@ -134,18 +131,6 @@ class _Embed:
 
 
 # --------------------------------------------------------------------------- driver side
-
-
-def _todo(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str], cache: features.DescriptorCache) -> tuple[int, list[tuple[str, str, str]]]:
-    """(distinct keys requested, [(absolute path, key, path as given)] of those not cached); a key's first path wins."""
-    cache.refresh()  # what other processes stored since the cache was opened is not redone
-    seen: set[str] = set()
-    todo: list[tuple[str, str, str]] = []
-    for path, key in zip(paths, keys):
-        if key not in seen and key not in cache:
-            todo.append((os.path.abspath(path), key, str(path)))
-        seen.add(key)
-    return len(seen), todo
 
 
 def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
@@ -218,14 +203,15 @@ def extract_ray(
         raise features.CacheMismatchError(f"cache {cache.dir} is for {cache.backbone_id} ({cache.dim}-d), not {backbone_id} ({dim}-d)")
     _check_ray()
     start = time.perf_counter()
-    requested, todo = _todo(paths, keys, cache)
+    requested, work = features.todo(paths, keys, cache)
+    todo = [(os.path.abspath(path), key, str(path)) for path, key in work]  # (for the workers, as the caller gave it)
     if not todo:
         log.info("%s: all %d images already cached; nothing scheduled", backbone_id, requested)
         return features.ExtractReport(backbone_id, requested, requested, 0, [], time.perf_counter() - start)
     ray = _import_ray()
 
-    kwargs = _worker_kwargs(backbone_description, backbone_kwargs)
-    _ensure_converted_here(backbone_description, kwargs, address)
+    kwargs = backbones.worker_kwargs(backbone_description, backbone_kwargs)
+    backbones.prepare_workers(backbone_description, kwargs, address)
     started = _start_ray(ray, address, num_cpus)
     try:
         failures = _run(
@@ -253,37 +239,6 @@ def extract_ray(
     for failure in failures:
         del failure["key"]
     return features.ExtractReport(backbone_id, requested, requested - len(todo), len(todo) - len(failures), failures, time.perf_counter() - start)
-
-
-def _worker_kwargs(description: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
-    """What workers pass to from_description: for dlib, the described engine, one dlib process
-    (Ray is the parallelism) and the keras model's cache root as a DlibBackbone built here would
-    have it (the configured cache root), resolved on the driver; ``given`` overrides each."""
-    kwargs: dict[str, Any] = {}
-    if description.get("name") == "dlib":
-        from gender_lib import config
-
-        kwargs = {"engine": description.get("engine", "keras"), "workers": 1, "cache_root": str(config.paths().cache)}
-    kwargs.update(given or {})
-    if kwargs.get("cache_root") is not None:
-        kwargs["cache_root"] = str(Path(kwargs["cache_root"]).expanduser().resolve())
-    return kwargs
-
-
-def _ensure_converted_here(description: dict[str, Any], kwargs: dict[str, Any], address: str | None) -> None:
-    """Convert the dlib keras model once on the driver before the actors start (they would each
-    convert it at once otherwise). On a cluster only a path the workers share makes this useful;
-    where the driver cannot write there, the actors convert it themselves."""
-    if description.get("name") != "dlib" or kwargs.get("engine") != "keras":
-        return
-    from gender_lib import dlib_keras
-
-    try:
-        dlib_keras.ensure_converted(kwargs.get("cache_root"))
-    except OSError as error:
-        if not address:
-            raise
-        log.warning("could not convert the dlib keras model on the driver (%s); the actors will", error)
 
 
 def _run(
@@ -335,17 +290,8 @@ def _run(
             )
         failures: list[dict[str, str]] = []
         done: set[str] = set()
-        pending_keys: list[str] = []
-        pending: list[np.ndarray] = []
-        last_flush = time.monotonic()
+        writer = features.ChunkWriter(cache, chunk_size, flush_seconds)
         bar = tqdm(total=len(todo), desc=f"embed {description.get('name')} (ray)", unit="img", disable=not progress, mininterval=1.0)
-
-        def flush() -> None:
-            nonlocal pending_keys, pending, last_flush
-            if pending_keys:
-                cache.add(pending_keys, np.concatenate(pending))
-            pending_keys, pending, last_flush = [], [], time.monotonic()
-
         try:
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 fresh = [i for i, key in enumerate(batch["key"]) if key not in done]  # a retried batch is not stored twice
@@ -363,13 +309,9 @@ def _run(
                             }
                         )
                 if ok:
-                    pending_keys.extend(str(batch["key"][i]) for i in ok)
-                    pending.append(np.asarray(batch["vector"][ok], np.float32))
+                    writer.add([str(batch["key"][i]) for i in ok], batch["vector"][ok])
                 bar.update(len(fresh))
-                due = flush_seconds is not None and time.monotonic() - last_flush >= flush_seconds
-                if len(pending_keys) >= chunk_size or due:
-                    flush()
-            flush()
+            writer.flush()
         finally:
             bar.close()
         return failures

@@ -333,6 +333,49 @@ def _prefetch(iterator: Iterator[Any], depth: int) -> Iterator[Any]:
         stop.set()
 
 
+def todo(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str], cache: DescriptorCache) -> tuple[int, list[tuple[Path, str]]]:
+    """(distinct keys requested, [(path, key)] of those not cached yet): the work of an extraction,
+    single-machine or Ray. A key's first path wins; what other processes stored is not redone."""
+    if len(paths) != len(keys):
+        raise ValueError(f"{len(paths)} paths but {len(keys)} keys")
+    cache.refresh()
+    seen: set[str] = set()
+    out: list[tuple[Path, str]] = []
+    for path, key in zip(paths, keys):
+        if key not in seen and key not in cache:
+            out.append((Path(path), key))
+        seen.add(key)
+    return len(seen), out
+
+
+class ChunkWriter:
+    """Descriptors as they come, stored in chunks: every ``chunk_size`` rows or, with a slow
+    backbone, as soon as ``flush_seconds`` have passed since the last chunk (None: only by size), so
+    a kill loses at most about that much work. :meth:`flush` stores the rest."""
+
+    def __init__(self, cache: DescriptorCache, chunk_size: int = 256, flush_seconds: float | None = 30.0):
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be positive")
+        if flush_seconds is not None and not flush_seconds >= 0:
+            raise ValueError(f"flush_seconds must be >= 0 or None, not {flush_seconds}")
+        self.cache, self.chunk_size, self.flush_seconds = cache, chunk_size, flush_seconds
+        self.keys: list[str] = []
+        self.vectors: list[np.ndarray] = []
+        self.last = time.monotonic()
+
+    def add(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        self.keys.extend(keys)
+        self.vectors.append(np.asarray(vectors, np.float32))
+        due = self.flush_seconds is not None and time.monotonic() - self.last >= self.flush_seconds
+        if len(self.keys) >= self.chunk_size or due:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.keys:
+            self.cache.add(self.keys, np.concatenate(self.vectors))
+        self.keys, self.vectors, self.last = [], [], time.monotonic()
+
+
 def extract(
     paths: Sequence[str | Path],
     keys: Sequence[str],
@@ -353,43 +396,24 @@ def extract(
     """
     from tqdm.auto import tqdm
 
-    if len(paths) != len(keys):
-        raise ValueError(f"{len(paths)} paths but {len(keys)} keys")
-    if batch_size < 1 or chunk_size < 1:
-        raise ValueError("batch_size and chunk_size must be positive")
-    if flush_seconds is not None and not flush_seconds >= 0:
-        raise ValueError(f"flush_seconds must be >= 0 or None, not {flush_seconds}")
+    if batch_size < 1:
+        raise ValueError("batch_size must be positive")
+    writer = ChunkWriter(cache, chunk_size, flush_seconds)
     if cache.backbone_id != backbone.id or cache.dim != backbone.dim:
         raise CacheMismatchError(f"cache {cache.dir} is for {cache.backbone_id}, not {backbone.id}")
     start = time.perf_counter()
-    cache.refresh()  # what other processes stored since the cache was opened is not redone
-    seen: set[str] = set()
-    todo: list[tuple[Path, str]] = []
-    for path, key in zip(paths, keys):
-        if key not in seen and key not in cache:
-            todo.append((Path(path), key))
-        seen.add(key)
+    requested, work = todo(paths, keys, cache)
     failures: list[dict[str, str]] = []
-    pending_keys: list[str] = []
-    pending: list[np.ndarray] = []
-    bar = tqdm(total=len(todo), desc=f"embed {backbone.name}", unit="img", disable=not progress or not todo, mininterval=1.0)
-    last_flush = time.monotonic()
+    bar = tqdm(total=len(work), desc=f"embed {backbone.name}", unit="img", disable=not progress or not work, mininterval=1.0)
     try:
-        for batch_keys, batch in _prefetch(_batches(todo, backbone, batch_size, failures), prefetch):
-            pending.append(backbone.embed(batch))
-            pending_keys.extend(batch_keys)
+        for batch_keys, batch in _prefetch(_batches(work, backbone, batch_size, failures), prefetch):
+            writer.add(batch_keys, backbone.embed(batch))
             bar.update(len(batch_keys))
-            due = flush_seconds is not None and time.monotonic() - last_flush >= flush_seconds
-            if len(pending_keys) >= chunk_size or due:
-                cache.add(pending_keys, np.concatenate(pending))
-                pending_keys, pending = [], []
-                last_flush = time.monotonic()
-        if pending_keys:
-            cache.add(pending_keys, np.concatenate(pending))
+        writer.flush()
     finally:
         bar.close()
-    embedded = len(todo) - len(failures)
-    return ExtractReport(backbone.id, len(seen), len(seen) - len(todo), embedded, failures, time.perf_counter() - start)
+    embedded = len(work) - len(failures)
+    return ExtractReport(backbone.id, requested, requested - len(work), embedded, failures, time.perf_counter() - start)
 
 
 def cache_for(backbone: Any, root: str | Path | None = None) -> DescriptorCache:

@@ -63,7 +63,7 @@ class ClassifierError(GenderLibError, ValueError):
 
 def dlib_model(cache_root: str | os.PathLike[str] | None = None) -> Any:
     """A fresh copy of dlib's network converted to Keras (verified on conversion; converted on first use)."""
-    from gender_lib import dlib_keras
+    from gender_lib.converters import dlib_keras
 
     model, _ = dlib_keras.load(dlib_keras.ensure_converted(cache_root))
     return model

