@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import ast
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 
@@ -42,3 +44,11 @@ def problems(path: Path) -> list[str]:
 def images(path: Path) -> int:
     cells = json.loads(path.read_text())["cells"]
     return sum("image/png" in o.get("data", {}) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))
+
+
+def nbval(notebooks: list[Path], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``pytest --nbval`` on ``notebooks`` in a fresh process, as ``make test`` runs it (same sanitizer)."""
+    root = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env"]
+    command += ["--nbval-sanitize-with", str(root / "notebooks" / "sanitize.cfg"), *map(str, notebooks)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)

@@ -14,14 +14,15 @@ machine and requires ``pytest --nbval`` to pass on the committed 02-05 unchanged
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.notebook_checks import nbval
+
 ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
 #: What another CPU changes: oneDNN's instruction set and the thread count of TensorFlow and BLAS.
 OTHER_MACHINE = {
     "ONEDNN_MAX_CPU_ISA": "SSE41",
@@ -49,28 +50,6 @@ def perturb_cache(cache: Path, relative: float, seed: int) -> int:
     return count
 
 
-def nbval(notebooks: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--nbval",
-            "--nbval-current-env",
-            "--nbval-sanitize-with",
-            str(ROOT / "notebooks" / "sanitize.cfg"),
-            *[str(ROOT / "notebooks" / f"{name}.ipynb") for name in notebooks],
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-    )
-
-
 @pytest.mark.notebooks
 def test_committed_notebooks_02_to_05_pass_nbval_on_a_simulated_other_machine(tmp_path):
     env = {
@@ -80,10 +59,10 @@ def test_committed_notebooks_02_to_05_pass_nbval_on_a_simulated_other_machine(tm
         "GENDER_LIB_CACHE": str(tmp_path / "cache"),
         "IPYTHONDIR": str(ROOT / ".ipython"),
     }
-    extracted = nbval(["02_extract"], env, tmp_path)
+    extracted = nbval([NOTEBOOKS / "02_extract.ipynb"], env, tmp_path)
     assert extracted.returncode == 0, extracted.stdout[-4000:]
     assert perturb_cache(tmp_path / "cache", RELATIVE_NOISE, seed=1) >= 280
-    rest = nbval(["03_train", "04_evaluate", "05_visualize"], env, tmp_path)
+    rest = nbval([NOTEBOOKS / f"{name}.ipynb" for name in ("03_train", "04_evaluate", "05_visualize")], env, tmp_path)
     assert rest.returncode == 0, rest.stdout[-4000:]
 
 

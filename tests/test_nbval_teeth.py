@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from gender_lib import config, stages
+from tests.notebook_checks import nbval
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,24 +37,6 @@ def test_changing_the_head_width_of_the_committed_03_makes_nbval_fail(tmp_path):
     notebook.write_text((ROOT / "notebooks" / "03_train.ipynb").read_text())
     _set_parameters(notebook, widths=[64, 64, 64])
     env = {**os.environ, "GENDER_LIB_WORKDIR": str(work), "IPYTHONDIR": str(ROOT / ".ipython")}
-    changed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--nbval",
-            "--nbval-current-env",
-            "--nbval-sanitize-with",
-            str(ROOT / "notebooks" / "sanitize.cfg"),
-            str(notebook),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-    )
+    changed = nbval([notebook], env, tmp_path)
     assert changed.returncode != 0, changed.stdout[-3000:]
     assert "widths [16, 16]" in changed.stdout and "widths [64, 64, 64]" in changed.stdout, changed.stdout[-3000:]
