@@ -130,6 +130,8 @@ def _train(args: argparse.Namespace) -> int:
     result = stages.train(_config(args), output=args.output, progress=_progress(args))
     print(result.summary())
     print(f"saved {result.path} and {result.path.with_suffix('.json')}")
+    if result.replaced:
+        print(f"the work folder's current model is now {result.path.name}; it replaces {result.replaced}")
     return 0
 
 

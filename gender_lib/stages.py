@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 HEAD_NAME = "head.keras"
 CLASSIFIER_NAME = "classifier.npz"  # modes features and finetune (see gender_lib.finetune)
+#: The work folder's current model, named by the last ``train`` (never picked by file time).
+MODEL_RECORD = "model.json"
 FEW_PHOTOS = 20  # up to this many photos, predict skips TensorFlow (see stages.predict)
 
 
@@ -223,6 +225,7 @@ class TrainResult:
     model: Any
     meta: dict[str, Any]
     path: Path
+    replaced: str | None = None  # the work folder's previous current model, where this one replaces another
 
     @property
     def history(self) -> dict[str, list[float]]:
@@ -306,7 +309,21 @@ def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, outp
 
         meta |= {"flip_tta": config.head.flip_tta, "train_seconds": round(record["train_seconds"], 1)}
         path = finetune.save(model, record, meta, Path(output) if output else work / CLASSIFIER_NAME)
-    return TrainResult(model, json.loads(path.with_suffix(".json").read_text()), path)
+    return TrainResult(model, json.loads(path.with_suffix(".json").read_text()), path, _record_model(work, path, mode))
+
+
+def _record_model(work: Path, path: Path, mode: str) -> str | None:
+    """Name ``path`` the current model of ``work`` (``model.json``); returns what it replaces, if another."""
+    from gender_lib.fileio import write_json
+
+    record_path = work / MODEL_RECORD
+    previous = json.loads(record_path.read_text()) if record_path.is_file() else None
+    path = path.resolve()
+    shown = path.relative_to(work.resolve()).as_posix() if path.is_relative_to(work.resolve()) else str(path)
+    write_json(record_path, {"path": shown, "mode": mode})
+    if previous and (previous.get("path") != shown or previous.get("mode") != mode):
+        return f"{previous.get('path')} (mode {previous.get('mode')})"
+    return None
 
 
 def output_kind(description: dict[str, Any]) -> str:
@@ -335,8 +352,13 @@ def ensure_extracted(config: Config, workdir: str | os.PathLike[str] | None = No
     if {k: v for k, v in wanted.describe().items() if k not in ignore} != {k: v for k, v in recorded.items() if k not in ignore}:
         wanted.close()  # another network or preprocessing, not just the other output: the reading stage says so
         return
-    try:
-        log.info("extracting the %s output that mode %s reads", wanted_kind, config.head.mode if backbone is None else "of the head")
+    try:  # said at warning level: a stage that extracts is never silent about it
+        log.warning(
+            "%s: extracting the %s output that %s reads (cached by image: only the first time costs)",
+            work,
+            wanted_kind,
+            f"mode {config.head.mode}" if backbone is None else "the head",
+        )
         extract(config, work, progress=progress, backbone=wanted)
     finally:
         wanted.close()
@@ -353,9 +375,17 @@ def baseline_inputs(x: np.ndarray, info: dict[str, Any], config: Config) -> np.n
 
 
 def workdir_head(work: Path) -> Path:
-    """The head trained last in ``work``: ``head.keras`` (mode frozen) or ``classifier.npz`` (the others)."""
+    """The current model of ``work``: the one its ``model.json`` names (written by every ``train``).
+
+    Without a record, the one model file there is (``head.keras`` or ``classifier.npz``); both is a
+    :class:`StageError` asking to name one, never a guess by file time."""
+    record = work / MODEL_RECORD
+    if record.is_file():
+        return (work / json.loads(record.read_text())["path"]).resolve()
     found = [p for p in (work / HEAD_NAME, work / CLASSIFIER_NAME) if p.is_file()]
-    return max(found, key=lambda p: p.stat().st_mtime_ns) if found else work / HEAD_NAME
+    if len(found) > 1:
+        raise StageError(f"{work} holds both {HEAD_NAME} and {CLASSIFIER_NAME} and no {MODEL_RECORD} saying which is current: name one with --head (head_path)")
+    return found[0] if found else work / HEAD_NAME
 
 
 # --------------------------------------------------------------------------- evaluate

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import keras
@@ -171,7 +172,7 @@ def test_a_changed_classifier_file_is_refused_with_its_name(level2_work, tmp_pat
         finetune.save(model, record, {"mode": "features"}, tmp_path / "c.keras")
 
 
-def test_train_stage_in_mode_finetune_extracts_trains_and_evaluate_reads_it(tmp_path: Path) -> None:
+def test_train_stage_in_mode_finetune_extracts_trains_and_evaluate_reads_it(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """From a work folder extracted for mode frozen: the stage extracts the level-2 maps itself,
     saves classifier.npz, and evaluate and predict use it (the newest head of the folder)."""
     cfg = config.DEFAULT.replace(workdir=str(tmp_path), sample_size=120, epochs=8, finetune_epochs=1)
@@ -181,6 +182,8 @@ def test_train_stage_in_mode_finetune_extracts_trains_and_evaluate_reads_it(tmp_
     tuned = stages.train(cfg.replace(mode="finetune"), progress=False)
     assert tuned.path.name == "classifier.npz" and frozen.path.name == "head.keras"
     assert "mode finetune (top 1 residual level + fc " in tuned.summary() and "flip averaging on)" in tuned.summary()
+    assert stages.workdir_head(tmp_path) == tuned.path and tuned.replaced == "head.keras (mode frozen)"
+    os.utime(tmp_path / "head.keras")  # a newer file does not change which model is current: the record says
     assert stages.workdir_head(tmp_path) == tuned.path
     report = stages.evaluate(cfg)
     assert report.results["meta"]["head"] == "classifier.npz" and 0.0 <= report.head_report["accuracy"] <= 1.0
@@ -188,8 +191,11 @@ def test_train_stage_in_mode_finetune_extracts_trains_and_evaluate_reads_it(tmp_
     face = sorted(config.paths().sample.glob("*/*.jpg"))[0]
     predicted = stages.predict(cfg, [face], head=tuned.path, detect=False)
     assert predicted.exit_code == 0 and predicted.rows[0]["label"] in ("M", "F")
-    again = stages.train(cfg, progress=False)  # back to mode frozen: the descriptors are extracted again (from the cache)
+    with caplog.at_level("WARNING", logger="gender_lib.stages"):
+        again = stages.train(cfg, progress=False)  # back to mode frozen: the descriptors are extracted again (from the cache)
     assert again.meta["descriptor_dim"] == 128 and again.meta["val_metrics"] == frozen.meta["val_metrics"]
+    assert "extracting the descriptor output that mode frozen reads" in caplog.text  # said, not done behind the user's back
+    assert again.replaced == "classifier.npz (mode finetune)"
 
 
 def test_comparison_chooses_variant_and_winner_on_validation_only(level2_work, monkeypatch: pytest.MonkeyPatch) -> None:

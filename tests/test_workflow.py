@@ -142,3 +142,20 @@ def test_committed_head_scores_people_it_never_saw(real_combined, tmp_path):
     result = stages.cross_evaluate(cfg, folder, progress=False)
     assert result.head_report["n"] == 20 and result.head_report["accuracy"] >= 0.85
     assert (tmp_path / "work" / "reports" / "evaluation_other.md").is_file()
+
+
+def test_a_work_folder_names_its_current_model_and_never_guesses_by_file_time(extracted, tmp_path, capsys):
+    from gender_lib import cli
+
+    work = extracted.workdir()
+    first = stages.train(extracted)
+    assert first.replaced is None and stages.workdir_head(work) == first.path
+    assert json.loads((work / "model.json").read_text()) == {"path": "head.keras", "mode": "frozen"}
+    elsewhere = tmp_path / "elsewhere" / "mine.keras"
+    assert cli.main(["train", "--workdir", str(work), "--cache-dir", str(extracted.cache_dir()), "-o", str(elsewhere), "--quiet"]) == 0
+    assert "replaces head.keras (mode frozen)" in capsys.readouterr().out
+    assert stages.workdir_head(work) == elsewhere.resolve()
+    (work / "model.json").unlink()
+    (work / "classifier.npz").write_bytes(b"x")  # two model files and no record: a question, not a guess
+    with pytest.raises(stages.StageError, match="name one with --head"):
+        stages.workdir_head(work)
