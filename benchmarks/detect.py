@@ -4,7 +4,7 @@ A synthetic photo of WIDTHxHEIGHT (default 4032x3024, 12 MP) with two faces of t
 about 125 px wide (and, with --small, four more about 48 px wide) on a textured background. Both
 paths run on the same decoded image in the same process, interleaved, medians of --repeats:
 
-* ours: ``gender_lib.backbones.detect_faces`` (pass 1 on a <= 1600 px copy, pass 2 at full
+* ours: ``gender_lib.faces.detect_faces`` (pass 1 on a <= 1600 px copy, pass 2 at full
   resolution upsampled once, in tiles): faces from 40 px;
 * before: dlib's HOG on the <= 1600 px copy with no upsampling (what ``predict`` did), which
   misses faces under about 200 px on a 12 MP photo.
@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from gender_lib import backbones, config
+from gender_lib import config, faces
 
 
 def photo(width: int, height: int, small: bool) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
@@ -50,7 +50,7 @@ def one_pass(rgb: np.ndarray) -> list[tuple[int, int, int, int]]:
     height, width = rgb.shape[:2]
     scale = min(1.0, 1600 / max(height, width))
     small = np.asarray(Image.fromarray(rgb).resize((round(width * scale), round(height * scale)), Image.BILINEAR))
-    found = backbones._dlib_models().detector(small, 1 if max(small.shape[:2]) < 800 else 0)
+    found = faces.dlib_models().detector(small, 1 if max(small.shape[:2]) < 800 else 0)
     return [tuple(int(round(v / scale)) for v in (r.left(), r.top(), r.right(), r.bottom())) for r in found]
 
 
@@ -67,11 +67,11 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.size.lower().split("x"))
     rgb, squares = photo(width, height, args.small)
-    backbones._dlib_models()  # load the detector before timing
+    faces.dlib_models()  # load the detector before timing
     times: dict[str, list[float]] = {"ours": [], "before": []}
     found: dict[str, int] = {}
     for _ in range(args.repeats):
-        for name, fn in (("ours", backbones.detect_faces), ("before", one_pass)):
+        for name, fn in (("ours", faces.detect_faces), ("before", one_pass)):
             start = time.perf_counter()
             boxes = fn(rgb)
             times[name].append(time.perf_counter() - start)

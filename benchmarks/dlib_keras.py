@@ -35,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from gender_lib import config, features
-from gender_lib.backbones import DlibBackbone, dlib_chip
+from gender_lib.backbones import DlibBackbone
 from gender_lib.converters import dlib_dnn, dlib_keras
+from gender_lib.faces import dlib_chip
 from gender_lib.fileio import sha256_file, write_json
 from gender_lib.images import load_rgb
 

@@ -37,12 +37,12 @@ TARGET_COLD_S = 4.0
 
 def sample_face() -> Path:
     """A face crop of data/sample in which dlib's HOG detector finds the face (from the middle of the list)."""
-    from gender_lib import backbones
+    from gender_lib.faces import detect_faces
     from gender_lib.images import load_rgb
 
     faces = sorted(config.paths().sample.glob("*_F/nm*.jpg"))
     for face in faces[len(faces) // 2 :] + faces[: len(faces) // 2]:
-        if backbones.detect_faces(load_rgb(face)):
+        if detect_faces(load_rgb(face)):
             return face
     raise SystemExit(f"no detectable face in {config.paths().sample}")
 
@@ -60,8 +60,8 @@ def timed(fn, repeats: int) -> tuple[float, list[float], object]:
 
 
 def warm(photo: Path, repeats: int, head: Path) -> dict:
-    from gender_lib import backbones
     from gender_lib import head as hd
+    from gender_lib.faces import detect_faces
     from gender_lib.predict import Predictor, read_image
 
     start = time.perf_counter()
@@ -77,11 +77,11 @@ def warm(photo: Path, repeats: int, head: Path) -> dict:
     out.update(detect_ms=1000 * med, detect_ms_all=[1000 * t for t in times], faces=len(faces), p_female=faces[0].p_female if faces else None)
     med, _, _ = timed(lambda: predictor.predict(rgb, detect=False), repeats)
     out["no_detect_ms"] = 1000 * med
-    box = backbones.detect_faces(rgb)[0]
+    box = detect_faces(rgb)[0]
     chip = predictor.backbone.prepare_face(rgb, box)[None]
     x = predictor.backbone.embed(chip)
     parts = {
-        "detect": lambda: backbones.detect_faces(rgb),
+        "detect": lambda: detect_faces(rgb),
         "chip": lambda: predictor.backbone.prepare_face(rgb, box),
         "embed": lambda: predictor.backbone.embed(chip),
         "head": lambda: hd.predict_proba(predictor.model, x),
@@ -132,13 +132,14 @@ def numpy_head(path: Path):
 def tf_free_once(photo: str) -> None:
     """What ``gender-lib predict --head <frozen head> PHOTO`` does, with the dlib engine and a NumPy head: no TensorFlow."""
     from gender_lib import backbones
+    from gender_lib.faces import detect_faces
     from gender_lib.predict import read_image
 
     head_path = config.paths().frozen_head
     meta = json.loads(head_path.with_suffix(".json").read_text())
     backbone = backbones.from_description(meta["backbone"], workers=1, engine="dlib")
     rgb = read_image(photo)
-    boxes = backbones.detect_faces(rgb)
+    boxes = detect_faces(rgb)
     p = numpy_head(head_path)(backbone.embed(np.stack([backbone.prepare_face(rgb, b) for b in boxes])))
     assert "tensorflow" not in sys.modules
     print(json.dumps({"p_female": [float(v) for v in p], "boxes": boxes}))

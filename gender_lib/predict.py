@@ -52,7 +52,7 @@ def check_face_crop(rgb: np.ndarray, name: str = "image") -> None:
     grey = rgb[height // 4 : height - height // 4, width // 4 : width - width // 4].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     if grey.std() < MIN_CONTRAST:
         raise PredictionError(f"{name}: blank or featureless image (contrast {grey.std():.1f} < {MIN_CONTRAST}); not a face")
-    from gender_lib.backbones import face_candidate_score
+    from gender_lib.faces import face_candidate_score
 
     if face_candidate_score(rgb, FACE_CANDIDATE_THRESHOLD) is None:
         raise PredictionError(f"{name}: nothing in the image looks like a face, even to a detector told to be lenient; not labelled")
@@ -190,12 +190,12 @@ class Predictor:
         :data:`gender_lib.images.MIN_FACE_SIDE` px on a side and not blank (:func:`check_face_crop`).
         ``channels="bgr"`` for OpenCV arrays. Raises :class:`PredictionError`; no face is ``[]``.
         """
-        from gender_lib import backbones
         from gender_lib import head as hd
+        from gender_lib.faces import detect_faces
 
         rgb = read_image(image, name, channels)
         if detect:
-            boxes: list[Any] = backbones.detect_faces(rgb)
+            boxes: list[Any] = detect_faces(rgb)
             if not boxes:
                 return []
             x = np.stack([self.backbone.prepare_face(rgb, box) for box in boxes])

@@ -635,14 +635,14 @@ def predict(
 def example_image(config: Config) -> Path:
     """The image notebook 06 predicts by default: the config's, else the first adult woman of the
     embedded sample in whose crop dlib's detector finds a face (a demo should show a box)."""
-    from gender_lib import backbones
     from gender_lib.config import paths
+    from gender_lib.faces import detect_faces
     from gender_lib.images import load_rgb
 
     if config.paths.example_image:
         return Path(config.paths.example_image).expanduser()
     sample = paths().sample
     for path in sorted(sample.glob("[3-5]?_F/nm*.jpg")) + sorted(sample.glob("*/*.jpg")):
-        if backbones.detect_faces(load_rgb(path)):
+        if detect_faces(load_rgb(path)):
             return path
     raise UserFileNotFoundError(f"{sample}: no face of the embedded sample could be found; set example_image to a photo")

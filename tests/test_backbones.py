@@ -19,6 +19,7 @@ from gender_lib.backbones import DlibBackbone
 from gender_lib.converters import dlib_keras
 from gender_lib.dataset import load_rgb
 from gender_lib.errors import ConfigError
+from gender_lib.faces import detect_faces
 
 COMMITTED_ID = "dlib-3c036b295fa0"
 
@@ -116,7 +117,7 @@ def test_batch_of_one_and_batches_larger_than_a_forward(keras_engine: DlibBackbo
 
 def test_prepare_face_with_a_box_and_without(keras_engine: DlibBackbone, crops: list[np.ndarray]) -> None:
     rgb = crops[5]
-    boxes = backbones.detect_faces(rgb)
+    boxes = detect_faces(rgb)
     assert boxes, "HOG finds the face in this sample crop"
     box = boxes[0]
     chip = keras_engine.prepare_face(rgb)  # no box: detection inside, as extraction does

@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gender_lib import backbones, cli, config, stages
+from gender_lib import cli, config, stages
+from gender_lib import faces as face_detection
 from gender_lib import head as hd
 from gender_lib import predict as pr
 from gender_lib.backbones import DlibBackbone
@@ -82,14 +83,14 @@ def test_a_12_megapixel_photo_with_two_125_px_faces_gives_both(women, predictor,
 def test_a_group_photo_with_small_faces_finds_each_of_them(women):
     men = _men()
     faces = [(_face(p, 48), (250 + 380 * i, 700 + (i % 2) * 300)) for i, p in enumerate([*women[:3], *men[:3]])]
-    boxes = backbones.detect_faces(_scene((2600, 1800), faces))
+    boxes = face_detection.detect_faces(_scene((2600, 1800), faces))
     assert len(boxes) == 6
     assert all(any(_inside(b, at, face) for b in boxes) for face, at in faces)
 
 
 def test_a_photo_whose_only_face_is_large_finds_it_once(women):
     face = _face(women[1], 1300)
-    boxes = backbones.detect_faces(_scene((2400, 2200), [(face, (300, 150))]))
+    boxes = face_detection.detect_faces(_scene((2400, 2200), [(face, (300, 150))]))
     assert len(boxes) == 1 and boxes[0][2] - boxes[0][0] > 900
 
 
@@ -98,34 +99,34 @@ def test_face_crops_get_exactly_the_chips_they_always_had():
     as before the two-pass detector, for all 300 sample faces, so descriptors and caches stay valid."""
     import dlib
 
-    models = backbones._dlib_models()
+    models = face_detection.dlib_models()
     for path in sorted(config.paths().sample.glob("*/*.jpg")):
         rgb = np.ascontiguousarray(np.asarray(Image.open(path).convert("RGB")))
         faces = models.detector(rgb, 1)
         rect = max(faces, key=lambda r: r.area()) if faces else dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
         before = np.asarray(dlib.get_face_chip(rgb, models.landmarks(rgb, rect), size=150, padding=0.25))
-        assert np.array_equal(backbones.dlib_chip(rgb)[0], before), path.name
+        assert np.array_equal(face_detection.dlib_chip(rgb)[0], before), path.name
 
 
 def test_detection_from_several_threads_at_once_gives_each_the_right_faces(women):
     from concurrent.futures import ThreadPoolExecutor
 
     photos = [_scene((700, 500), [(_face(p, 120), (100 + 60 * i, 80))], seed=i) for i, p in enumerate(women[:4])]
-    alone = [backbones.detect_faces(photo) for photo in photos]
+    alone = [face_detection.detect_faces(photo) for photo in photos]
     with ThreadPoolExecutor(4) as pool:
         for _ in range(5):
-            assert list(pool.map(backbones.detect_faces, photos)) == alone
+            assert list(pool.map(face_detection.detect_faces, photos)) == alone
 
 
 def test_a_process_forked_after_a_photo_was_detected_can_detect_too(women):
     photo = _scene((4032, 3024), [(_face(women[0], 125), (900, 1100))])
-    assert len(backbones.detect_faces(photo)) == 1  # starts the tile threads in this process
+    assert len(face_detection.detect_faces(photo)) == 1  # starts the tile threads in this process
     code = (
         "import multiprocessing as mp, numpy as np\n"
-        "from gender_lib import backbones\n"
-        "def child(q):\n    q.put(len(backbones.detect_faces(np.load('photo.npy'))))\n"
+        "from gender_lib import faces\n"
+        "def child(q):\n    q.put(len(faces.detect_faces(np.load('photo.npy'))))\n"
         "if __name__ == '__main__':\n"
-        "    backbones.detect_faces(np.load('photo.npy'))\n"
+        "    faces.detect_faces(np.load('photo.npy'))\n"
         "    q = mp.get_context('fork').Queue(); p = mp.get_context('fork').Process(target=child, args=(q,)); p.start()\n"
         "    print(q.get(timeout=120)); p.join()\n"
     )

