@@ -21,8 +21,6 @@ IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 #: ``--no-detect`` crop below it is refused, and detection searches down to faces this wide
 #: (dlib's HOG window is 80 px, so 40 px faces need the image upsampled once, to twice its size).
 MIN_FACE_SIDE = 40
-#: Kept for readers of the old name: the smallest image side a dataset keeps.
-MIN_SIDE = MIN_FACE_SIDE
 
 
 def register_decoders() -> bool:

@@ -187,7 +187,8 @@ class Predictor:
         """Faces in ``image`` (largest first): see :func:`read_image` for what ``image`` may be.
 
         ``detect=False`` reads the whole image as one face crop; it must be a face at least
-        :data:`gender_lib.images.MIN_FACE_SIDE` px on a side and not blank (:func:`check_face_crop`).
+        :data:`gender_lib.images.MIN_FACE_SIDE` px on a side, not blank, and hold at least a weak face
+        candidate (:func:`check_face_crop`).
         ``channels="bgr"`` for OpenCV arrays. Raises :class:`PredictionError`; no face is ``[]``.
         """
         from gender_lib import head as hd
@@ -267,11 +268,6 @@ class Skipped:
     path: Path
     reason: str
     problem: bool
-
-
-def images_in(folder: str | os.PathLike[str]) -> list[Path]:
-    """Every image file below ``folder`` (sorted; links followed): :func:`walk` without the skipped list."""
-    return walk(folder)[0]
 
 
 def walk(folder: str | os.PathLike[str]) -> tuple[list[Path], list[Skipped]]:
