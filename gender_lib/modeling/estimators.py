@@ -1,0 +1,393 @@
+"""The gender estimators, one class per model kind, in scikit-learn's style.
+
+Each reads one backbone output (``input_kind``, see :data:`gender_lib.backbones.OUTPUTS`),
+learns on the train split and chooses its threshold on the validation split in :meth:`fit`, and
+predicts P(female) for rows of that output. All end in the same MLP (:mod:`gender_lib.modeling.mlp`):
+
+* :class:`FrozenHead` (``frozen``): the MLP on the frozen 128-d descriptor.
+* :class:`FeaturesHead` (``features``): the MLP on the descriptor plus the pooled outputs of dlib's
+  last three residual levels (768-d), all frozen, computed from the level-2 map.
+* :class:`FinetunedNetwork` (``finetune``): the MLP first, then dlib's top ``finetune_levels``
+  residual level(s) and fc layer trained together with it (:mod:`gender_lib.modeling.finetune`).
+  When no fine-tuning epoch lowers the validation loss, dlib's weights stay as they are and the
+  model is saved as what it then is: a :class:`FrozenHead` (its history says it was fine-tuned).
+
+Flip averaging (``flip_tta``) is an option of every kind: each face is read twice, as it is and
+mirrored, the MLP trains on both views and P(female) is their average. For the frozen head the
+backbone then returns the descriptors of the face and of its mirror image; the level-2 output
+always holds both views.
+
+Saved as ``<name>.npz`` (the arrays: the MLP's as trained, tuned levels in float16) and
+``<name>.json`` (``kind``, the backbone record, threshold, config, history and the npz's sha256,
+checked on load). :func:`gender_lib.modeling.load` reads the kind from that sidecar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from gender_lib.config import HeadConfig
+from gender_lib.errors import UserFileNotFoundError
+from gender_lib.fileio import publish_together, sha256_bytes, sha256_file
+from gender_lib.metrics import CLASSES
+from gender_lib.modeling import mlp
+from gender_lib.modeling.mlp import MLP, HeadError
+
+FORMAT = "gender_lib.model/1"
+
+
+class Estimator:
+    """What every model kind shares: the flip option, the threshold, the MLP, save and summary.
+
+    Fitted attributes: ``head_`` (:class:`~gender_lib.modeling.mlp.MLP`), ``threshold_`` (float,
+    chosen on validation to maximise balanced accuracy), ``history_`` (per-epoch losses and
+    accuracies, ``best_epoch``), ``train_seconds_``; after :func:`~gender_lib.modeling.load` also
+    ``meta_`` (the sidecar).
+    """
+
+    kind: ClassVar[str]
+    #: The backbone output the estimator reads (:data:`gender_lib.backbones.OUTPUTS`).
+    input_kind: ClassVar[str]
+    #: What the kind is, in two or three sentences (notebook 03 and ``describe``).
+    about: ClassVar[str]
+    head_dtype: ClassVar[str] = "float32"
+    classes_ = CLASSES
+
+    def __init__(self, config: HeadConfig | None = None, *, seed: int = 0, cache_root: str | os.PathLike[str] | None = None):
+        self.config = config or HeadConfig()
+        self.seed = int(seed)
+        self.cache_root = cache_root
+
+    def get_params(self) -> dict[str, Any]:
+        return {"config": self.config, "seed": self.seed, "cache_root": self.cache_root}
+
+    @property
+    def flip(self) -> bool:
+        """Whether P(female) is the average over the face and its mirror image."""
+        return bool(self.config.flip_tta)
+
+    @property
+    def backbone_output(self) -> str:
+        """The :data:`gender_lib.backbones.OUTPUTS` entry whose rows :meth:`fit` and :meth:`predict_proba` take."""
+        return self.input_kind
+
+    # ---- what a kind defines: its per-view features (n, views, d) of the backbone output
+
+    def _views(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def descriptors(self, x: np.ndarray) -> np.ndarray:
+        """The (n, 128) frozen descriptors of the faces (not mirrored) in rows of ``input_kind``:
+        what the logistic-regression baseline reads."""
+        raise NotImplementedError
+
+    # ---- the shared part
+
+    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *, progress: bool = True) -> Estimator:
+        """Train the MLP on every view of the train faces (early stopping on the val faces as they
+        are), then choose ``threshold_`` on val. ``x_*``: rows of ``input_kind``; ``y_*``: 0 (M) / 1 (F)."""
+        started = time.perf_counter()
+        f_train, f_val = self._views(x_train), self._views(x_val)
+        self._fit_head(f_train, y_train, f_val[:, 0], y_val)
+        self._finish(self._p_from_views(f_val), y_val, started)
+        return self
+
+    def _fit_head(self, f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val: np.ndarray) -> Any:
+        views = f_train.shape[1]
+        model, self.history_ = mlp.train_keras(
+            f_train.reshape(-1, f_train.shape[-1]), np.repeat(y_train, views), f_val, y_val, self.config, self.seed, self.head_dtype
+        )
+        self.head_ = MLP.from_keras(model)
+        return model
+
+    def _finish(self, p_val: np.ndarray, y_val: np.ndarray, started: float) -> None:
+        self.threshold_ = mlp.choose_threshold(y_val, p_val)
+        self.train_seconds_ = time.perf_counter() - started
+
+    def _p_from_views(self, f: np.ndarray) -> np.ndarray:
+        p = self.head_(f.reshape(-1, f.shape[-1])).reshape(f.shape[0], f.shape[1])
+        return p.mean(axis=1) if self.flip else p[:, 0]
+
+    def p_female(self, x: np.ndarray) -> np.ndarray:
+        """P(female), float64 (n,), for rows of ``input_kind``."""
+        if not hasattr(self, "head_"):
+            raise HeadError(f"this {type(self).__name__} is not fitted yet: call fit(...) or load a saved model")
+        return self._p_from_views(self._views(x)) if len(x) else np.zeros(0)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """(n, 2) float64: P(male), P(female) per row (columns in ``classes_`` order)."""
+        p = self.p_female(x)
+        return np.stack([1 - p, p], axis=1)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Labels ``"M"`` / ``"F"``: P(female) compared with ``threshold_``."""
+        return np.where(self.p_female(x) >= self.threshold_, CLASSES[1], CLASSES[0])
+
+    @property
+    def n_parameters_(self) -> int:
+        """Trained parameters: the MLP's weights (and the tuned levels')."""
+        return int(sum(k.size + b.size for k, b in self.head_.dense))
+
+    # ---- save / load
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        return self.head_.arrays()
+
+    def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
+        """``<path>`` (.npz, the arrays) and ``<path>.json`` (``meta`` plus what the model is), published together."""
+        path = Path(path)
+        if path.suffix != ".npz":
+            raise HeadError(f"{path}: a model is saved as .npz (its sidecar .json beside it)")
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **self._arrays())
+        data = buffer.getvalue()
+        sidecar = {
+            **(meta or {}),
+            "format": FORMAT,
+            "kind": self.kind,
+            "input_kind": self.input_kind,
+            "classes": list(CLASSES),
+            "output": "P(female)",
+            "threshold": float(self.threshold_),
+            "seed": self.seed,
+            "config": self.config.to_dict(),
+            "history": self.history_,
+            "train_seconds": round(float(getattr(self, "train_seconds_", 0.0)), 1),
+            "weights_sha256": sha256_bytes(data),
+            "weights_bytes": len(data),
+            "versions": mlp.versions(),
+        }
+        text = json.dumps(sidecar, indent=2, default=str) + "\n"
+        publish_together([(path, lambda tmp: Path(tmp).write_bytes(data)), (path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(text))])
+        return path
+
+    @classmethod
+    def from_saved(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], cache_root: str | os.PathLike[str] | None = None) -> Estimator:
+        """The fitted estimator a sidecar and its arrays describe (see :func:`gender_lib.modeling.load`)."""
+        known = {f.name for f in dataclasses.fields(HeadConfig)}
+        given = {k: v for k, v in meta.get("config", {}).items() if k in known}
+        config = dataclasses.replace(HeadConfig(), **(given | {"widths": tuple(given.get("widths", HeadConfig().widths))}))
+        model = cls(config, seed=int(meta.get("seed", 0)), cache_root=cache_root)
+        model.head_ = MLP.from_arrays(arrays)
+        model.threshold_ = float(meta["threshold"])
+        model.history_ = meta.get("history", {})
+        model.meta_ = meta
+        model._restore(arrays)
+        return model
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        """Kinds with more than the MLP rebuild the rest here."""
+
+    def summary(self) -> str:
+        """Rounded, stable summary of a saved model (what notebooks print); needs ``meta_``."""
+        meta = self.meta_
+        history = meta.get("history", {})
+        val, counts, manifest = meta["val_metrics"], meta["counts"], meta["manifest"]
+        epochs = f"best epoch {int(history.get('best_epoch', [0])[0])} of {len(history.get('loss', []))}"
+        if history.get("finetune_from"):
+            epochs += f" (head epochs 1-{history['finetune_from']}, fine-tuning after)"
+        return "\n".join(
+            [
+                f"model: {self.kind} ({type(self).__name__}) on the {self.input_kind} output; {self.reads()}",
+                f"backbone: {meta['backbone']['id']} ({meta['backbone']['dim']}-d)",
+                f"split ({manifest['protocol']}{', LEAKY' if manifest.get('leaky') else ''}): train {counts['train']}, val {counts['val']}, test {counts['test']}",
+                f"head: widths {list(self.config.widths)}, dropout {self.config.dropout}, l2 {self.config.l2}, seed {self.seed}; "
+                f"flip averaging {'on' if self.flip else 'off'}",
+                f"{epochs}; threshold (chosen on val) {self.threshold_:.3f}",
+                f"val: accuracy {val['accuracy']:.3f}, macro F1 {val['macro_f1']:.3f}, ROC-AUC {val['roc_auc']:.3f}",
+                f"logistic-regression baseline val: accuracy {meta['baseline_val_metrics']['accuracy']:.3f}, "
+                f"ROC-AUC {meta['baseline_val_metrics']['roc_auc']:.3f}",
+                f"trained parameters: {self.n_parameters_}",
+            ]
+        )
+
+    def reads(self) -> str:
+        """What the MLP reads, in words."""
+        return "the MLP reads the 128-d descriptor"
+
+
+class FrozenHead(Estimator):
+    """The MLP on the frozen descriptor of any backbone: rows (n, dim), or (n, 2 * dim) with flip
+    averaging (the descriptor of the face, then of its mirror image)."""
+
+    kind = "frozen"
+    input_kind = "descriptor"
+    about = (
+        "The MLP on the backbone's frozen descriptor (128-d for dlib, 4096-d for VGG-Face fc7): the original work's "
+        "recipe. Seconds to train; predicts without TensorFlow."
+    )
+    head_dtype = "float64"
+
+    def _views(self, x: np.ndarray) -> np.ndarray:
+        x = np.asarray(x, self.head_dtype)
+        views = 2 if self.flip else 1
+        if x.ndim != 2 or x.shape[1] % views:
+            raise HeadError(f"expected descriptor rows (n, {views} x dim), got {x.shape}")
+        return x.reshape(len(x), views, x.shape[1] // views)
+
+    @property
+    def backbone_output(self) -> str:
+        return "descriptor+mirror" if self.flip else "descriptor"
+
+    def descriptors(self, x: np.ndarray) -> np.ndarray:
+        return self._views(x)[:, 0]
+
+    def reads(self) -> str:
+        source = (self.meta_ if hasattr(self, "meta_") else {}).get("fitted_as")
+        return f"the MLP reads the {self.head_.dim}-d descriptor" + (f" ({source})" if source else "")
+
+
+class _Level2Estimator(Estimator):
+    """Kinds that read dlib's level-2 maps (both views always there) through a Keras trunk."""
+
+    input_kind = "level2"
+
+    def _trunk(self) -> Any:
+        raise NotImplementedError
+
+    def _views(self, x: np.ndarray) -> np.ndarray:
+        from gender_lib.modeling import finetune
+
+        if not hasattr(self, "trunk_"):
+            self.trunk_ = self._trunk()
+        return finetune.per_view(self.trunk_, x)
+
+    def descriptors(self, x: np.ndarray) -> np.ndarray:
+        from gender_lib.modeling import finetune
+
+        if not hasattr(self, "top_"):
+            self.top_ = finetune.top_levels(self.cache_root)
+        return finetune.apply(self.top_, finetune.views(x)[:, 0])
+
+
+class FeaturesHead(_Level2Estimator):
+    """The MLP on frozen multi-level features: the descriptor plus the global-average-pooled
+    outputs of dlib's last three residual levels (768-d), from the level-2 map."""
+
+    kind = "features"
+    about = (
+        "The MLP on frozen multi-level features: dlib's descriptor plus the pooled outputs of its last three residual "
+        "levels (768-d), read from the cached level-2 maps. Nothing of dlib's network changes; prediction needs TensorFlow."
+    )
+
+    def _trunk(self) -> Any:
+        from gender_lib.modeling import finetune
+
+        return finetune.features_model(finetune.dlib_model(self.cache_root))
+
+    def reads(self) -> str:
+        return "the MLP reads the descriptor + pooled levels 2, 1, 0 (768-d, frozen)"
+
+
+class FinetunedNetwork(_Level2Estimator):
+    """dlib's top ``finetune_levels`` residual level(s) and fc layer, fine-tuned with the MLP.
+
+    Fitted attributes besides the shared ones: ``tuned_kept_`` (whether any fine-tuning epoch
+    lowered the validation loss; if not, :meth:`save` writes a :class:`FrozenHead`).
+    """
+
+    kind = "finetune"
+    about = (
+        "The MLP first, then dlib's top residual level(s) and fc layer trained together with it from the cached level-2 maps "
+        "(small steps relative to each layer's weights, early stopping on validation loss). If no epoch improves, the "
+        "result is saved as the frozen head it then is."
+    )
+
+    def _trunk(self) -> Any:
+        from gender_lib.modeling import finetune
+
+        fixed, tuned = finetune.tuned_split(finetune.dlib_model(self.cache_root), self.config.finetune_levels)
+        self.tuned_ = tuned
+        return finetune.chain(fixed, tuned) if fixed is not None else tuned
+
+    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *, progress: bool = True) -> Estimator:
+        from gender_lib.modeling import finetune
+
+        started = time.perf_counter()
+        y_train, y_val = np.asarray(y_train, np.float32), np.asarray(y_val, np.float32)
+        fixed, tuned = finetune.tuned_split(finetune.dlib_model(self.cache_root), self.config.finetune_levels)
+        z_train, z_val = (finetune.per_view(fixed, x) if fixed is not None else finetune.views(x) for x in (x_train, x_val))
+        d_train = finetune.apply(tuned, z_train.reshape(-1, *z_train.shape[2:])).reshape(len(z_train), 2, -1)
+        d_val = finetune.apply(tuned, z_val[:, 0])
+        head = self._fit_head(d_train, y_train, d_val, y_val)
+        tuned_history = finetune.finetune(tuned, head, z_train, y_train, z_val, y_val, self.config, self.seed, progress)
+        self.history_ = finetune.join_histories(self.history_, tuned_history)
+        self.head_ = mlp.MLP.from_keras(head)
+        self.tuned_kept_ = tuned_history["best_epoch"] > 0  # else dlib's weights stay as they were
+        if self.tuned_kept_:
+            finetune.round_to_float16(tuned)  # what is saved is float16: evaluate exactly that
+        self.tuned_ = tuned
+        self.trunk_ = finetune.chain(fixed, tuned) if fixed is not None else tuned
+        self._finish(self._p_from_views(finetune.per_view(self.trunk_, x_val)), y_val, started)
+        return self
+
+    @property
+    def n_parameters_(self) -> int:
+        tuned = sum(a.size for a in self._arrays().values()) - sum(a.size for a in self.head_.arrays().values())
+        return super().n_parameters_ + int(tuned)
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        from gender_lib.modeling import finetune
+
+        return self.head_.arrays() | (finetune.tuned_arrays(self.tuned_) if getattr(self, "tuned_kept_", True) else {})
+
+    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
+        from gender_lib.modeling import finetune
+
+        self.tuned_kept_ = True
+        self.trunk_ = self._trunk()
+        finetune.restore_tuned(self.tuned_, arrays)
+
+    def as_head(self) -> FrozenHead:
+        """The fitted MLP as the :class:`FrozenHead` it is when dlib's weights were kept unchanged."""
+        head = FrozenHead(self.config, seed=self.seed, cache_root=self.cache_root)
+        for name in ("head_", "threshold_", "history_", "train_seconds_"):
+            setattr(head, name, getattr(self, name))
+        return head
+
+    def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
+        """As :meth:`Estimator.save`; a fine-tuning that kept no epoch is saved as a :class:`FrozenHead`
+        on the descriptor output (of face and mirror image with flip averaging) of the same network."""
+        if self.tuned_kept_:
+            return super().save(path, meta)
+        from gender_lib import backbones
+
+        meta = dict(meta or {})
+        if "backbone" in meta:
+            meta["backbone"] = backbones.variant(meta["backbone"], self.as_head().backbone_output, cache_root=self.cache_root).describe()
+        meta["fitted_as"] = "fine-tuned, no epoch kept: dlib's weights unchanged"
+        return self.as_head().save(path, meta)
+
+    def reads(self) -> str:
+        levels = self.config.finetune_levels
+        return f"the MLP reads the descriptor of dlib's network with its top {levels} residual level{'s' if levels > 1 else ''} + fc tuned"
+
+
+def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(sidecar, arrays) of a saved model: format and sha256 checked; :class:`HeadError` or
+    :class:`~gender_lib.errors.UserFileNotFoundError` naming the file and what to do."""
+    path = Path(path)
+    side = path.with_suffix(".json")
+    if not path.is_file():
+        raise UserFileNotFoundError(f"{path}: no trained model here; run notebooks/03_train.ipynb or `gender-lib train`, or name another with --head")
+    try:
+        meta = json.loads(side.read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"not a {FORMAT} sidecar (format {meta.get('format')!r}: saved by another gender_lib version? train again)")
+    except (OSError, ValueError) as error:
+        raise HeadError(f"{side}: model metadata missing or damaged ({error}); retrain or restore the checkpoint") from None
+    if sha256_file(path) != meta.get("weights_sha256"):
+        raise HeadError(f"{path}: its weights do not match the sha256 in {side.name} (changed or half-written); retrain or restore the checkpoint")
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return meta, {k: stored[k] for k in stored.files}
+    except Exception as error:  # noqa: BLE001 - zipfile and numpy raise many types for damaged archives
+        raise HeadError(f"{path}: cannot be read ({type(error).__name__}: {error}); retrain or restore the checkpoint") from None
