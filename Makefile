@@ -26,23 +26,23 @@ notebooks:  ## re-execute the committed notebooks in place (the default run on t
 
 FULL ?= $(abspath ../shared/datasets/combined/aligned)
 #: make results BACKBONE=vggface: the same recipe on VGG-Face descriptors (needs your converted vgg_face.mat);
-#: the comparison of head modes and the shipped model read dlib's inner levels, so they run for dlib only.
+#: the comparison of model kinds and the shipped model read dlib's inner levels, so they run for dlib only.
 BACKBONE ?= dlib
 
-results:  ## the README's real-data results: all 29k faces, person-disjoint vs the original leaky split (BACKBONE=dlib|vggface); for dlib also the head modes and the shipped model
+results:  ## the README's real-data results: all 29k faces, person-disjoint vs the original leaky split (BACKBONE=dlib|vggface); for dlib also the model kinds and the shipped model
 	$(BIN)/gender-lib extract --data-root $(FULL) --workdir runs/full-person-$(BACKBONE) --protocol person --backbone $(BACKBONE) --quiet
-	$(BIN)/gender-lib train --workdir runs/full-person-$(BACKBONE) -o checkpoints/$(BACKBONE)_gender_head.keras
-	$(BIN)/gender-lib evaluate --workdir runs/full-person-$(BACKBONE) --head checkpoints/$(BACKBONE)_gender_head.keras
+	$(BIN)/gender-lib train --workdir runs/full-person-$(BACKBONE) -o checkpoints/$(BACKBONE)_gender_head.npz
+	$(BIN)/gender-lib evaluate --workdir runs/full-person-$(BACKBONE) --head checkpoints/$(BACKBONE)_gender_head.npz
 	$(BIN)/gender-lib extract --data-root $(FULL) --workdir runs/full-original-$(BACKBONE) --protocol original --backbone $(BACKBONE) --quiet
 	$(BIN)/gender-lib train --workdir runs/full-original-$(BACKBONE)
 	$(BIN)/gender-lib evaluate --workdir runs/full-original-$(BACKBONE)
 ifeq ($(BACKBONE),dlib)
 	$(MAKE) compare
-	$(BIN)/gender-lib train --workdir runs/levels-person --mode finetune -o checkpoints/dlib_gender_finetuned.npz
-	$(BIN)/gender-lib evaluate --workdir runs/levels-person --head checkpoints/dlib_gender_finetuned.npz
+	$(BIN)/gender-lib train --workdir runs/levels-person --mode finetune --flip-tta true -o checkpoints/dlib_gender_model.npz
+	$(BIN)/gender-lib evaluate --workdir runs/levels-person --head checkpoints/dlib_gender_model.npz
 endif
 
-compare:  ## head modes on the full data (README's comparison table and 5-fold CV; ~1 h on 2 cores, ~13 min of it extracting level-2 maps once)
+compare:  ## model kinds on the full data (README's comparison table and 5-fold CV; ~1 h on 2 cores, ~13 min of it extracting level-2 maps once)
 	$(BIN)/gender-lib manifest --data-root $(FULL) --workdir runs/levels-person --protocol person --quiet
 	$(BIN)/python -m experiments.comparison --workdir runs/levels-person
 
@@ -52,7 +52,7 @@ benchmarks:  ## speed benchmarks (medians and ratios; JSON under benchmarks/resu
 	$(BIN)/python benchmarks/extract.py
 	$(BIN)/python benchmarks/dlib_keras.py
 	$(BIN)/python benchmarks/predict_latency.py
-	$(BIN)/python benchmarks/predict_latency.py --head checkpoints/dlib_gender_finetuned.npz
+	$(BIN)/python benchmarks/predict_latency.py --head checkpoints/dlib_gender_model.npz
 	$(BIN)/python benchmarks/head_modes.py
 	$(BIN)/python benchmarks/detect.py --small
 

@@ -1,4 +1,4 @@
-"""Which head mode to ship: frozen, features and finetune compared on the person-disjoint split.
+"""Which model kind to ship: frozen, features and finetune compared on the person-disjoint split.
 
 Research code, outside the package (``make compare``)::
 
@@ -14,7 +14,7 @@ winner. Only then, in one final pass, are the test predictions computed. 5-fold 
 cross-validation (the manifest's ``fold`` column; fold k tests, fold k+1 validates, the rest
 train) then measures the spread of accuracy for the baseline and the winner.
 
-All methods read the level-2 maps of a work folder extracted in mode features/finetune; the
+All methods read the level-2 maps of the work folder (extracted here where missing); the
 frozen descriptor is computed from them by dlib's frozen top levels (equal to the descriptor
 output to 1e-5, tested), so every method sees exactly the same faces.
 """
@@ -60,30 +60,28 @@ class Trained:
 
 
 def train_method(name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, config: Config, progress: bool = False) -> Trained:
-    """Train one row of :data:`METHODS` with ``config``'s head settings and seed."""
-    from gender_lib import finetune
-    from gender_lib import head as hd
+    """Train one row of :data:`METHODS` with ``config``'s head settings and seed (its estimator
+    from :data:`gender_lib.modeling.KINDS`, flip averaging on where it reads both views)."""
+    from gender_lib import modeling
+    from gender_lib.modeling import finetune
 
     mode, levels = METHODS[name]
-    head_config = dataclasses.replace(config.head, mode=mode, finetune_levels=levels)
     started = time.perf_counter()
-    if mode == "frozen":  # today's head: trained on the face's descriptor only
-        top = finetune.part(finetune.dlib_model(config.cache_dir()), finetune.LEVEL2_LAYER, None, "top_levels")
-        d_train, d_val = finetune.per_view(top, x_train)[:, 0], finetune.per_view(top, x_val)[:, 0]
-        model, history = hd.train_head(d_train, y_train, d_val, y_val, head_config, seed=config.seed)
-
-        def per_view(x: np.ndarray) -> np.ndarray:
-            d = finetune.per_view(top, x)
-            return np.stack([hd.predict_proba(model, d[:, v]) for v in (0, 1)], axis=1)
-
-        return Trained(name, per_view, time.perf_counter() - started, {"history": history})
-    _, record = finetune.train(x_train, y_train, x_val, y_val, mode, head_config, seed=config.seed, cache_root=config.cache_dir(), progress=progress)
-    face_model = record["per_view_model"]
+    estimator = modeling.KINDS[mode](dataclasses.replace(config.head, finetune_levels=levels, flip_tta=True), seed=config.seed, cache_root=config.cache_dir())
+    if estimator.input_kind == "level2":
+        estimator.fit(x_train, y_train, x_val, y_val, progress=progress)
+        return Trained(name, estimator.p_female_views, time.perf_counter() - started, {"history": estimator.history_})
+    # The frozen descriptor, from the same maps by dlib's frozen top (equal to the descriptor output to 1e-5, tested):
+    # the head as shipped before flip averaging, trained on the face's descriptor only.
+    top = finetune.top_levels(config.cache_dir())
+    estimator = modeling.KINDS[mode](dataclasses.replace(config.head, flip_tta=False), seed=config.seed)
+    estimator.fit(finetune.per_view(top, x_train)[:, 0], y_train, finetune.per_view(top, x_val)[:, 0], y_val)
 
     def per_view(x: np.ndarray) -> np.ndarray:
-        return finetune.per_view(face_model, x)[..., 0].astype(np.float64)
+        d = finetune.per_view(top, x)
+        return np.stack([estimator.p_female(d[:, v]) for v in (0, 1)], axis=1)
 
-    return Trained(name, per_view, time.perf_counter() - started, {"history": record["history"]})
+    return Trained(name, per_view, time.perf_counter() - started, {"history": estimator.history_})
 
 
 def variants(p_views: np.ndarray) -> dict[str, np.ndarray]:
@@ -105,14 +103,18 @@ def compare(
 ) -> dict[str, Any]:
     """Run the comparison on a work folder with a manifest (its level-2 maps are extracted first
     where missing); returns the results (also written to ``<workdir>/reports/methods.json`` and ``methods.md``)."""
-    from gender_lib import head as hd
-    from gender_lib import metrics, stages
+    from gender_lib import backbones, metrics, stages
     from gender_lib.fileio import write_json, write_text
+    from gender_lib.modeling.mlp import choose_threshold
 
     work = config.workdir() if workdir is None else Path(workdir)
-    level2 = config.replace(mode="finetune")
-    stages.extract(level2, work, progress=progress)  # the level-2 maps every method reads (cached: a rerun only reads them)
-    table, x, info, manifest_meta = stages.load_descriptors(level2, work)
+    net = backbones.from_config(config, output="level2")
+    try:  # the level-2 maps every method reads (cached: a rerun only reads them)
+        stages.extract(config, work, progress=progress, backbone=net)
+    finally:
+        net.close()
+    data = stages.load_descriptors(config, work, "level2")
+    table, x, info, manifest_meta = data.table, data.x, data.record, data.manifest_meta
     if folds:  # before an hour of training, not after
         _check_folds(folds, table["fold"].nunique())
     y = metrics.labels_from_genders(table["gender"])
@@ -125,7 +127,7 @@ def compare(
         t = trained[name] = train_method(name, x[tr], y[tr], x[va], y[va], config, progress)
         val = {}
         for variant, p in variants(t.per_view(x[va])).items():
-            threshold = hd.choose_threshold(y[va], p)
+            threshold = choose_threshold(y[va], p)
             val[variant] = {"threshold": threshold, "accuracy": float(((p >= threshold) == y[va]).mean()), "log_loss": _log_loss(y[va], p)}
         chosen = max(val, key=lambda v: (val[v]["accuracy"], -val[v]["log_loss"]))
         rows[name] = {"val": val, "chosen_variant": chosen, "train_seconds": round(t.seconds, 1)}
@@ -172,7 +174,7 @@ def _check_folds(folds: int, available: int) -> None:
 
 def cross_validate(name: str, variant: str, table: Any, x: np.ndarray, y: np.ndarray, config: Config, folds: int = 5, progress: bool = False) -> dict[str, Any]:
     """Accuracy on each person-disjoint fold k (trained on the other folds but k+1, which validates)."""
-    from gender_lib import head as hd
+    from gender_lib.modeling.mlp import choose_threshold
 
     fold = table["fold"].to_numpy().astype(int)
     available = len(np.unique(fold))
@@ -183,7 +185,7 @@ def cross_validate(name: str, variant: str, table: Any, x: np.ndarray, y: np.nda
         tr = ~(te | va)
         t = train_method(name, x[tr], y[tr], x[va], y[va], config, progress)
         p_val, p_test = variants(t.per_view(x[va]))[variant], variants(t.per_view(x[te]))[variant]
-        threshold = hd.choose_threshold(y[va], p_val)
+        threshold = choose_threshold(y[va], p_val)
         accuracies.append(float(((p_test >= threshold) == y[te]).mean()))
         log.info("%s, fold %d: accuracy %.4f", name, k, accuracies[-1])
     return {

@@ -314,7 +314,9 @@ class DlibBackbone:
         return {**out, "id": getattr(self, "id", None) or backbone_id(self.name, out)}
 
     @classmethod
-    def build(cls, *, align: str = "chip", workers: int | None = None, engine: str = "keras", cache_root: Any = None, output: str = "descriptor", **options: Any) -> DlibBackbone:
+    def build(
+        cls, *, align: str = "chip", workers: int | None = None, engine: str = "keras", cache_root: Any = None, output: str = "descriptor", **options: Any
+    ) -> DlibBackbone:
         """:func:`get_backbone`'s dlib case; VGG-Face's options must be their defaults."""
         if options.get("precision", "float32") != "float32":
             raise ConfigError("the dlib backbone runs in float32 only (precision: float32)")

@@ -120,7 +120,7 @@ def _extract(args: argparse.Namespace) -> int:
     result = stages.extract(config, progress=_progress(args))
     print(result.report.summary())
     print(result.summary())
-    print(f"manifest and extraction.json in {result.workdir}")
+    print(f"manifest and extraction record (extractions/) in {result.workdir}")
     return 0
 
 
@@ -223,21 +223,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command(
         "train",
-        "train the gender head on a work folder's train split",
-        "Train the MLP head (seeded; early stopping and threshold on the val split) and save it with metadata. "
-        "--mode features or finetune first extracts the level-2 maps they need (cached) and saves <workdir>/classifier.npz.",
+        "train a gender model on a work folder's train split",
+        "Fit the model kind --mode names (seeded; early stopping and threshold on the val split) and save it with its metadata "
+        "as the work folder's current model. A kind that reads another backbone output (level-2 maps, mirror images) extracts it first (cached).",
         "head",
         "where",
         func=_train,
     )
     train.add_argument("--quiet", action="store_true", help="no progress bars")
-    train.add_argument("-o", "--output", default=None, help="where the head goes (default: <workdir>/head.keras, or classifier.npz; a .json beside it)")
+    train.add_argument("-o", "--output", default=None, help="where the model goes (default: <workdir>/model.npz; a .json beside it)")
 
     evaluate = command(
         "evaluate",
-        "score a head on the test split, or on any labelled folder",
-        "Evaluate a saved head on the work folder's test split (default head: the one trained there) or, with "
-        f"--data-root, on every image of another labelled folder (default head: the committed {p.default_head.name}).",
+        "score a model on the test split, or on any labelled folder",
+        "Evaluate a saved model on the work folder's test split (default: its current model) or, with "
+        f"--data-root, on every image of another labelled folder (default: the committed {p.default_head.name}).",
         "where",
         func=_evaluate,
     )
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--head",
         dest="head_path",
         default=None,
-        help=f"the head to evaluate (default: the one trained in the work folder; with --data-root, {p.default_head.name})",
+        help=f"the model to evaluate (default: the work folder's current one; with --data-root, {p.default_head.name})",
     )
     evaluate.add_argument("--data-root", default=None, help="a labelled folder in any supported layout (cross-dataset evaluation)")
     _add_config_flags(evaluate, ["layout", "n_boot"])
@@ -259,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=_predict,
     )
     predict.add_argument("images", nargs="+", help="image files and/or folders")
-    predict.add_argument("--head", dest="head_path", default=None, help=f"a trained head (default: the committed {p.default_head.name})")
+    predict.add_argument("--head", dest="head_path", default=None, help=f"a trained model (default: the committed {p.default_head.name})")
     predict.add_argument("--no-detect", action="store_true", help="the images are already face crops: skip detection")
     predict.add_argument("--csv", default=None, help="also write one row per face to this CSV")
 

@@ -174,9 +174,7 @@ class HeadConfig:
     train on both views and average P(female) over them.
     """
 
-    mode: Mode = _param(
-        "frozen", "model kind: a head on the frozen descriptor, on frozen multi-level features, or fine-tuning dlib's top level(s) with it"
-    )
+    mode: Mode = _param("frozen", "model kind: a head on the frozen descriptor, on frozen multi-level features, or fine-tuning dlib's top level(s) with it")
     widths: tuple[int, ...] = _param((16, 16), "hidden layer widths of the head")
     dropout: float = _param(0.4, "dropout before the output")
     l2: float = _param(0.0, "L2 weight penalty")

@@ -206,7 +206,9 @@ class Inputs:
         return self.x[rows], labels_from_genders(self.table["gender"][rows])
 
 
-def load_descriptors(config: Config, workdir: str | os.PathLike[str] | None = None, output: str = "descriptor", backbone: dict[str, Any] | None = None) -> Inputs:
+def load_descriptors(
+    config: Config, workdir: str | os.PathLike[str] | None = None, output: str = "descriptor", backbone: dict[str, Any] | None = None
+) -> Inputs:
     """A work folder's rows of the backbone ``output`` (:data:`gender_lib.backbones.OUTPUTS`).
 
     ``backbone`` (a model's recorded backbone) must be the one they were extracted with.
@@ -220,7 +222,9 @@ def load_descriptors(config: Config, workdir: str | os.PathLike[str] | None = No
     info_path = work / EXTRACTIONS / f"{output}.json"
     if not info_path.is_file():
         done = ", ".join(extraction_records(work)) or "nothing"
-        raise StageError(f"{info_path}: no {output} rows were extracted for this manifest (done: {done}); run notebooks/02_extract.ipynb or `gender-lib extract`")
+        raise StageError(
+            f"{info_path}: no {output} rows were extracted for this manifest (done: {done}); run notebooks/02_extract.ipynb or `gender-lib extract`"
+        )
     info = json.loads(info_path.read_text())
     if info.get("manifest_sha256") != data.meta.get("manifest_sha256"):
         raise StageError(f"{work}: the manifest changed after extraction ({info_path.name} is for another manifest); run extraction again")
@@ -355,7 +359,9 @@ def current_model(work: Path) -> Path:
     ``train``); :class:`StageError` where no model was trained there."""
     record = work / MODEL_RECORD
     if not record.is_file():
-        raise StageError(f"{work}: no model was trained here ({MODEL_RECORD} is missing); run notebooks/03_train.ipynb or `gender-lib train`, or name one with --head")
+        raise StageError(
+            f"{work}: no model was trained here ({MODEL_RECORD} is missing); run notebooks/03_train.ipynb or `gender-lib train`, or name one with --head"
+        )
     return (work / json.loads(record.read_text())["path"]).resolve()
 
 

@@ -1,13 +1,19 @@
-"""The gender head, its threshold rule, the metrics (checked against scikit-learn), and bad input."""
+"""The estimators (one per model kind, one registry, one loader), the threshold rule, the metrics
+(checked against scikit-learn), and bad input."""
 
 from __future__ import annotations
+
+import dataclasses
+import json
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from gender_lib import head as hd
-from gender_lib import metrics
+from gender_lib import config, metrics, modeling
+from gender_lib.config import HeadConfig
+from gender_lib.modeling import FrozenHead, HeadError
+from gender_lib.modeling import mlp as hd
 
 
 def _blobs(n: int, dim: int = 8, separation: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -23,37 +29,62 @@ def separable():
     return _blobs(400, seed=1), _blobs(120, seed=2), _blobs(200, seed=3)
 
 
-FAST = hd.HeadConfig(epochs=40, patience=5, head_batch_size=32)
+FAST = HeadConfig(epochs=40, patience=5, head_batch_size=32)
 SEED = 7
+
+
+def _fit(xt, yt, xv, yv, head_config=FAST, seed=SEED) -> FrozenHead:
+    return FrozenHead(head_config, seed=seed).fit(xt, yt, xv, yv)
 
 
 def test_head_learns_a_separable_problem(separable):
     (xt, yt), (xv, yv), (xs, ys) = separable
-    model, history = hd.train_head(xt, yt, xv, yv, FAST, seed=SEED)
-    p = hd.predict_proba(model, xs)
-    assert ((p >= 0.5) == ys).mean() > 0.97
+    model = _fit(xt, yt, xv, yv)
+    assert (model.predict(xs) == np.where(ys == 1, "F", "M")).mean() > 0.97
+    assert model.predict_proba(xs).shape == (len(xs), 2) and np.allclose(model.predict_proba(xs).sum(axis=1), 1)
+    history = model.history_
     assert history["val_loss"][int(history["best_epoch"][0]) - 1] == min(history["val_loss"])
-    assert [layer.name for layer in model.layers][1:] == ["standardize", "dense1", "dense2", "dropout", "p_female"]
-    assert model.layers[-1].activation.__name__ == "sigmoid"
+    assert [w.shape for w, _ in model.head_.dense] == [(8, 16), (16, 16), (16, 1)] and model.n_parameters_ == 8 * 16 + 16 + 16 * 16 + 16 + 17
+    assert 0 < model.threshold_ < 1 and model.get_params()["seed"] == SEED
+
+
+def test_numpy_forward_pass_equals_the_keras_model_it_was_trained_as(separable):
+    """Every estimator predicts in NumPy (no TensorFlow at prediction); it must give Keras' numbers."""
+    (xt, yt), (xv, yv), (xs, _) = separable
+    keras_model, _ = hd.train_keras(xt, yt, xv, yv, FAST, seed=SEED)
+    numpy_model = hd.MLP.from_keras(keras_model)
+    np.testing.assert_allclose(numpy_model(xs), np.asarray(keras_model(xs.astype("float64"), training=False)).reshape(-1), atol=1e-12)
 
 
 def test_head_does_no_better_than_chance_on_noise():
     (xt, yt), (xv, yv), (xs, ys) = _blobs(300, separation=0, seed=4), _blobs(100, separation=0, seed=5), _blobs(400, separation=0, seed=6)
-    model, _ = hd.train_head(xt, yt, xv, yv, FAST, seed=SEED)
-    assert abs(((hd.predict_proba(model, xs) >= 0.5) == ys).mean() - 0.5) < 0.1
+    model = _fit(xt, yt, xv, yv)
+    assert abs(((model.p_female(xs) >= 0.5) == ys).mean() - 0.5) < 0.1
 
 
 def test_same_seed_gives_same_metrics_to_four_decimals(separable):
-    (xt, yt), (xv, yv), (xs, ys) = separable
+    (xs, ys) = separable[2]
     (xt, yt), (xv, yv) = _blobs(400, separation=1.0, seed=8), _blobs(120, separation=1.0, seed=9)
     runs = []
     for _ in range(2):
-        model, history = hd.train_head(xt, yt, xv, yv, FAST, seed=SEED)
-        runs.append((round(float(history["val_loss"][-1]), 4), np.round(hd.predict_proba(model, xs), 4)))
+        model = _fit(xt, yt, xv, yv)
+        runs.append((round(float(model.history_["val_loss"][-1]), 4), np.round(model.p_female(xs), 4)))
     assert runs[0][0] == runs[1][0]
     np.testing.assert_array_equal(runs[0][1], runs[1][1])
-    other, _ = hd.train_head(xt, yt, xv, yv, hd.HeadConfig(epochs=40, patience=5, head_batch_size=32), seed=8)
-    assert not np.array_equal(np.round(hd.predict_proba(other, xs), 4), runs[0][1])
+    other = _fit(xt, yt, xv, yv, seed=8)
+    assert not np.array_equal(np.round(other.p_female(xs), 4), runs[0][1])
+
+
+def test_flip_averaging_trains_on_both_views_and_averages_them(separable):
+    (xt, yt), (xv, yv), (xs, _) = separable
+    mirrored = [np.concatenate([x, x[:, ::-1]], axis=1) for x in (xt, xv, xs)]  # a stand-in "mirror image" of each row
+    model = FrozenHead(dataclasses.replace(FAST, flip_tta=True), seed=SEED).fit(mirrored[0], yt, mirrored[1], yv)
+    assert model.backbone_output == "descriptor+mirror" and FrozenHead(FAST).backbone_output == "descriptor"
+    views = model.p_female_views(mirrored[2])
+    np.testing.assert_allclose(model.p_female(mirrored[2]), views.mean(axis=1))
+    np.testing.assert_allclose(views[:, 1], model.head_(xs[:, ::-1]))
+    with pytest.raises(HeadError, match=r"expected descriptor rows \(n, 2 x dim\)"):
+        model.p_female(np.zeros((2, 17)))
 
 
 def test_threshold_is_chosen_on_validation_to_maximise_balanced_accuracy():
@@ -62,7 +93,7 @@ def test_threshold_is_chosen_on_validation_to_maximise_balanced_accuracy():
     t = hd.choose_threshold(y, p)
     assert 0.62 < t <= 0.65
     assert hd.choose_threshold(np.array([0, 1]), np.array([0.2, 0.8])) == 0.5  # ties prefer 0.5
-    with pytest.raises(hd.HeadError, match="one class"):
+    with pytest.raises(HeadError, match="one class"):
         hd.choose_threshold(np.array([1, 1]), np.array([0.2, 0.8]))
 
 
@@ -113,13 +144,16 @@ def test_breakdown_reports_each_group():
     assert rows["b"]["accuracy"] == pytest.approx(1 / 3)
 
 
-def test_head_saves_and_loads_with_metadata(tmp_path, separable):
+def test_a_saved_model_loads_through_the_one_loader_with_the_same_answers(tmp_path, separable):
     (xt, yt), (xv, yv), (xs, _) = separable
-    model, _ = hd.train_head(xt, yt, xv, yv, FAST, seed=SEED)
-    path = hd.save_head(model, {"backbone": {"id": "b1"}, "descriptor_dim": 8, "threshold": 0.5}, tmp_path / "h.keras")
-    again, meta = hd.load_head(path)
-    np.testing.assert_allclose(hd.predict_proba(again, xs), hd.predict_proba(model, xs), rtol=1e-6)
-    assert meta["backbone"]["id"] == "b1" and meta["output"] == "P(female)" and "tensorflow" in meta["versions"]
+    model = _fit(xt, yt, xv, yv)
+    path = model.save(tmp_path / "h.npz", {"backbone": {"id": "b1"}})
+    again = modeling.load(path)
+    assert type(again) is FrozenHead and again.threshold_ == model.threshold_ and again.config == model.config
+    np.testing.assert_array_equal(again.p_female(xs), model.p_female(xs))
+    meta = again.meta_
+    assert meta["kind"] == "frozen" and meta["backbone"]["id"] == "b1" and meta["output"] == "P(female)" and "tensorflow" in meta["versions"]
+    assert set(modeling.KINDS) == set(config.Config.choices()["mode"])  # the registry and Config's allowed values agree
 
 
 # --------------------------------------------------------------------------- bad input
@@ -127,58 +161,48 @@ def test_head_saves_and_loads_with_metadata(tmp_path, separable):
 
 def test_empty_or_single_class_split_is_a_clear_error(separable):
     (xt, yt), (xv, yv), _ = separable
-    with pytest.raises(hd.HeadError, match="val split is empty"):
-        hd.train_head(xt, yt, xv[:0], yv[:0], FAST)
-    with pytest.raises(hd.HeadError, match="train split has only one class"):
-        hd.train_head(xt[yt == 1], yt[yt == 1], xv, yv, FAST)
+    with pytest.raises(HeadError, match="val split is empty"):
+        _fit(xt, yt, xv[:0], yv[:0])
+    with pytest.raises(HeadError, match="train split has only one class"):
+        _fit(xt[yt == 1], yt[yt == 1], xv, yv)
 
 
-def test_mismatched_dimensions_are_a_clear_error(separable):
-    (xt, yt), (xv, yv), (xs, _) = separable
-    with pytest.raises(hd.HeadError, match="val descriptors are 4-d but the head expects 8-d"):
-        hd.train_head(xt, yt, xv[:, :4], yv, FAST)
-    model, _ = hd.train_head(xt, yt, xv, yv, FAST, seed=SEED)
-    with pytest.raises(hd.HeadError, match="128-d but the head expects 8-d.*another backbone"):
-        hd.predict_proba(model, np.zeros((2, 128)))
-
-
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path, separable):
+def test_mismatched_dimensions_and_unfitted_models_are_clear_errors(separable):
     (xt, yt), (xv, yv), _ = separable
-    model, _ = hd.train_head(xt, yt, xv, yv, FAST, seed=SEED)
-    path = hd.save_head(model, {"descriptor_dim": 8}, tmp_path / "h.keras")
+    with pytest.raises(HeadError, match="val descriptors are 4-d but the head expects 8-d"):
+        _fit(xt, yt, xv[:, :4], yv)
+    with pytest.raises(HeadError, match="not fitted yet"):
+        FrozenHead().p_female(xt)
+    model = _fit(xt, yt, xv, yv)
+    with pytest.raises(HeadError, match=r"\(n, 8\), got \(2, 128\).*another backbone output"):
+        model.p_female(np.zeros((2, 128)))
+
+
+def test_damaged_or_foreign_model_files_are_clear_errors(tmp_path, separable):
+    (xt, yt), (xv, yv), _ = separable
+    path = _fit(xt, yt, xv, yv).save(tmp_path / "h.npz", {})
+    with pytest.raises(HeadError, match=r"h\.keras: a model is saved as \.npz"):
+        _fit(xt, yt, xv, yv).save(tmp_path / "h.keras", {})
+    side = path.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    side.write_text(json.dumps({**meta, "kind": "forest"}))
+    with pytest.raises(HeadError, match="unknown model kind 'forest'"):
+        modeling.load(path)
+    side.write_text(json.dumps({**meta, "format": "gender_lib.head/1"}))
+    with pytest.raises(HeadError, match="not a gender_lib.model/1 sidecar.*train again"):
+        modeling.load(path)
+    side.write_text(json.dumps(meta))
     path.write_bytes(path.read_bytes()[:200])
-    with pytest.raises(hd.HeadError, match="h.keras: cannot load the head.*corrupt"):
-        hd.load_head(path)
-    path.with_suffix(".json").write_text("{not json")
-    with pytest.raises(hd.HeadError, match="h.json: head metadata missing or damaged"):
-        hd.load_head(path)
-    with pytest.raises(FileNotFoundError, match="no trained head"):
-        hd.load_head(tmp_path / "missing.keras")
+    with pytest.raises(HeadError, match=r"h\.npz: its weights do not match the sha256"):
+        modeling.load(path)
+    side.write_text("{not json")
+    with pytest.raises(HeadError, match="h.json: model metadata missing or damaged"):
+        modeling.load(path)
+    with pytest.raises(FileNotFoundError, match="no trained model"):
+        modeling.load(tmp_path / "missing.npz")
 
 
 def test_wrong_gender_labels_are_rejected():
     with pytest.raises(metrics.LabelError, match="'M' or 'F'"):
-        hd.labels_from_genders(["M", "female"])
-    assert hd.labels_from_genders(pd.Series(["M", "F"])).tolist() == [0, 1]
-
-
-def test_numpy_forward_pass_equals_keras_on_the_committed_head():
-    """Prediction reads the head without TensorFlow; it must give Keras' numbers."""
-    from gender_lib import config
-
-    path = config.paths().frozen_head
-    keras_model, _ = hd.load_head(path)
-    numpy_model, meta = hd.load_head(path, backend="numpy")
-    x = np.random.default_rng(0).normal(0, 0.1, (257, meta["descriptor_dim"])).astype(np.float32)
-    np.testing.assert_allclose(hd.predict_proba(numpy_model, x), hd.predict_proba(keras_model, x), atol=1e-6)
-    np.testing.assert_allclose(hd.predict_proba(numpy_model, x[:1]), hd.predict_proba(keras_model, x[:1]), atol=1e-6)
-
-
-def test_numpy_head_refuses_layers_it_cannot_compute(tmp_path):
-    import keras
-
-    inputs = keras.Input((4,))
-    model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(keras.layers.BatchNormalization()(inputs)))
-    hd.save_head(model, {"descriptor_dim": 4, "threshold": 0.5}, tmp_path / "odd.keras")
-    with pytest.raises(hd.HeadError, match="BatchNormalization"):
-        hd.load_head(tmp_path / "odd.keras", backend="numpy")
+        metrics.labels_from_genders(["M", "female"])
+    assert metrics.labels_from_genders(pd.Series(["M", "F"])).tolist() == [0, 1]

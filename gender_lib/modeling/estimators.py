@@ -116,8 +116,13 @@ class Estimator:
         p = self.head_(f.reshape(-1, f.shape[-1])).reshape(f.shape[0], f.shape[1])
         return p.mean(axis=1) if self.flip else p[:, 0]
 
+    def p_female_views(self, x: np.ndarray) -> np.ndarray:
+        """P(female) of each view the rows hold, float64 (n, views): the face, then its mirror image."""
+        f = self._views(x)
+        return self.head_(f.reshape(-1, f.shape[-1])).reshape(f.shape[0], f.shape[1])
+
     def p_female(self, x: np.ndarray) -> np.ndarray:
-        """P(female), float64 (n,), for rows of ``input_kind``."""
+        """P(female), float64 (n,), for rows of ``backbone_output``: averaged over the views with flip averaging."""
         if not hasattr(self, "head_"):
             raise HeadError(f"this {type(self).__name__} is not fitted yet: call fit(...) or load a saved model")
         return self._p_from_views(self._views(x)) if len(x) else np.zeros(0)
@@ -198,7 +203,8 @@ class Estimator:
             [
                 f"model: {self.kind} ({type(self).__name__}) on the {self.input_kind} output; {self.reads()}",
                 f"backbone: {meta['backbone']['id']} ({meta['backbone']['dim']}-d)",
-                f"split ({manifest['protocol']}{', LEAKY' if manifest.get('leaky') else ''}): train {counts['train']}, val {counts['val']}, test {counts['test']}",
+                f"split ({manifest['protocol']}{', LEAKY' if manifest.get('leaky') else ''}): "
+                f"train {counts['train']}, val {counts['val']}, test {counts['test']}",
                 f"head: widths {list(self.config.widths)}, dropout {self.config.dropout}, l2 {self.config.l2}, seed {self.seed}; "
                 f"flip averaging {'on' if self.flip else 'off'}",
                 f"{epochs}; threshold (chosen on val) {self.threshold_:.3f}",
