@@ -320,6 +320,7 @@ class DlibBackbone:
         """:func:`get_backbone`'s dlib case; VGG-Face's options must be their defaults."""
         if options.get("precision", "float32") != "float32":
             raise ConfigError("the dlib backbone runs in float32 only (precision: float32)")
+        engine = "keras" if output == "level2" else engine  # dlib's own code cannot return inner activations; same network, verified equal
         return cls(align=align, workers=workers, engine=engine, cache_root=cache_root, output=output)
 
     @classmethod
@@ -535,8 +536,6 @@ def from_config(config: Any, workers: int | None = None, output: str = "descript
     its cache_dir), returning ``output``."""
     b = config.backbone
     engine = "keras" if b.engine == "ray" else b.engine  # ray: the keras engine, on a cluster's actors
-    if output == "level2":
-        engine = "keras"  # dlib's own code cannot return inner activations; same network, verified equal
     return get_backbone(
         b.backbone,
         layer=b.vggface_layer,

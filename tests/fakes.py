@@ -35,3 +35,16 @@ class ColourBackbone:
 
     def close(self) -> None:
         pass
+
+
+def toy_model(backbone: dict, path, epochs: int = 2):
+    """A frozen head on ``backbone``'s 128-d descriptors trained on random numbers, threshold 0.5,
+    saved at ``path``: tests plumbing, not accuracy. Returns (path, the fitted model)."""
+    from gender_lib.config import HeadConfig
+    from gender_lib.modeling import FrozenHead
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 128)).astype(np.float32), np.arange(64) % 2
+    model = FrozenHead(HeadConfig(epochs=epochs)).fit(x, y, x, y)
+    model.threshold_ = 0.5
+    return model.save(path, {"backbone": backbone, "descriptor_dim": 128}), model

@@ -250,7 +250,6 @@ def test_the_extract_stage_with_engine_ray_fills_the_same_cache(sample_faces, tm
     stages.extract(local, progress=False)
     result = stages.extract(ray_cfg, progress=False)
     assert result.report.embedded == result.n_images > 0
-    _, x_local, info_local, _ = stages.load_descriptors(local)
-    _, x_ray, info_ray, _ = stages.load_descriptors(ray_cfg)
-    assert info_ray["backbone"]["id"] == info_local["backbone"]["id"]
-    np.testing.assert_allclose(x_ray, x_local, atol=1e-5)
+    here, there = stages.load_descriptors(local), stages.load_descriptors(ray_cfg)
+    assert there.record["backbone"]["id"] == here.record["backbone"]["id"]
+    np.testing.assert_allclose(there.x, here.x, atol=1e-5)

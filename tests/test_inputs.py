@@ -17,11 +17,11 @@ from PIL import Image
 
 from gender_lib import cli, config, stages
 from gender_lib import faces as face_detection
-from gender_lib import head as hd
 from gender_lib import predict as pr
 from gender_lib.backbones import DlibBackbone
 from gender_lib.fileio import display_path
 from gender_lib.images import MIN_FACE_SIDE, array_to_rgb, register_decoders, to_rgb
+from tests.fakes import toy_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 name, as from an old zip file: not valid UTF-8
@@ -29,11 +29,7 @@ LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 name, as from an old zip file:
 
 @pytest.fixture(scope="module")
 def toy_head(tmp_path_factory) -> Path:
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(64, 128)).astype(np.float32), np.arange(64) % 2
-    model, _ = hd.train_head(x, y, x, y, hd.HeadConfig(epochs=2))
-    path = tmp_path_factory.mktemp("head") / "toy_head.keras"
-    return hd.save_head(model, {"backbone": DlibBackbone(workers=1).describe(), "descriptor_dim": 128, "threshold": 0.5}, path)
+    return toy_model(DlibBackbone(workers=1).describe(), tmp_path_factory.mktemp("head") / "toy_head.npz")[0]
 
 
 @pytest.fixture(scope="module")

@@ -74,7 +74,6 @@ def test_descriptor_noise_moves_the_trained_head_far_less_than_what_notebooks_pr
     import shutil
 
     from gender_lib import config, stages
-    from gender_lib import head as hd
 
     cfg = config.DEFAULT.replace(workdir=str(tmp_path / "work"), cache_dir=str(tmp_path / "cache"))
     stages.manifest(cfg, progress=False)
@@ -82,8 +81,8 @@ def test_descriptor_noise_moves_the_trained_head_far_less_than_what_notebooks_pr
 
     def trained(c: config.Config) -> tuple[int, float, np.ndarray]:
         result = stages.train(c, progress=False)
-        _, x, _, _ = stages.load_descriptors(c)
-        return int(result.meta["history"]["best_epoch"][0]), float(result.meta["threshold"]), hd.predict_proba(result.model, x)
+        x = stages.load_descriptors(c).x
+        return int(result.meta["history"]["best_epoch"][0]), float(result.meta["threshold"]), result.model.p_female(x)
 
     epoch, threshold, p = trained(cfg)
     for seed in (1, 2, 3):

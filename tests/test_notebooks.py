@@ -73,16 +73,16 @@ def test_notebook_02_and_the_cli_write_identical_artefacts(tmp_path):
         cwd=str(ROOT / "notebooks"),
     )
     assert cli.main(["extract", "--sample-size", "60", "--workdir", str(cli_dir), "--quiet"]) == 0
-    for name in ("manifest.csv", "manifest.json", "excluded.csv", "extraction.json"):
+    for name in ("manifest.csv", "manifest.json", "excluded.csv", "extractions/descriptor.json"):
         assert (notebook_dir / name).read_bytes() == (cli_dir / name).read_bytes(), name
-    record = json.loads((cli_dir / "extraction.json").read_text())
+    record = json.loads((cli_dir / "extractions" / "descriptor.json").read_text())
     assert record["manifest_sha256"] and record["images"] == json.loads((cli_dir / "manifest.json").read_text())["n_images"]
 
 
 @pytest.mark.notebooks
 def test_notebook_03_fine_tunes_headless_with_papermill(tmp_path):
     """Notebook 03 with mode finetune, as papermill runs it: level-2 maps extracted, the head then
-    the top level trained, classifier.npz saved, its curves drawn (a minute on the sample)."""
+    the top level trained, model.npz saved, its curves drawn (a minute on the sample)."""
     import papermill as pm
 
     from gender_lib import cli
@@ -93,15 +93,15 @@ def test_notebook_03_fine_tunes_headless_with_papermill(tmp_path):
         str(ROOT / "notebooks" / "03_train.ipynb"),
         str(out),
         kernel_name="python3",
-        parameters={"mode": "finetune", "epochs": 10, "finetune_epochs": 1, "workdir": str(tmp_path)},
+        parameters={"mode": "finetune", "flip_tta": True, "epochs": 10, "finetune_epochs": 1, "workdir": str(tmp_path)},
         progress_bar=False,
         cwd=str(ROOT / "notebooks"),
     )
     assert problems(out) == [] and images(out) >= 1
     text = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", []))
-    assert "mode finetune (top 1 residual level + fc " in text
-    meta = json.loads((tmp_path / "classifier.json").read_text())
-    assert meta["mode"] == "finetune" and meta["history"]["finetune_from"] >= 1
+    assert "flip averaging on" in text and ("model: finetune (FinetunedNetwork)" in text or "fine-tuned, no epoch kept" in text)
+    meta = json.loads((tmp_path / "model.json").read_text())
+    assert meta["config"]["mode"] == "finetune" and meta["history"]["finetune_from"] >= 1
 
 
 def test_notebook_06_names_the_model_it_really_uses():
@@ -113,7 +113,7 @@ def test_notebook_06_names_the_model_it_really_uses():
     printed = "".join("".join(o.get("text", "")) for c in cells for o in c.get("outputs", []))
     for text in (narration, parameters, printed):
         assert DEFAULT_HEAD_NAME in text
-        assert "dlib_gender_head.keras" not in text
+        assert "dlib_gender_head.npz" not in text
 
 
 def test_the_upload_cell_shows_a_text_fallback_in_a_static_render():

@@ -11,20 +11,15 @@ import pytest
 from PIL import Image
 
 from gender_lib import cli, widgets
-from gender_lib import head as hd
 from gender_lib import predict as pr
 from gender_lib.backbones import DlibBackbone
+from tests.fakes import toy_model
 
 
 @pytest.fixture(scope="module")
 def toy_head(tmp_path_factory) -> Path:
     """A head on dlib descriptors trained on random numbers: tests plumbing, not accuracy."""
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(64, 128)).astype(np.float32), np.arange(64) % 2
-    model, _ = hd.train_head(x, y, x, y, hd.HeadConfig(epochs=2))
-    backbone = DlibBackbone(workers=1)
-    path = tmp_path_factory.mktemp("head") / "toy_head.keras"
-    return hd.save_head(model, {"backbone": backbone.describe(), "descriptor_dim": 128, "threshold": 0.5}, path)
+    return toy_model(DlibBackbone(workers=1).describe(), tmp_path_factory.mktemp("head") / "toy_head.npz")[0]
 
 
 @pytest.fixture(scope="module")
@@ -186,11 +181,8 @@ def test_unreadable_file_and_cmyk_pil_image_give_answers_not_tracebacks(predicto
 
 def test_a_head_trained_on_resized_faces_gets_resized_faces(tmp_path, face_photo):
     """Regression: the predictor used to feed 5-point chips to every dlib head, even one trained with align=resize."""
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(64, 128)).astype(np.float32), np.arange(64) % 2
-    model, _ = hd.train_head(x, y, x, y, hd.HeadConfig(epochs=1))
     resize = DlibBackbone(align="resize", workers=1)
-    head = hd.save_head(model, {"backbone": resize.describe(), "descriptor_dim": 128, "threshold": 0.5}, tmp_path / "resize_head.keras")
+    head, model = toy_model(resize.describe(), tmp_path / "resize_head.npz", epochs=1)
     predictor = pr.Predictor(head)
     assert predictor.backbone.align == "resize" and predictor.backbone.id == resize.id
     calls = []
@@ -198,7 +190,7 @@ def test_a_head_trained_on_resized_faces_gets_resized_faces(tmp_path, face_photo
     predictor.backbone.prepare_face = lambda rgb, box=None: calls.append(box) or original(rgb, box)
     faces = predictor.predict(face_photo)
     rgb = pr.read_image(face_photo)
-    expected = hd.predict_proba(model, resize.embed(np.stack([resize.prepare_face(rgb, faces[0].box)])))[0]
+    expected = model.p_female(resize.embed(np.stack([resize.prepare_face(rgb, faces[0].box)])))[0]
     assert calls == [faces[0].box] and faces[0].p_female == pytest.approx(expected, abs=1e-6)
 
 

@@ -4,6 +4,7 @@ evaluation (problems reported, not dropped), and the committed head on people it
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -45,9 +46,9 @@ def extracted(cfg: config.Config) -> config.Config:
 def test_train_then_evaluate_on_the_test_split_writes_reports(extracted):
     work = extracted.workdir()
     trained = stages.train(extracted)
-    assert trained.path == work / "head.keras" and trained.meta["backbone"]["id"] == "colour-v1"
+    assert trained.path == work / "model.npz" and trained.meta["backbone"]["id"] == "colour-v1" and trained.model.kind == "frozen"
     assert trained.meta["manifest"]["sha256"] == json.loads((work / "manifest.json").read_text())["manifest_sha256"]
-    assert set(trained.meta["counts"]) == {"train", "val", "test"} and 0 < trained.meta["threshold"] < 1
+    assert set(trained.meta["counts"]) == {"train", "val", "test"} and 0 < trained.meta["threshold"] == trained.model.threshold_ < 1
     assert "widths [16, 16]" in trained.summary()
     evaluation = stages.evaluate(extracted)  # default head: the one trained in this work folder
     head = evaluation.head_report
@@ -59,15 +60,15 @@ def test_train_then_evaluate_on_the_test_split_writes_reports(extracted):
 
 
 def test_same_seed_gives_the_same_metrics(extracted, tmp_path):
-    first = stages.train(extracted, output=tmp_path / "a.keras").meta["val_metrics"]
-    second = stages.train(extracted, output=tmp_path / "b.keras").meta["val_metrics"]
+    first = stages.train(extracted, output=tmp_path / "a.npz").meta["val_metrics"]
+    second = stages.train(extracted, output=tmp_path / "b.npz").meta["val_metrics"]
     assert first == second
 
 
 def test_evaluate_refuses_a_workdir_extracted_with_another_backbone(extracted):
     stages.train(extracted)
     stages.extract(extracted, progress=False, backbone=ColourBackbone(tag="v2"))
-    with pytest.raises(features.CacheMismatchError, match="trained on colour-v1 descriptors but .* extracted with colour-v2"):
+    with pytest.raises(features.CacheMismatchError, match="trained on colour-v1 rows but .* extracted with colour-v2"):
         stages.evaluate(extracted)
 
 
@@ -88,7 +89,7 @@ def test_a_cache_that_misses_descriptors_is_an_error_not_a_smaller_dataset(extra
 
 def test_train_before_extract_says_what_to_run(cfg):
     stages.manifest(cfg, progress=False)
-    with pytest.raises(stages.StageError, match="no descriptors were extracted.*gender-lib extract"):
+    with pytest.raises(stages.StageError, match="no descriptor rows were extracted.*gender-lib extract"):
         stages.train(cfg)
 
 
@@ -100,7 +101,7 @@ def test_cross_evaluation_reports_corrupt_and_missing_images(extracted, tmp_path
     (other / "broken.png").write_bytes(b"not a png at all")
     rows += ["broken.png,m", "gone.png,f"]
     (other / "labels.csv").write_text("\n".join(rows) + "\n")
-    result = stages.cross_evaluate(extracted, other / "labels.csv", head=extracted.workdir() / "head.keras", progress=False, backbone=ColourBackbone())
+    result = stages.cross_evaluate(extracted, other / "labels.csv", head=extracted.workdir() / "model.npz", progress=False, backbone=ColourBackbone())
     assert result.head_report["n"] == 60 and result.excluded == 2
     assert result.reports[0].name == "evaluation_labels.json"  # not evaluation_labels.csv.json
     listed = result.excluded_list.read_text()
@@ -115,7 +116,7 @@ def test_cross_evaluation_without_a_head_uses_the_committed_one(cfg, tmp_path, m
         seen["path"] = path
         raise stages.StageError("stop here")
 
-    monkeypatch.setattr("gender_lib.finetune.load_any", fake_load)
+    monkeypatch.setattr("gender_lib.modeling.load", fake_load)
     with pytest.raises(stages.StageError, match="stop here"):
         stages.cross_evaluate(cfg, tmp_path / "faces", progress=False)
     assert seen["path"] == config.paths().default_head and seen["path"].is_file()
@@ -149,13 +150,15 @@ def test_a_work_folder_names_its_current_model_and_never_guesses_by_file_time(ex
 
     work = extracted.workdir()
     first = stages.train(extracted)
-    assert first.replaced is None and stages.workdir_head(work) == first.path
-    assert json.loads((work / "model.json").read_text()) == {"path": "head.keras", "mode": "frozen"}
-    elsewhere = tmp_path / "elsewhere" / "mine.keras"
+    assert first.replaced is None and stages.current_model(work) == first.path
+    assert json.loads((work / "current_model.json").read_text()) == {"path": "model.npz", "kind": "frozen"}
+    elsewhere = tmp_path / "elsewhere" / "mine.npz"
     assert cli.main(["train", "--workdir", str(work), "--cache-dir", str(extracted.cache_dir()), "-o", str(elsewhere), "--quiet"]) == 0
-    assert "replaces head.keras (mode frozen)" in capsys.readouterr().out
-    assert stages.workdir_head(work) == elsewhere.resolve()
-    (work / "model.json").unlink()
-    (work / "classifier.npz").write_bytes(b"x")  # two model files and no record: a question, not a guess
-    with pytest.raises(stages.StageError, match="name one with --head"):
-        stages.workdir_head(work)
+    assert "replaces model.npz (kind frozen)" in capsys.readouterr().out
+    assert stages.current_model(work) == elsewhere.resolve()
+    os.utime(work / "model.npz")  # a newer file does not change which model is current: the record says
+    assert stages.evaluate(extracted).results["meta"]["head"] == "mine.npz"
+    (work / "current_model.json").unlink()  # no record: a question, not a guess
+    with pytest.raises(stages.StageError, match="no model was trained here.*name one with --head"):
+        stages.evaluate(extracted)
+    assert stages.evaluate(extracted, head=elsewhere).results["meta"]["head"] == "mine.npz"

@@ -56,8 +56,6 @@ class Estimator:
     kind: ClassVar[str]
     #: The backbone output the estimator reads (:data:`gender_lib.backbones.OUTPUTS`).
     input_kind: ClassVar[str]
-    #: What the kind is, in two or three sentences (notebook 03 and ``describe``).
-    about: ClassVar[str]
     head_dtype: ClassVar[str] = "float32"
     classes_ = CLASSES
 
@@ -226,10 +224,6 @@ class FrozenHead(Estimator):
 
     kind = "frozen"
     input_kind = "descriptor"
-    about = (
-        "The MLP on the backbone's frozen descriptor (128-d for dlib, 4096-d for VGG-Face fc7): the original work's "
-        "recipe. Seconds to train; predicts without TensorFlow."
-    )
     head_dtype = "float64"
 
     def _views(self, x: np.ndarray) -> np.ndarray:
@@ -279,10 +273,6 @@ class FeaturesHead(_Level2Estimator):
     outputs of dlib's last three residual levels (768-d), from the level-2 map."""
 
     kind = "features"
-    about = (
-        "The MLP on frozen multi-level features: dlib's descriptor plus the pooled outputs of its last three residual "
-        "levels (768-d), read from the cached level-2 maps. Nothing of dlib's network changes; prediction needs TensorFlow."
-    )
 
     def _trunk(self) -> Any:
         from gender_lib.modeling import finetune
@@ -301,11 +291,6 @@ class FinetunedNetwork(_Level2Estimator):
     """
 
     kind = "finetune"
-    about = (
-        "The MLP first, then dlib's top residual level(s) and fc layer trained together with it from the cached level-2 maps "
-        "(small steps relative to each layer's weights, early stopping on validation loss). If no epoch improves, the "
-        "result is saved as the frozen head it then is."
-    )
 
     def _trunk(self) -> Any:
         from gender_lib.modeling import finetune
