@@ -391,6 +391,11 @@ def cpu_supports_bf16() -> bool:
     return any(flag in flags for flag in (" avx512_bf16", " amx_bf16"))
 
 
+def _check_vggface_output(output: str) -> None:
+    if output not in OUTPUTS[:2]:
+        raise ConfigError(f"output {output!r} (model kinds features, finetune) needs the dlib backbone's inner levels; VGG-Face gives {list(OUTPUTS[:2])}")
+
+
 class VGGFaceBackbone:
     """The converted VGG-Face: fc7 (4096-d, L2-normalised, default) or fc8 (2622-d)."""
 
@@ -401,8 +406,7 @@ class VGGFaceBackbone:
 
         if layer not in ("fc7", "fc8"):
             raise ConfigError(f"VGG-Face descriptor layer must be 'fc7' or 'fc8', got {layer!r}")
-        if output not in OUTPUTS[:2]:
-            raise ConfigError(f"output {output!r} needs the dlib backbone (its inner levels); VGG-Face gives {list(OUTPUTS[:2])}")
+        _check_vggface_output(output)
         self.layer, self.precision, self.meta, self.output = layer, precision, meta, output
         if precision == "bfloat16" and not cpu_supports_bf16():
             import warnings
@@ -427,6 +431,7 @@ class VGGFaceBackbone:
     def from_checkpoint(cls, path: str | os.PathLike[str], layer: str = "fc7", precision: str = "float32", output: str = "descriptor") -> VGGFaceBackbone:
         from gender_lib.converters import vggface
 
+        _check_vggface_output(output)  # before loading 580 MB
         if not Path(path).is_file():
             raise UserFileNotFoundError(f"{path}: no converted VGG-Face model; run notebooks/01_convert.ipynb (needs vgg_face.mat) or use backbone='dlib'")
         model, meta = vggface.load_model(path)

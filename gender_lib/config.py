@@ -82,11 +82,6 @@ class Paths:
     def vggface_model(self) -> Path:
         return self.checkpoints / "vggface.keras"
 
-    @property
-    def shared_faces(self) -> Path:
-        """The full shared face folder (29k faces), where present."""
-        return self.datasets / "combined" / "aligned"
-
 
 def _env_path(name: str, default: Path) -> Path:
     value = os.environ.get(name)
@@ -323,9 +318,6 @@ class Config:
             raise ConfigError(f"{source}: widths must be a non-empty list of positive layer widths, got {list(self.head.widths)}")
 
     # ---- resolved locations
-
-    def resolved_paths(self) -> Paths:
-        return paths()
 
     def workdir(self) -> Path:
         return Path(self.paths.workdir).expanduser().resolve() if self.paths.workdir else paths().workdir

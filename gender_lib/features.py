@@ -432,8 +432,3 @@ def open_cache(backbone_id: str, dim: int, cache_root: str | Path | None = None)
         available = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
         raise CacheMismatchError(f"{root}: no descriptors for backbone {backbone_id}; available: {available or 'none'}. Run extraction with that backbone.")
     return DescriptorCache(root, backbone_id, dim)
-
-
-def load_descriptors(table: Any, backbone_id: str, dim: int, cache_root: str | Path | None = None) -> np.ndarray:
-    """Cached descriptors for ``table`` rows (by ``sha256``) from the cache of ``backbone_id``."""
-    return open_cache(backbone_id, dim, cache_root).get(table["sha256"].tolist())

@@ -231,14 +231,6 @@ class Predictor:
                 )
         return rows
 
-    def predict_folder(self, folder: str | os.PathLike[str], csv_path: str | os.PathLike[str], detect: bool = True) -> Path:
-        """Predict every image below ``folder``; write one CSV row per face (atomically)."""
-        folder = Path(folder)
-        if not folder.is_dir():
-            raise PredictionError(f"{folder}: not a folder")
-        images, skipped = walk(folder)
-        return write_csv(self.predict_paths(images, detect=detect) + skipped_rows(skipped), csv_path)
-
     def close(self) -> None:
         self.backbone.close()
 

@@ -174,10 +174,10 @@ def extract(config: Config, workdir: str | os.PathLike[str] | None = None, *, pr
     x = cache.get(kept["sha256"].tolist())
     from gender_lib.backbones import output_of, same_network
 
-    for output, other in extraction_records(work).items():  # a work folder's records are of one network
-        if not same_network(other["backbone"], description):
+    for output, other in extraction_records(work).items():  # a work folder's records are of one network and its manifest
+        if not same_network(other["backbone"], description) or other.get("manifest_sha256") != data.meta.get("manifest_sha256"):
             (work / EXTRACTIONS / f"{output}.json").unlink()
-            log.warning("%s: the %s rows of %s are no longer this work folder's (now %s)", work, output, other["backbone"]["id"], description["id"])
+            log.warning("%s: the %s rows of %s are not this work folder's any more (another network or manifest)", work, output, other["backbone"]["id"])
     record = {"backbone": description, "images": int(len(kept)), "failures": len(report.failures), "manifest_sha256": data.meta.get("manifest_sha256")}
     write_json(work / EXTRACTIONS / f"{output_of(description)}.json", record)
     return ExtractResult(work, description, int(len(kept)), int(x.shape[1]), report, float(np.linalg.norm(x, axis=1).mean()) if len(x) else 0.0)
@@ -252,7 +252,15 @@ def inputs(config: Config, work: Path, output: str, *, backbone: dict[str, Any] 
 
     records = extraction_records(work)
     base = backbone or (next(iter(records.values()))["backbone"] if records else None)
-    if output not in records and base is not None and any(backbones.same_network(r["backbone"], base) for r in records.values()):
+    ours = [r for r in records.values() if base is not None and backbones.same_network(r["backbone"], base)]
+    if records and not ours:
+        from gender_lib.features import CacheMismatchError
+
+        raise CacheMismatchError(
+            f"the model was trained on {base.get('id')} rows but {work} was extracted with {next(iter(records.values()))['backbone']['id']}, "
+            "another network or preprocessing; extract again with that backbone or evaluate a model trained on it"
+        )
+    if output not in records and ours:
         log.warning("%s: extracting the %s output (the work folder holds %s)", work, output, ", ".join(records))
         engine = "keras" if config.backbone.engine == "ray" else config.backbone.engine
         net = backbones.from_description(base, output=output, engine=engine, cache_root=config.cache_dir())

@@ -83,7 +83,7 @@ def test_cache_is_separate_per_backbone_id_and_refuses_mismatches(tmp_path):
     with pytest.raises(ft.CacheMismatchError, match="colour-v1"):
         ft.extract(paths, keys, v2, ft.cache_for(v1, tmp_path / "c"), progress=False)
     with pytest.raises(ft.CacheMismatchError, match="no descriptors for backbone colour-v3"):
-        ft.load_descriptors({"sha256": keys}, "colour-v3", 6, tmp_path / "c")
+        ft.open_cache("colour-v3", 6, tmp_path / "c")
 
 
 def test_undecodable_image_mid_batch_is_reported_and_the_rest_embedded(tmp_path):

@@ -139,7 +139,7 @@ def test_finetune_with_the_same_seed_gives_the_same_model(level2_work) -> None:
 
 def test_a_changed_model_file_is_refused_with_its_name(level2_work, tmp_path: Path) -> None:
     model, _ = _fit(FeaturesHead, level2_work)
-    path = model.save(tmp_path / "c.npz", {})
+    path = model.save(tmp_path / "c.npz", {"backbone": DlibBackbone(output="level2").describe()})
     data = bytearray(path.read_bytes())
     data[-10] ^= 0xFF
     path.write_bytes(bytes(data))

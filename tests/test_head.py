@@ -180,13 +180,23 @@ def test_mismatched_dimensions_and_unfitted_models_are_clear_errors(separable):
 
 def test_damaged_or_foreign_model_files_are_clear_errors(tmp_path, separable):
     (xt, yt), (xv, yv), _ = separable
-    path = _fit(xt, yt, xv, yv).save(tmp_path / "h.npz", {})
+    with pytest.raises(HeadError, match=r"saved with meta\['backbone'\]"):
+        _fit(xt, yt, xv, yv).save(tmp_path / "h.npz", {})
+    with pytest.raises(HeadError, match="not fitted yet"):
+        FrozenHead().save(tmp_path / "h.npz", {"backbone": {}})
+    path = _fit(xt, yt, xv, yv).save(tmp_path / "h.npz", {"backbone": {"id": "b1"}})
     with pytest.raises(HeadError, match=r"h\.keras: a model is saved as \.npz"):
         _fit(xt, yt, xv, yv).save(tmp_path / "h.keras", {})
     side = path.with_suffix(".json")
     meta = json.loads(side.read_text())
     side.write_text(json.dumps({**meta, "kind": "forest"}))
     with pytest.raises(HeadError, match="unknown model kind 'forest'"):
+        modeling.load(path)
+    side.write_text(json.dumps({**meta, "kind": "finetune"}))  # edited by hand: the kind no longer fits the backbone record
+    with pytest.raises(HeadError, match="a finetune model reads level2 rows, but its backbone record gives descriptor"):
+        modeling.load(path)
+    side.write_text(json.dumps(["not", "a", "record"]))
+    with pytest.raises(HeadError, match="model metadata missing or damaged"):
         modeling.load(path)
     side.write_text(json.dumps({**meta, "format": "gender_lib.head/1"}))
     with pytest.raises(HeadError, match="not a gender_lib.model/1 sidecar.*train again"):

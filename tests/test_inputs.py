@@ -391,4 +391,4 @@ def test_papermill_passes_a_list_as_text_to_notebook_03(tmp_path):
         progress_bar=False,
         cwd=str(ROOT / "notebooks"),
     )
-    assert json.loads((tmp_path / "head.json").read_text())["config"]["widths"] == [8, 8]
+    assert json.loads((tmp_path / "model.json").read_text())["config"]["widths"] == [8, 8]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from gender_lib import cli, widgets
+from gender_lib import cli, config, stages, widgets
 from gender_lib import predict as pr
 from gender_lib.backbones import DlibBackbone
 from tests.fakes import toy_model
@@ -107,7 +107,7 @@ def test_folder_prediction_writes_one_row_per_face_and_reports_problems(predicto
     (folder / "photo.jpg").write_bytes(face_photo.read_bytes())
     (folder / "broken.jpg").write_bytes(b"nope")
     Image.new("RGB", (50, 50), (0, 0, 0)).save(folder / "blank.png")
-    out = predictor.predict_folder(folder, tmp_path / "out.csv")
+    out = stages.predict(config.DEFAULT, [folder], csv=tmp_path / "out.csv", predictor=predictor).csv  # the one folder path: stages.predict
     rows = pd.read_csv(out, keep_default_na=False)
     by_name = {Path(p).name: r for p, r in zip(rows["path"], rows.to_dict("records"))}
     assert by_name["photo.jpg"]["label"] in ("M", "F")
@@ -196,9 +196,9 @@ def test_a_head_trained_on_resized_faces_gets_resized_faces(tmp_path, face_photo
 
 def test_cli_errors_are_one_line_not_a_traceback(tmp_path, capsys):
     (tmp_path / "x.jpg").write_bytes(b"x")
-    assert cli.main(["predict", str(tmp_path / "x.jpg"), "--head", str(tmp_path / "missing.keras")]) == 2
+    assert cli.main(["predict", str(tmp_path / "x.jpg"), "--head", str(tmp_path / "missing.npz")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("gender-lib predict: error:") and "no trained head" in err and "Traceback" not in err
+    assert err.startswith("gender-lib predict: error:") and "no trained model" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("command", ["convert", "manifest", "extract", "train", "evaluate", "predict", "run"])

@@ -28,10 +28,10 @@ def load(path: str | os.PathLike[str], cache_root: str | os.PathLike[str] | None
     :class:`~gender_lib.errors.UserFileNotFoundError` where there is none. ``cache_root``: where
     dlib's converted Keras model is kept (the level-2 kinds rebuild its top from it)."""
     meta, arrays = read_saved(path)
-    kind = meta.get("kind")
+    kind = meta["kind"]
     if kind not in KINDS:
         raise HeadError(f"{Path(path).with_suffix('.json')}: unknown model kind {kind!r}; this gender_lib knows {sorted(KINDS)}")
-    return KINDS[kind].from_saved(meta, arrays, cache_root)
+    return KINDS[kind].from_saved(meta, arrays, cache_root, source=Path(path))
 
 
 __all__ = ["KINDS", "Estimator", "FeaturesHead", "FinetunedNetwork", "FrozenHead", "HeadError", "estimator_for", "load"]

@@ -1,25 +1,10 @@
 """The gender estimators, one class per model kind, in scikit-learn's style.
 
-Each reads one backbone output (``input_kind``, see :data:`gender_lib.backbones.OUTPUTS`),
-learns on the train split and chooses its threshold on the validation split in :meth:`fit`, and
-predicts P(female) for rows of that output. All end in the same MLP (:mod:`gender_lib.modeling.mlp`):
-
-* :class:`FrozenHead` (``frozen``): the MLP on the frozen 128-d descriptor.
-* :class:`FeaturesHead` (``features``): the MLP on the descriptor plus the pooled outputs of dlib's
-  last three residual levels (768-d), all frozen, computed from the level-2 map.
-* :class:`FinetunedNetwork` (``finetune``): the MLP first, then dlib's top ``finetune_levels``
-  residual level(s) and fc layer trained together with it (:mod:`gender_lib.modeling.finetune`).
-  When no fine-tuning epoch lowers the validation loss, dlib's weights stay as they are and the
-  model is saved as what it then is: a :class:`FrozenHead` (its history says it was fine-tuned).
-
-Flip averaging (``flip_tta``) is an option of every kind: each face is read twice, as it is and
-mirrored, the MLP trains on both views and P(female) is their average. For the frozen head the
-backbone then returns the descriptors of the face and of its mirror image; the level-2 output
-always holds both views.
-
-Saved as ``<name>.npz`` (the arrays: the MLP's as trained, tuned levels in float16) and
-``<name>.json`` (``kind``, the backbone record, threshold, config, history and the npz's sha256,
-checked on load). :func:`gender_lib.modeling.load` reads the kind from that sidecar.
+Each reads one backbone output (``input_kind``; :data:`gender_lib.backbones.OUTPUTS`), learns on
+the train split and chooses ``threshold_`` on the validation split in :meth:`~Estimator.fit`, and
+ends in the same MLP (:mod:`gender_lib.modeling.mlp`). Flip averaging (``flip_tta``) is an option of
+every kind. Saved as ``<name>.npz`` (arrays) and ``<name>.json`` (``kind``, backbone record,
+threshold, config, history, the npz's sha256); :func:`gender_lib.modeling.load` reads the kind there.
 """
 
 from __future__ import annotations
@@ -119,10 +104,13 @@ class Estimator:
         f = self._views(x)
         return self.head_(f.reshape(-1, f.shape[-1])).reshape(f.shape[0], f.shape[1])
 
-    def p_female(self, x: np.ndarray) -> np.ndarray:
-        """P(female), float64 (n,), for rows of ``backbone_output``: averaged over the views with flip averaging."""
+    def _check_fitted(self) -> None:
         if not hasattr(self, "head_"):
             raise HeadError(f"this {type(self).__name__} is not fitted yet: call fit(...) or load a saved model")
+
+    def p_female(self, x: np.ndarray) -> np.ndarray:
+        """P(female), float64 (n,), for rows of ``backbone_output``: averaged over the views with flip averaging."""
+        self._check_fitted()
         return self._p_from_views(self._views(x)) if len(x) else np.zeros(0)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -136,8 +124,8 @@ class Estimator:
 
     @property
     def n_parameters_(self) -> int:
-        """Trained parameters: the MLP's weights (and the tuned levels')."""
-        return int(sum(k.size + b.size for k, b in self.head_.dense))
+        """Trained parameters saved: the MLP's weights (and tuned levels'), not its input statistics."""
+        return int(sum(a.size for k, a in self._arrays().items() if not k.endswith(("/mean", "/variance"))))
 
     # ---- save / load
 
@@ -149,6 +137,9 @@ class Estimator:
         path = Path(path)
         if path.suffix != ".npz":
             raise HeadError(f"{path}: a model is saved as .npz (its sidecar .json beside it)")
+        self._check_fitted()
+        if not isinstance((meta or {}).get("backbone"), dict):
+            raise HeadError(f"{path}: a model is saved with meta['backbone'], the record of the backbone whose rows it read (backbone.describe())")
         buffer = io.BytesIO()
         np.savez_compressed(buffer, **self._arrays())
         data = buffer.getvalue()
@@ -173,8 +164,11 @@ class Estimator:
         return path
 
     @classmethod
-    def from_saved(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], cache_root: str | os.PathLike[str] | None = None) -> Estimator:
-        """The fitted estimator a sidecar and its arrays describe (see :func:`gender_lib.modeling.load`)."""
+    def from_saved(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], cache_root: Any = None, source: Path | None = None) -> Estimator:
+        """The fitted estimator a sidecar and its arrays describe (see :func:`gender_lib.modeling.load`);
+        :class:`HeadError` where the backbone record is not the output this kind reads."""
+        from gender_lib.backbones import output_of
+
         known = {f.name for f in dataclasses.fields(HeadConfig)}
         given = {k: v for k, v in meta.get("config", {}).items() if k in known}
         config = dataclasses.replace(HeadConfig(), **(given | {"widths": tuple(given.get("widths", HeadConfig().widths))}))
@@ -183,6 +177,9 @@ class Estimator:
         model.threshold_ = float(meta["threshold"])
         model.history_ = meta.get("history", {})
         model.meta_ = meta
+        if output_of(meta["backbone"]) != model.backbone_output:  # a sidecar edited by hand, or damaged
+            given = output_of(meta["backbone"])
+            raise HeadError(f"{source}: a {cls.kind} model reads {model.backbone_output} rows, but its backbone record gives {given}; retrain or restore it")
         model._restore(arrays)
         return model
 
@@ -190,8 +187,10 @@ class Estimator:
         """Kinds with more than the MLP rebuild the rest here."""
 
     def summary(self) -> str:
-        """Rounded, stable summary of a saved model (what notebooks print); needs ``meta_``."""
-        meta = self.meta_
+        """Rounded, stable summary of a saved model (what notebooks print), from its record ``meta_``."""
+        meta = getattr(self, "meta_", None)
+        if not meta or "val_metrics" not in meta:
+            raise HeadError("summary() reads the record the train stage saves: train with gender_lib.stages.train, or load such a model")
         history = meta.get("history", {})
         val, counts, manifest = meta["val_metrics"], meta["counts"], meta["manifest"]
         epochs = f"best epoch {int(history.get('best_epoch', [0])[0])} of {len(history.get('loss', []))}"
@@ -199,7 +198,8 @@ class Estimator:
             epochs += f" (head epochs 1-{history['finetune_from']}, fine-tuning after)"
         return "\n".join(
             [
-                f"model: {self.kind} ({type(self).__name__}) on the {self.input_kind} output; {self.reads()}",
+                f"model: {self.kind} ({type(self).__name__}) on the {self.backbone_output} output"
+                + (f" ({meta['fitted_as']})" if meta.get("fitted_as") else ""),
                 f"backbone: {meta['backbone']['id']} ({meta['backbone']['dim']}-d)",
                 f"split ({manifest['protocol']}{', LEAKY' if manifest.get('leaky') else ''}): "
                 f"train {counts['train']}, val {counts['val']}, test {counts['test']}",
@@ -212,10 +212,6 @@ class Estimator:
                 f"trained parameters: {self.n_parameters_}",
             ]
         )
-
-    def reads(self) -> str:
-        """What the MLP reads, in words."""
-        return "the MLP reads the 128-d descriptor"
 
 
 class FrozenHead(Estimator):
@@ -239,10 +235,6 @@ class FrozenHead(Estimator):
 
     def descriptors(self, x: np.ndarray) -> np.ndarray:
         return self._views(x)[:, 0]
-
-    def reads(self) -> str:
-        source = (self.meta_ if hasattr(self, "meta_") else {}).get("fitted_as")
-        return f"the MLP reads the {self.head_.dim}-d descriptor" + (f" ({source})" if source else "")
 
 
 class _Level2Estimator(Estimator):
@@ -278,9 +270,6 @@ class FeaturesHead(_Level2Estimator):
         from gender_lib.modeling import finetune
 
         return finetune.features_model(finetune.dlib_model(self.cache_root))
-
-    def reads(self) -> str:
-        return "the MLP reads the descriptor + pooled levels 2, 1, 0 (768-d, frozen)"
 
 
 class FinetunedNetwork(_Level2Estimator):
@@ -320,11 +309,6 @@ class FinetunedNetwork(_Level2Estimator):
         self._finish(self._p_from_views(finetune.per_view(self.trunk_, x_val)), y_val, started)
         return self
 
-    @property
-    def n_parameters_(self) -> int:
-        tuned = sum(a.size for a in self._arrays().values()) - sum(a.size for a in self.head_.arrays().values())
-        return super().n_parameters_ + int(tuned)
-
     def _arrays(self) -> dict[str, np.ndarray]:
         from gender_lib.modeling import finetune
 
@@ -353,13 +337,11 @@ class FinetunedNetwork(_Level2Estimator):
 
         meta = dict(meta or {})
         if "backbone" in meta:
-            meta["backbone"] = backbones.variant(meta["backbone"], self.as_head().backbone_output, cache_root=self.cache_root).describe()
+            net = backbones.variant(meta["backbone"], self.as_head().backbone_output, cache_root=self.cache_root)
+            meta["backbone"], meta["descriptor_dim"] = net.describe(), net.dim
+            net.close()
         meta["fitted_as"] = "fine-tuned, no epoch kept: dlib's weights unchanged"
         return self.as_head().save(path, meta)
-
-    def reads(self) -> str:
-        levels = self.config.finetune_levels
-        return f"the MLP reads the descriptor of dlib's network with its top {levels} residual level{'s' if levels > 1 else ''} + fc tuned"
 
 
 def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -371,8 +353,12 @@ def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, 
         raise UserFileNotFoundError(f"{path}: no trained model here; run notebooks/03_train.ipynb or `gender-lib train`, or name another with --head")
     try:
         meta = json.loads(side.read_text())
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"not a {FORMAT} sidecar (format {meta.get('format')!r}: saved by another gender_lib version? train again)")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"not a {FORMAT} sidecar ({found!r}: saved by another gender_lib version? train again)")
+        missing = [k for k in ("kind", "threshold", "backbone") if k not in meta]
+        if missing:
+            raise ValueError(f"no {', '.join(missing)}")
     except (OSError, ValueError) as error:
         raise HeadError(f"{side}: model metadata missing or damaged ({error}); retrain or restore the checkpoint") from None
     if sha256_file(path) != meta.get("weights_sha256"):
