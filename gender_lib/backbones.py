@@ -608,8 +608,3 @@ def from_description(
             f"(they differ in {', '.join(differ) or 'id'}); its predictions would be meaningless"
         )
     return backbone
-
-
-def variant(description: dict[str, Any], output: str, *, cache_root: str | os.PathLike[str] | None = None, engine: str = "keras") -> Backbone:
-    """The network ``description`` records, returning ``output`` instead (:func:`from_description`)."""
-    return from_description(description, output=output, cache_root=cache_root, engine=engine)

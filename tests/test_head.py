@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import numpy as np
@@ -201,6 +202,11 @@ def test_damaged_or_foreign_model_files_are_clear_errors(tmp_path, separable):
     side.write_text(json.dumps({**meta, "format": "gender_lib.head/1"}))
     with pytest.raises(HeadError, match="not a gender_lib.model/1 sidecar.*train again"):
         modeling.load(path)
+    other = tmp_path / "other.npz"  # an npz of something else, its sidecar's sha256 made to match
+    np.savez(other, weights=np.zeros(3))
+    other.with_suffix(".json").write_text(json.dumps({**meta, "weights_sha256": hashlib.sha256(other.read_bytes()).hexdigest()}))
+    with pytest.raises(HeadError, match=r"other\.npz: holds no MLP weights"):
+        modeling.load(other)
     side.write_text(json.dumps(meta))
     path.write_bytes(path.read_bytes()[:200])
     with pytest.raises(HeadError, match=r"h\.npz: its weights do not match the sha256"):

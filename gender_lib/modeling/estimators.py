@@ -170,10 +170,13 @@ class Estimator:
         from gender_lib.backbones import output_of
 
         known = {f.name for f in dataclasses.fields(HeadConfig)}
-        given = {k: v for k, v in meta.get("config", {}).items() if k in known}
-        config = dataclasses.replace(HeadConfig(), **(given | {"widths": tuple(given.get("widths", HeadConfig().widths))}))
+        settings = {k: v for k, v in meta.get("config", {}).items() if k in known}
+        config = dataclasses.replace(HeadConfig(), **(settings | {"widths": tuple(settings.get("widths", HeadConfig().widths))}))
         model = cls(config, seed=int(meta.get("seed", 0)), cache_root=cache_root)
-        model.head_ = MLP.from_arrays(arrays)
+        try:
+            model.head_ = MLP.from_arrays(arrays)
+        except KeyError as error:  # an npz of something else, with a sidecar that matches it
+            raise HeadError(f"{source}: holds no MLP weights ({error.args[0]} missing); retrain or restore it") from None
         model.threshold_ = float(meta["threshold"])
         model.history_ = meta.get("history", {})
         model.meta_ = meta
@@ -337,7 +340,7 @@ class FinetunedNetwork(_Level2Estimator):
 
         meta = dict(meta or {})
         if "backbone" in meta:
-            net = backbones.variant(meta["backbone"], self.as_head().backbone_output, cache_root=self.cache_root)
+            net = backbones.from_description(meta["backbone"], output=self.as_head().backbone_output, cache_root=self.cache_root)
             meta["backbone"], meta["descriptor_dim"] = net.describe(), net.dim
             net.close()
         meta["fitted_as"] = "fine-tuned, no epoch kept: dlib's weights unchanged"
