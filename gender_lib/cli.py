@@ -135,6 +135,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _answers(args: argparse.Namespace) -> int:
+    from gender_lib import stages
+
+    result = stages.fit_answers(_config(args), head=args.head_path)
+    print(result.summary())
+    print(f"saved {result.path} and {result.path.with_suffix('.json')} (gender head unchanged)")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from gender_lib import stages
 
@@ -233,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("-o", "--output", default=None, help="where the model goes (default: <workdir>/model.npz; a .json beside it)")
 
+    answers = command(
+        "answers",
+        "fit a trained model's age groups and P(correct) again (its gender head unchanged)",
+        "Fit the age-group model on the work folder's train split and P(correct) with its confidence level on the val split "
+        "(for --target-accuracy) of a model trained there, and save it in place. train does this itself; this is for a model "
+        "trained before, or another target.",
+        "where",
+        func=_answers,
+    )
+    answers.add_argument("--head", dest="head_path", default=None, help="the model (default: the work folder's current one)")
+    _add_config_flags(answers, ["target_accuracy"])
+
     evaluate = command(
         "evaluate",
         "score a model on the test split, or on any labelled folder",
@@ -248,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the model to evaluate (default: the work folder's current one; with --data-root, {p.default_head.name})",
     )
     evaluate.add_argument("--data-root", default=None, help="a labelled folder in any supported layout (cross-dataset evaluation)")
-    _add_config_flags(evaluate, ["layout", "n_boot"])
+    _add_config_flags(evaluate, ["layout", "n_boot", "min_confidence"])
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
 
     predict = command(
@@ -262,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--head", dest="head_path", default=None, help=f"a trained model (default: the committed {p.default_head.name})")
     predict.add_argument("--no-detect", action="store_true", help="the images are already face crops: skip detection")
     predict.add_argument("--csv", default=None, help="also write one row per face to this CSV")
+    _add_config_flags(predict, ["min_confidence"])
 
     run = command(
         "run",

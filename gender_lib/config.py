@@ -182,6 +182,9 @@ class HeadConfig:
     finetune_levels: Levels = _param(1, "finetune: how many of dlib's top residual levels are trained (1: the last, 256 channels at 2x2; 2: also the 4x4 one)")
     finetune_epochs: int = _param(6, "finetune: maximum epochs of the joint training (early stopping on validation loss)")
     finetune_learning_rate: float = _param(1e-3, "finetune: Adam step for the network, relative to each weight tensor's RMS")
+    target_accuracy: float = _param(
+        0.985, "accuracy on answered faces that the confidence level (min_confidence) is chosen for, on the validation split at training"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "widths": list(self.widths)}
@@ -193,6 +196,9 @@ class EvalConfig:
 
     n_boot: int = _param(1000, "bootstrap resamples (over people) for the 95%% intervals")
     n_faces: int = _param(30, "faces in the prediction grid")
+    min_confidence: float = _param(
+        -1.0, "answer a face where P(correct) is at least this, else say uncertain (-1: the level the model chose on validation; 0: always answer)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,6 +318,10 @@ class Config:
         for name in ("learning_rate", "finetune_learning_rate"):
             if getattr(self.head, name) <= 0:
                 raise ConfigError(f"{source}: {name} must be positive, got {getattr(self.head, name)}")
+        if not 0.5 < self.head.target_accuracy <= 1:
+            raise ConfigError(f"{source}: target_accuracy must be in (0.5, 1], got {self.head.target_accuracy}")
+        if not (self.evaluation.min_confidence == -1 or 0 <= self.evaluation.min_confidence <= 1):
+            raise ConfigError(f"{source}: min_confidence must be -1 (the model's level) or in [0, 1], got {self.evaluation.min_confidence}")
         if not 0 <= self.head.dropout < 1:
             raise ConfigError(f"{source}: dropout must be in [0, 1), got {self.head.dropout}")
         if not self.head.widths or any(w < 1 for w in self.head.widths):

@@ -171,6 +171,14 @@ def markdown(results: dict[str, Any]) -> str:
         for value, row in rows.items():
             cells = " | ".join(_cell(row, k, "n/a") for k in ("accuracy", "recall_M", "recall_F", "roc_auc"))
             lines.append(f"| {value} | {row['n']} | {cells} |")
+    if results.get("selective"):
+        sel = results["selective"]
+        lines += ["", "## Every face answered vs selective answers", ""] + [f"- {line.strip()}" for line in selective_lines(sel)]
+        for column, rows in sel.get("by", {}).items():
+            lines += ["", f"### Selective, by {column.replace('_', ' ')}", "", "| value | n | coverage | accuracy on answered |", "|---|---|---|---|"]
+            lines += [f"| {v} | {r['n']} | {r['coverage']:.3f} | {_rate(r['accuracy'], 3)} |" for v, r in rows.items()]
+    if results.get("age"):
+        lines += ["", "## Age group", ""] + [f"- {line}" for line in age_lines(results["age"])]
     return "\n".join(lines) + "\n"
 
 
@@ -219,3 +227,146 @@ def labels_from_genders(genders: Sequence[str]) -> np.ndarray:
     if bad:
         raise LabelError(f"gender labels must be 'M' or 'F', found {bad[:5]}")
     return (genders == "F").astype(np.int32)
+
+
+# --------------------------------------------------------------------------- selective answers and age groups
+
+
+def _person_bootstrap(statistics: Any, n: int, groups: Sequence[str] | None, n_boot: int, seed: int, level: float = 0.95) -> dict[str, list[float]]:
+    """Percentile intervals of ``statistics(index) -> {name: value}`` over resampled people."""
+    groups = np.asarray(groups if groups is not None else np.arange(n)).astype(str)
+    unique, inverse = np.unique(groups, return_inverse=True)
+    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for _ in range(n_boot):
+        idx = np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+        for key, value in statistics(idx).items():
+            if value == value:  # not NaN
+                draws.setdefault(key, []).append(float(value))
+    tail = (1 - level) / 2 * 100
+    return {k: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for k, v in draws.items()}
+
+
+def calibration_error(correct: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """ECE of a probability of an event (here P(correct)) over equal-width bins."""
+    return expected_calibration_error(np.asarray(correct, np.float64), p, bins)
+
+
+def selective_metrics(
+    correct: np.ndarray, answered: np.ndarray, p_correct: np.ndarray, level: float, table: Any | None = None, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Coverage and accuracy on the answered faces (95% person-bootstrap intervals), ECE of
+    P(correct), the risk-coverage curve, and both by gender, age group and source.
+
+    ``correct``: the forced label is right (bool, n); ``answered``: P(correct) >= ``level``."""
+    from gender_lib.modeling.answers import risk_coverage
+
+    c, a, q = np.asarray(correct, bool), np.asarray(answered, bool), np.asarray(p_correct, np.float64)
+
+    def stats(idx: np.ndarray) -> dict[str, float]:
+        answered_here = a[idx]
+        return {"coverage": float(answered_here.mean()), "accuracy": float(c[idx][answered_here].mean()) if answered_here.any() else float("nan")}
+
+    out: dict[str, Any] = {
+        "min_confidence": float(level),
+        "n": int(len(c)),
+        "answered": int(a.sum()),
+        **stats(np.arange(len(c))),
+        "accuracy_all": float(c.mean()),
+        "ece_p_correct": calibration_error(c, q) if np.isfinite(q).all() else None,
+        "risk_coverage": risk_coverage(q, c) if np.isfinite(q).all() else None,
+    }
+    groups = table["group"].tolist() if table is not None and "group" in table else None
+    out["intervals_95"] = _person_bootstrap(stats, len(c), groups, n_boot, seed)
+    if table is not None:
+        out["by"] = {}
+        for column in ("gender", "age_group", "source"):
+            if column in table:
+                values = np.asarray(table[column]).astype(str)
+                out["by"][column] = {v: {"n": int((values == v).sum()), **stats(np.flatnonzero(values == v))} for v in sorted(set(values), key=_natural)}
+    return out
+
+
+def age_metrics(
+    true: Sequence[str], p: np.ndarray, ages: Sequence[Any] | None = None, groups: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Exact and one-group-off accuracy (95% person-bootstrap intervals), under-15 recall and
+    precision, mean absolute error in years (group midpoints of :data:`GROUP_YEARS` against true
+    ages, where they are whole numbers) and the confusion matrix, for the faces with a known group.
+
+    ``true``: age-group names; ``p``: (n, 8) over :data:`~gender_lib.modeling.answers.AGE_GROUPS`."""
+    from gender_lib.modeling.answers import AGE_GROUPS, CHILD_GROUPS, GROUP_YEARS, AgeGroups
+
+    true = np.asarray(true).astype(str)
+    known = np.isin(true, AGE_GROUPS)
+    if not known.any():
+        return {"n": 0}
+    t = np.array([AGE_GROUPS.index(g) for g in true[known]])
+    pred = AgeGroups.median(np.asarray(p)[known])
+    child, child_pred = t < len(CHILD_GROUPS), pred < len(CHILD_GROUPS)
+
+    def stats(idx: np.ndarray) -> dict[str, float]:
+        return {"exact": float((pred[idx] == t[idx]).mean()), "one_off": float((np.abs(pred[idx] - t[idx]) <= 1).mean())}
+
+    out: dict[str, Any] = {
+        "n": int(known.sum()),
+        "groups": list(AGE_GROUPS),
+        **stats(np.arange(len(t))),
+        "child_recall": float(child_pred[child].mean()) if child.any() else None,
+        "child_precision": float(child[child_pred].mean()) if child_pred.any() else None,
+        "confusion_matrix": np.array([[int(((t == i) & (pred == j)).sum()) for j in range(len(AGE_GROUPS))] for i in range(len(AGE_GROUPS))]).tolist(),
+        "mae_years": None,
+    }
+    if ages is not None:
+        years = np.array([float(a) if str(a).strip().isdigit() else np.nan for a in np.asarray(ages)[known]])
+        if np.isfinite(years).any():
+            guess = np.array([GROUP_YEARS[AGE_GROUPS[i]] for i in pred])
+            out["mae_years"] = float(np.nanmean(np.abs(guess - years)))
+    out["intervals_95"] = _person_bootstrap(stats, len(t), None if groups is None else np.asarray(groups)[known], n_boot, seed)
+    return out
+
+
+def _rate(value: float, digits: int) -> str:
+    return "-" if value != value else f"{value:.{digits}f}"  # NaN: no face answered there
+
+
+def selective_lines(report: dict[str, Any]) -> list[str]:
+    """Both protocols side by side, rounded (what evaluate prints)."""
+    ci = report.get("intervals_95", {})
+
+    def with_ci(key: str) -> str:
+        value = report[key]
+        if value != value:
+            return "n/a"
+        return f"{value:.3f}" + (f" [{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if key in ci else "")
+
+    ece = report.get("ece_p_correct")
+    lines = [
+        f"every face answered: accuracy {report['accuracy_all']:.3f} (n={report['n']})",
+        f"selective (P(correct) >= {report['min_confidence']:.3f}): coverage {with_ci('coverage')}, accuracy on answered {with_ci('accuracy')}"
+        + (f"; ECE of P(correct) {ece:.3f}" if ece is not None else ""),
+    ]
+    by_age = report.get("by", {}).get("age_group", {})
+    if by_age:
+        cells = ", ".join(f"{g} {r['coverage']:.2f}/{_rate(r['accuracy'], 2)}" for g, r in by_age.items())
+        lines.append(f"  by age group (coverage/accuracy): {cells}")
+    return lines
+
+
+def age_lines(report: dict[str, Any]) -> list[str]:
+    """The age-group metrics, rounded."""
+    if not report.get("n"):
+        return ["age group: no faces with a known age group"]
+    ci = report.get("intervals_95", {})
+
+    def with_ci(key: str) -> str:
+        return f"{report[key]:.3f}" + (f" [{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if key in ci else "")
+
+    child = (
+        f"under 15 recall {report['child_recall']:.3f}, precision {report['child_precision']:.3f}"
+        if report.get("child_recall") is not None and report.get("child_precision") is not None
+        else "under 15: n/a"
+    )
+    mae = f"; MAE {report['mae_years']:.1f} years" if report.get("mae_years") is not None else ""
+    return [f"age group (n={report['n']}): exact {with_ci('exact')}, one-off {with_ci('one_off')}; {child}{mae}"]

@@ -315,9 +315,40 @@ def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, outp
     estimator = modeling.estimator_for(config, cache_root=config.cache_dir())
     data = inputs(config, work, estimator.backbone_output, progress=progress)
     estimator.fit(*data.split("train"), *data.split("val"), progress=progress)
+    _fit_answers(config, estimator, data)
     saved = estimator.save(path, _train_meta(config, estimator, data))
     model = modeling.load(saved, config.cache_dir())
     return TrainResult(model, saved, _record_model(work, saved, model.kind))
+
+
+def _fit_answers(config: Config, estimator: Any, data: Inputs) -> None:
+    train_rows, val_rows = (data.table["split"] == "train").to_numpy(), (data.table["split"] == "val").to_numpy()
+    estimator.fit_answers(
+        data.x[train_rows], data.table["age_group"][train_rows], *data.split("val"), data.table["group"][val_rows], config.head.target_accuracy
+    )
+
+
+def fit_answers(config: Config, workdir: str | os.PathLike[str] | None = None, *, head: str | os.PathLike[str] | None = None) -> TrainResult:
+    """Fit a trained model's age-group and correctness models (:meth:`~gender_lib.modeling.Estimator.fit_answers`)
+    again on the work folder's train and val splits, its gender head unchanged, and save it in place.
+
+    For a model trained before these existed, or with another ``target_accuracy``. The work folder
+    must hold the manifest the model was trained on (:class:`StageError` otherwise: its val split
+    would not be the one the threshold was chosen on)."""
+    from gender_lib import modeling
+    from gender_lib.backbones import output_of
+
+    work = _workdir(config, workdir)
+    head_path = _resolve_head(config, head, lambda: current_model(work))
+    model = modeling.load(head_path, cache_root=config.cache_dir())
+    recorded = model.meta_["backbone"]
+    data = inputs(config, work, output_of(recorded), backbone=recorded, progress=False)
+    if (model.meta_.get("manifest") or {}).get("sha256") != data.manifest_meta.get("manifest_sha256"):
+        raise StageError(f"{head_path} was trained on another manifest than {work}'s: fit its answers in the work folder it was trained in")
+    _fit_answers(config, model, data)
+    meta = {k: v for k, v in model.meta_.items() if k not in ("format", "weights_sha256", "weights_bytes")}
+    saved = model.save(head_path, meta)
+    return TrainResult(modeling.load(saved, config.cache_dir()), saved)
 
 
 def _train_meta(config: Config, estimator: Any, data: Inputs) -> dict[str, Any]:
@@ -391,6 +422,10 @@ class EvaluateResult:
         from gender_lib import metrics
 
         lines = [line for name, report in self.results["models"].items() for line in metrics.summary_lines(report, name)]
+        if self.results.get("selective"):
+            lines += metrics.selective_lines(self.results["selective"])
+        if self.results.get("age"):
+            lines += metrics.age_lines(self.results["age"])
         if self.excluded_list is not None:
             lines.append(
                 f"left out: {self.excluded} images that could not be used (corrupt, missing, unlabelled or duplicate); listed in {self.excluded_list.name}"
@@ -400,15 +435,32 @@ class EvaluateResult:
     __str__ = summary
 
 
-def _score(model: Any, table: Any, x: np.ndarray, seed: int, n_boot: int) -> dict[str, Any]:
+def _score(model: Any, table: Any, x: np.ndarray, seed: int, n_boot: int, min_confidence: float = -1.0) -> dict[str, Any]:
+    """Both protocols (every face answered; selective), the age groups, and per-face predictions."""
     from gender_lib import metrics
 
     y = metrics.labels_from_genders(table["gender"])
-    p = model.p_female(x)
-    return {
+    said = model.answer(x, min_confidence)
+    p = said.p_female
+    out = {
         "report": metrics.evaluate(y, p, model.threshold_, table, n_boot=n_boot, seed=seed),
-        "predictions": {"path": table["path"].tolist(), "gender": table["gender"].tolist(), "p_female": p.round(6).tolist()},
+        "predictions": {
+            "path": table["path"].tolist(),
+            "gender": table["gender"].tolist(),
+            "p_female": p.round(6).tolist(),
+            "label": said.label.tolist(),
+            "p_correct": [None if q != q else round(float(q), 6) for q in said.p_correct],
+            "age_group": said.age_group,
+        },
+        "selective": None,
+        "age": None,
     }
+    correct = (p >= model.threshold_).astype(int) == y
+    if model.confidence_ is not None:
+        out["selective"] = metrics.selective_metrics(correct, said.answered, said.p_correct, said.level, table, n_boot=n_boot, seed=seed)
+    if said.age_p is not None and "age_group" in table:
+        out["age"] = metrics.age_metrics(table["age_group"], said.age_p, table.get("age"), table.get("group"), n_boot=n_boot, seed=seed)
+    return out
 
 
 def _resolve_head(config: Config, head: str | os.PathLike[str] | None, fallback: Any) -> Path:
@@ -446,7 +498,7 @@ def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, h
     if not test.any():
         raise StageError(f"{work}: the manifest has no test split")
     seed = model.seed
-    scored = _score(model, table[test], x[test], seed, config.evaluation.n_boot)
+    scored = _score(model, table[test], x[test], seed, config.evaluation.n_boot, config.evaluation.min_confidence)
     results: dict[str, Any] = {
         "title": f"{head_path.name} on {Path(manifest_meta['root']).name} (test split)",
         "meta": {
@@ -467,7 +519,7 @@ def evaluate(config: Config, workdir: str | os.PathLike[str] | None = None, *, h
         results["models"]["logistic regression"] = metrics.evaluate(
             y[test], baseline.predict_proba(xb[test])[:, 1], threshold, table[test], n_boot=config.evaluation.n_boot, seed=seed
         )
-    results["predictions"] = scored["predictions"]
+    results |= {"selective": scored["selective"], "age": scored["age"], "predictions": scored["predictions"]}
     results["root"] = manifest_meta.get("root")
     reports = metrics.write_reports(results, work / "reports")
     return EvaluateResult(results, reports)
@@ -510,11 +562,13 @@ def cross_evaluate(
             net.close()
     data = load_descriptors(config, target, output_of(meta["backbone"]), backbone=meta["backbone"])
     table, manifest_meta = data.table, data.manifest_meta
-    scored = _score(model, table, data.x, model.seed, config.evaluation.n_boot)
+    scored = _score(model, table, data.x, model.seed, config.evaluation.n_boot, config.evaluation.min_confidence)
     results = {
         "title": f"{head_path.name} on {name} (all images)",
         "meta": {"head": head_path.name, "backbone": meta["backbone"]["id"], "data": name, "threshold_from": "validation split of the training data"},
         "models": {"mlp head": scored["report"]},
+        "selective": scored["selective"],
+        "age": scored["age"],
         "predictions": scored["predictions"],
         "root": manifest_meta.get("root"),
     }

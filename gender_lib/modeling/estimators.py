@@ -23,7 +23,7 @@ from gender_lib.config import HeadConfig
 from gender_lib.errors import UserFileNotFoundError
 from gender_lib.fileio import publish_together, sha256_bytes, sha256_file
 from gender_lib.metrics import CLASSES
-from gender_lib.modeling import mlp
+from gender_lib.modeling import answers, mlp
 from gender_lib.modeling.mlp import MLP, HeadError
 
 FORMAT = "gender_lib.model/1"
@@ -34,9 +34,14 @@ class Estimator:
 
     Fitted attributes: ``head_`` (:class:`~gender_lib.modeling.mlp.MLP`), ``threshold_`` (float,
     chosen on validation to maximise balanced accuracy), ``history_`` (per-epoch losses and
-    accuracies, ``best_epoch``), ``train_seconds_``; after :func:`~gender_lib.modeling.load` also
-    ``meta_`` (the sidecar).
+    accuracies, ``best_epoch``), ``train_seconds_``; after :meth:`fit_answers` also ``age_``
+    (:class:`~gender_lib.modeling.answers.AgeGroups` or None) and ``confidence_``
+    (:class:`~gender_lib.modeling.answers.Correctness`); after :func:`~gender_lib.modeling.load`
+    also ``meta_`` (the sidecar). Models saved without the last two answer every face, without an age.
     """
+
+    age_: answers.AgeGroups | None = None
+    confidence_: answers.Correctness | None = None
 
     kind: ClassVar[str]
     #: The backbone output the estimator reads (:data:`gender_lib.backbones.OUTPUTS`).
@@ -71,6 +76,11 @@ class Estimator:
         """The (n, 128) frozen descriptors of the faces (not mirrored) in rows of ``input_kind``:
         what the logistic-regression baseline reads."""
         raise NotImplementedError
+
+    def descriptor_views(self, x: np.ndarray) -> np.ndarray:
+        """(n, views, 128): the frozen descriptors the rows hold (face, and mirror image where
+        there): what the age-group model reads."""
+        return self.descriptors(x)[:, None]
 
     # ---- the shared part
 
@@ -122,15 +132,51 @@ class Estimator:
         """Labels ``"M"`` / ``"F"``: P(female) compared with ``threshold_``."""
         return np.where(self.p_female(x) >= self.threshold_, CLASSES[1], CLASSES[0])
 
+    def fit_answers(self, x_train: np.ndarray, age_train: Any, x_val: np.ndarray, y_val: np.ndarray, people_val: Any, target: float = 0.985) -> Estimator:
+        """After :meth:`fit`: the age-group model on the train faces (``age_train``: their
+        :data:`~gender_lib.modeling.answers.AGE_GROUPS` names; none where fewer than two groups are
+        known), then P(correct) and its level for ``target`` accuracy on the val faces (``people_val``:
+        their person ids). The test split is never read."""
+        self._check_fitted()
+        groups = np.asarray(age_train).astype(str)
+        known = set(groups[np.isin(groups, answers.AGE_GROUPS)])
+        self.age_ = answers.AgeGroups(seed=self.seed).fit(self.descriptor_views(x_train), groups) if len(known) >= 2 else None
+        p = self.p_female(x_val)
+        correct = (p >= self.threshold_).astype(int) == np.asarray(y_val).astype(int)
+        features = answers.correctness_features(answers.margin(p, self.threshold_), self._age_p(x_val))
+        self.confidence_ = answers.Correctness(target, self.seed).fit(features, correct, people_val)
+        return self
+
+    def _age_p(self, x: np.ndarray) -> np.ndarray | None:
+        return None if self.age_ is None else self.age_.full_proba(self.age_.predict_proba(self.descriptor_views(x)))
+
+    def answer(self, x: np.ndarray, min_confidence: float | None = None) -> answers.Answers:
+        """Gender label or ``uncertain``, P(female), P(correct) and the age group of each row.
+
+        ``min_confidence``: answer where P(correct) is at least this; None or negative: the level
+        chosen on validation (``confidence_.min_confidence_``); 0: every face is answered."""
+        self._check_fitted()
+        p = self.p_female(x)
+        age_p = self._age_p(x) if len(x) else None
+        if self.confidence_ is None:
+            return answers.Answers(p, self.threshold_, np.full(len(p), np.nan), 0.0, age_p)
+        level = self.confidence_.min_confidence_ if min_confidence is None or min_confidence < 0 else float(min_confidence)
+        features = answers.correctness_features(answers.margin(p, self.threshold_), age_p)
+        return answers.Answers(p, self.threshold_, self.confidence_.p_correct(features) if len(p) else np.zeros(0), level, age_p)
+
     @property
     def n_parameters_(self) -> int:
-        """Trained parameters saved: the MLP's weights (and tuned levels'), not its input statistics."""
-        return int(sum(a.size for k, a in self._arrays().items() if not k.endswith(("/mean", "/variance"))))
+        """Trained parameters saved: the MLP's weights (and tuned levels', the age and correctness
+        models'), not input statistics."""
+        return int(sum(a.size for k, a in self._arrays().items() if not k.endswith(("/mean", "/variance", "/scale", "/groups"))))
 
     # ---- save / load
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return self.head_.arrays()
+        return self.head_.arrays() | self._answer_arrays()
+
+    def _answer_arrays(self) -> dict[str, np.ndarray]:
+        return (self.age_.arrays() if self.age_ else {}) | (self.confidence_.arrays() if self.confidence_ else {})
 
     def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
         """``<path>`` (.npz, the arrays) and ``<path>.json`` (``meta`` plus what the model is), published together."""
@@ -154,6 +200,8 @@ class Estimator:
             "seed": self.seed,
             "config": self.config.to_dict(),
             "history": self.history_,
+            "age_groups": list(self.age_.groups_) if self.age_ else [],
+            "answers": self.confidence_.record() if self.confidence_ else None,
             "train_seconds": round(float(getattr(self, "train_seconds_", 0.0)), 1),
             "weights_sha256": sha256_bytes(data),
             "weights_bytes": len(data),
@@ -178,7 +226,10 @@ class Estimator:
         except KeyError as error:  # an npz of something else, with a sidecar that matches it
             raise HeadError(f"{source}: holds no MLP weights ({error.args[0]} missing); retrain or restore it") from None
         model.threshold_ = float(meta["threshold"])
+        model.age_ = answers.AgeGroups.from_arrays(arrays)
+        model.confidence_ = answers.Correctness.from_saved(arrays, meta.get("answers"))
         model.history_ = meta.get("history", {})
+        model.train_seconds_ = float(meta.get("train_seconds", 0.0))
         model.meta_ = meta
         if output_of(meta["backbone"]) != model.backbone_output:  # a sidecar edited by hand, or damaged
             given = output_of(meta["backbone"])
@@ -213,7 +264,19 @@ class Estimator:
                 f"logistic-regression baseline val: accuracy {meta['baseline_val_metrics']['accuracy']:.3f}, "
                 f"ROC-AUC {meta['baseline_val_metrics']['roc_auc']:.3f}",
                 f"trained parameters: {self.n_parameters_}",
+                self.answers_line(),
             ]
+        )
+
+    def answers_line(self) -> str:
+        """What the model says besides the gender: age groups, and its confidence level."""
+        age = f"age groups: {len(self.age_.groups_)} ({self.age_.groups_[0]} ... {self.age_.groups_[-1]})" if self.age_ else "age groups: none"
+        c = self.confidence_
+        if c is None:
+            return f"{age}; no P(correct): every face answered (trained before selective answers; `gender-lib answers` adds them)"
+        return (
+            f"{age}; answers where P(correct) >= {c.min_confidence_:.3f} (chosen on val for {c.target_:.1%} accuracy: "
+            f"out-of-fold val coverage {c.val_coverage_:.3f})"
         )
 
 
@@ -238,6 +301,9 @@ class FrozenHead(Estimator):
 
     def descriptors(self, x: np.ndarray) -> np.ndarray:
         return self._views(x)[:, 0]
+
+    def descriptor_views(self, x: np.ndarray) -> np.ndarray:
+        return self._views(x)
 
 
 class _Level2Estimator(Estimator):
@@ -315,7 +381,7 @@ class FinetunedNetwork(_Level2Estimator):
     def _arrays(self) -> dict[str, np.ndarray]:
         from gender_lib.modeling import finetune
 
-        return self.head_.arrays() | (finetune.tuned_arrays(self.tuned_) if getattr(self, "tuned_kept_", True) else {})
+        return self.head_.arrays() | self._answer_arrays() | (finetune.tuned_arrays(self.tuned_) if getattr(self, "tuned_kept_", True) else {})
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
         from gender_lib.modeling import finetune
@@ -327,7 +393,7 @@ class FinetunedNetwork(_Level2Estimator):
     def as_head(self) -> FrozenHead:
         """The fitted MLP as the :class:`FrozenHead` it is when dlib's weights were kept unchanged."""
         head = FrozenHead(self.config, seed=self.seed, cache_root=self.cache_root)
-        for name in ("head_", "threshold_", "history_", "train_seconds_"):
+        for name in ("head_", "threshold_", "history_", "train_seconds_", "age_", "confidence_"):
             setattr(head, name, getattr(self, name))
         return head
 
