@@ -143,8 +143,17 @@ def reliability(curve: dict[str, list[float]], ece: float | None = None) -> Any:
     return Plot(figure, "reliability diagram")
 
 
-def face_grid(images: Sequence[np.ndarray], p_female: Sequence[float], true: Sequence[str], threshold: float = 0.5, columns: int = 6) -> Any:
-    """Faces titled with the predicted label and P(female); wrong ones framed in red with the true label."""
+def face_grid(
+    images: Sequence[np.ndarray],
+    p_female: Sequence[float],
+    true: Sequence[str],
+    threshold: float = 0.5,
+    columns: int = 6,
+    labels: Sequence[str] | None = None,
+    ages: Sequence[str] | None = None,
+) -> Any:
+    """Faces titled with the label and P(female) (and the age group); wrong answers framed in red
+    with the true label, uncertain ones (``labels``) titled ``?`` in grey."""
     from matplotlib.figure import Figure
 
     rows = int(np.ceil(len(images) / columns))
@@ -152,11 +161,14 @@ def face_grid(images: Sequence[np.ndarray], p_female: Sequence[float], true: Seq
     axes = np.atleast_1d(figure.subplots(rows, columns)).reshape(-1)
     for ax in axes:
         ax.axis("off")
-    for ax, image, p, label in zip(axes, images, p_female, true):
-        predicted = "F" if p >= threshold else "M"
-        wrong = predicted != label
+    labels = labels if labels is not None else ["F" if p >= threshold else "M" for p in p_female]
+    ages = ages if ages is not None else [""] * len(images)
+    for ax, image, p, label, predicted, age in zip(axes, images, p_female, true, labels, ages):
+        unsure = predicted not in ("F", "M")
+        wrong = not unsure and predicted != label
         ax.imshow(image)
-        ax.set_title(f"{predicted} P(F)={p:.2f}" + (f" (true {label})" if wrong else ""), fontsize=9, color="red" if wrong else "black")
+        title = f"{'?' if unsure else predicted} P(F)={p:.2f}" + (f" {age}" if age else "") + (f"\n(true {label})" if wrong else "")
+        ax.set_title(title, fontsize=8, color="red" if wrong else "grey" if unsure else "black")
         if wrong:
             for spine in ax.spines.values():
                 spine.set_visible(True)
@@ -184,12 +196,15 @@ def prediction_grid(results: dict[str, Any], n: int = 30, seed: int = 0, columns
     images = [load_rgb(root / predictions["path"][i]) for i in picks]
     p = [predictions["p_female"][i] for i in picks]
     true = [predictions["gender"][i] for i in picks]
+    said = [predictions["label"][i] for i in picks] if "label" in predictions else ["F" if q >= threshold else "M" for q in p]
+    ages = [predictions["age_group"][i] for i in picks] if "age_group" in predictions else [""] * len(picks)
     lines = []
-    for i, probability, label in zip(picks, p, true):
-        predicted = "F" if probability >= threshold else "M"
-        wrong = "  WRONG" if predicted != label else ""
-        lines.append(f"{display_path(Path(predictions['path'][i]).name)[:40]:<40} predicted {predicted} (P(female)={probability:.2f}) true {label}{wrong}")
-    return face_grid(images, p, true, threshold, columns), lines
+    for i, probability, label, answer, age in zip(picks, p, true, said, ages):
+        wrong = "  WRONG" if answer in ("F", "M") and answer != label else ""
+        age_text = f" age {age}" if age else ""
+        name = display_path(Path(predictions["path"][i]).name)[:40]
+        lines.append(f"{name:<40} predicted {answer:<9} (P(female)={probability:.2f}){age_text} true {label}{wrong}")
+    return face_grid(images, p, true, threshold, columns, said, ages), lines
 
 
 def detections(rgb: np.ndarray, faces: Sequence[Any], title: str = "") -> Plot:
@@ -203,12 +218,12 @@ def detections(rgb: np.ndarray, faces: Sequence[Any], title: str = "") -> Plot:
     ax.imshow(rgb)
     for face in faces:
         left, top, right, bottom = face.box
-        color = "#d6336c" if face.label == "F" else "#1c7ed6"
+        color = {"F": "#d6336c", "M": "#1c7ed6"}.get(face.label, "#868e96")  # grey: uncertain
         ax.add_patch(Rectangle((left, top), right - left, bottom - top, fill=False, edgecolor=color, linewidth=2.5))
         ax.text(
             left,
             max(0, top - 4),
-            f"{face.label} P(F)={face.p_female:.2f}",
+            f"{face.label if face.label in ('F', 'M') else '?'} P(F)={face.p_female:.2f}" + (f" {face.age_group}" if face.age_group else ""),
             color="white",
             fontsize=11,
             va="bottom",

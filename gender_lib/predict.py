@@ -64,25 +64,39 @@ class PredictionError(GenderLibError, ValueError):
 
 @dataclasses.dataclass
 class Face:
-    """One face: box (left, top, right, bottom) in the input image's pixels, label, P(female)."""
+    """One face: box (left, top, right, bottom) in the input image's pixels, label (``"F"``, ``"M"``
+    or ``"uncertain"``), P(female), P(correct) and the age group (NaN / '' from a model without them)."""
 
     box: tuple[int, int, int, int]
     label: str
     p_female: float
     threshold: float = 0.5
     detected: bool = True
+    p_correct: float = float("nan")
+    forced: str = ""  # the label P(female) and the threshold give, also where the answer is uncertain
+    reason: str = ""  # why uncertain
+    age_group: str = ""
+    age_group_p: float = float("nan")
 
     @property
     def word(self) -> str:
-        return "female" if self.label == "F" else "male"
+        return {"F": "female", "M": "male"}.get(self.label, self.label)
 
     def text(self) -> str:
-        """E.g. ``female, P(female) 0.97 (threshold 0.45), box (16, 17, 106, 106)``.
+        """E.g. ``female, P(female) 0.97 (threshold 0.45), P(correct) 0.99, age 25-37 (P 0.48), box (16, 17, 106, 106)``;
+        ``uncertain (looks under 15; would be male), ...`` below the model's confidence level.
 
         The label is P(female) compared with the head's threshold (chosen on validation data),
-        so the number shown is P(female) itself, never a 'confidence' that could read below 50%.
+        so the number shown is P(female) itself, never a 'confidence' that could read below 50%;
+        P(correct) is how often answers like this one were right on validation faces.
         """
-        return f"{self.word}, P(female) {self.p_female:.2f} (threshold {self.threshold:.2f}), box {self.box}"
+        word = self.word
+        if self.label not in ("F", "M"):
+            forced = {"F": "female", "M": "male"}.get(self.forced, self.forced)
+            word += f" ({self.reason}; would be {forced})" if self.reason else f" (would be {forced})"
+        extra = "" if self.p_correct != self.p_correct else f", P(correct) {self.p_correct:.2f}"
+        extra += f", age {self.age_group} (P {self.age_group_p:.2f})" if self.age_group else ""
+        return f"{word}, P(female) {self.p_female:.2f} (threshold {self.threshold:.2f}){extra}, box {self.box}"
 
 
 def read_image(image: Any, name: str = "image", channels: str = "rgb") -> np.ndarray:
@@ -164,6 +178,7 @@ class Predictor:
         vggface_path: str | os.PathLike[str] | None = None,
         engine: str = "keras",
         cache_root: str | os.PathLike[str] | None = None,
+        min_confidence: float | None = None,
     ):
         """``engine``: ``keras`` (fast per face once loaded: notebooks, the widget, folders) or
         ``dlib`` (no TensorFlow import for a model on descriptors: a few photos from the command
@@ -179,6 +194,7 @@ class Predictor:
         if self.backbone.id != self.meta["backbone"]["id"]:
             raise PredictionError(f"{self.head_path}: trained on {self.meta['backbone']['id']} rows, not {self.backbone.id}")
         self.threshold = float(self.model.threshold_)
+        self.min_confidence = min_confidence
 
     def predict(self, image: Any, detect: bool = True, name: str = "image", channels: str = "rgb") -> list[Face]:
         """Faces in ``image`` (largest first): see :func:`read_image` for what ``image`` may be.
@@ -200,8 +216,13 @@ class Predictor:
             check_face_crop(rgb, name)
             boxes = [(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)]
             x = np.stack([self.backbone.prepare_face(rgb)])
-        p = self.model.p_female(self.backbone.embed(x))
-        return [Face(tuple(int(v) for v in box), "F" if pi >= self.threshold else "M", float(pi), self.threshold, detect) for box, pi in zip(boxes, p)]
+        said = self.model.answer(self.backbone.embed(x), self.min_confidence)
+        return [
+            Face(tuple(int(v) for v in box), label, float(p), self.threshold, detect, float(q), forced, reason, age, float(age_p))
+            for box, label, p, q, forced, reason, age, age_p in zip(
+                boxes, said.label, said.p_female, said.p_correct, said.forced, said.reason, said.age_group, said.age_group_p
+            )
+        ]
 
     def predict_paths(self, paths: Iterable[str | os.PathLike[str]], detect: bool = True) -> list[dict[str, Any]]:
         """One row per face (or per problem) for each path; never raises for a bad file."""
@@ -224,6 +245,11 @@ class Predictor:
                         "label": face.label,
                         "p_female": round(face.p_female, 4),
                         "threshold": round(face.threshold, 4),
+                        "p_correct": "" if face.p_correct != face.p_correct else round(face.p_correct, 4),
+                        "forced_label": face.forced,
+                        "reason": face.reason,
+                        "age_group": face.age_group,
+                        "age_group_p": "" if face.age_group_p != face.age_group_p else round(face.age_group_p, 4),
                         "box": " ".join(map(str, face.box)),
                         "message": "",
                         "problem": False,
@@ -235,7 +261,7 @@ class Predictor:
         self.backbone.close()
 
 
-CSV_COLUMNS = ["path", "face", "label", "p_female", "threshold", "box", "message"]
+CSV_COLUMNS = ["path", "face", "label", "p_female", "threshold", "p_correct", "forced_label", "reason", "age_group", "age_group_p", "box", "message"]
 
 
 #: Files a folder walk names as not predictable, by extension, with what to do.

@@ -623,13 +623,14 @@ class PredictResult:
             if row["message"]:
                 out.append((f"{row['path']}: {row['message']}", True))
             else:
-                word = "female" if row["label"] == "F" else "male"
-                out.append(
-                    (
-                        f"{row['path']}: face {row['face']}: {word}, P(female) {row['p_female']:.3f} (threshold {row['threshold']:.3f}), box {row['box']}",
-                        False,
-                    )
-                )
+                words = {"F": "female", "M": "male"}
+                word = words.get(row["label"], row["label"])
+                if row["label"] not in words:
+                    word += f" ({row['reason']}; would be {words[row['forced_label']]})"
+                extra = f", P(correct) {row['p_correct']:.3f}" if row.get("p_correct", "") != "" else ""
+                extra += f", age {row['age_group']} (P {row['age_group_p']:.3f})" if row.get("age_group") else ""
+                p_text = f"P(female) {row['p_female']:.3f} (threshold {row['threshold']:.3f})"
+                out.append((f"{row['path']}: face {row['face']}: {word}, {p_text}{extra}, box {row['box']}", False))
         return out
 
     def summary(self) -> str:
@@ -666,7 +667,9 @@ def predict(
     # (seconds); more: the Keras engine, faster per face. Models on dlib's inner levels use Keras anyway.
     engine = "keras" if config.backbone.engine == "ray" else config.backbone.engine
     engine = "dlib" if len(paths) <= FEW_PHOTOS and engine == "keras" else engine
-    predictor = predictor or pr.Predictor(head or config.paths.head_path or None, engine=engine, cache_root=config.cache_dir())
+    predictor = predictor or pr.Predictor(
+        head or config.paths.head_path or None, engine=engine, cache_root=config.cache_dir(), min_confidence=config.evaluation.min_confidence
+    )
     try:
         rows = predictor.predict_paths(paths, detect=detect) + pr.skipped_rows(skipped)
     finally:
