@@ -91,6 +91,49 @@ def confusion(matrix: Sequence[Sequence[int]], title: str = "test split") -> Any
     return Plot(figure, f"confusion matrix ({title})")
 
 
+def age_confusion(report: dict[str, Any], title: str = "test split") -> Plot:
+    """The age-group confusion matrix of :func:`gender_lib.metrics.age_metrics`, each row as shares
+    of its true group (the diagonal is exact, its neighbours one group off)."""
+    from matplotlib.figure import Figure
+
+    matrix = np.asarray(report["confusion_matrix"], np.float64)
+    shares = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+    groups = report["groups"]
+    figure = Figure(figsize=(5.6, 4.8))
+    ax = figure.subplots()
+    ax.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for (i, j), value in np.ndenumerate(shares):
+        if matrix[i, j]:
+            ax.text(j, i, f"{value:.0%}", ha="center", va="center", fontsize=8, color="white" if value > 0.5 else "black")
+    ax.set_xticks(range(len(groups)), groups, rotation=45)
+    ax.set_yticks(range(len(groups)), groups)
+    ax.set_xlabel("predicted age group")
+    ax.set_ylabel("true age group")
+    ax.set_title(f"age groups ({title}): exact {report['exact']:.3f}, one-off {report['one_off']:.3f}", fontsize=10)
+    figure.tight_layout()
+    return Plot(figure, f"age-group confusion matrix ({title})")
+
+
+def risk_coverage(report: dict[str, Any]) -> Plot:
+    """Accuracy on the answered faces against coverage (the most confident answered first), with
+    the operating point of the confidence level (a :func:`gender_lib.metrics.selective_metrics` report)."""
+    from matplotlib.figure import Figure
+
+    curve = report["risk_coverage"]
+    figure = Figure(figsize=(5, 3.6))
+    ax = figure.subplots()
+    ax.plot(curve["coverage"], curve["accuracy"], label="answering the surest first")
+    ax.axhline(report["accuracy_all"], color="grey", linestyle=":", label=f"every face answered ({report['accuracy_all']:.3f})")
+    if report["answered"]:
+        ax.scatter([report["coverage"]], [report["accuracy"]], color="red", zorder=3, label=f"P(correct) >= {report['min_confidence']:.2f}")
+    ax.set_xlabel("coverage (share of faces answered)")
+    ax.set_ylabel("accuracy on answered faces")
+    ax.set_ylim(max(0.0, min(curve["accuracy"]) - 0.02), 1.005)
+    ax.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    return Plot(figure, "risk-coverage curve")
+
+
 def roc(y: np.ndarray, p: np.ndarray, threshold: float | None = None) -> Any:
     """ROC curve of P(female), with the threshold's operating point (:func:`operating_point`) in red."""
     from matplotlib.figure import Figure
