@@ -173,3 +173,20 @@ def test_the_committed_model_says_uncertain_for_young_children_and_answers_adult
     assert sum(f.label == "uncertain" for f in toddlers) >= 8
     assert sum(f.label in ("F", "M") for f in adults) >= 0.8 * len(adults) and len(adults) >= 20
     assert all(f.age_group for f in toddlers + adults) and all(0 <= f.p_correct <= 1 for f in toddlers + adults)
+
+
+def test_cli_says_uncertain_with_the_reason_and_min_confidence_zero_always_answers(sample_faces, tmp_path, capsys):
+    import pandas as pd
+
+    from gender_lib import cli
+
+    child = sample_faces / "02_F" / "landmark_aligned_face.2056.9486741037_e54a9248f3_o.jpg"
+    assert cli.main(["predict", str(child), "--csv", str(tmp_path / "out.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "face 1: uncertain (looks under 15" in out and "would be " in out and "P(correct) 0." in out and ", age 3-7 (P 0." in out
+    row = pd.read_csv(tmp_path / "out.csv", keep_default_na=False).iloc[0]
+    assert row["label"] == "uncertain" and row["forced_label"] in ("F", "M") and row["reason"].startswith("looks under 15")
+    assert 0 <= float(row["p_correct"]) < 1 and row["age_group"] == "3-7"
+    assert cli.main(["predict", str(child), "--min-confidence", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "uncertain" not in out and ("face 1: female," in out or "face 1: male," in out)
