@@ -13,7 +13,7 @@ from gender_lib import pipeline
 from tests.notebook_checks import images, problems
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURES = {"03_train": 1, "04_evaluate": 3, "05_visualize": 1, "06_predict": 1}
+FIGURES = {"03_train": 1, "04_evaluate": 5, "05_visualize": 1, "06_predict": 1}
 
 
 @pytest.mark.parametrize("name", pipeline.NOTEBOOKS)
@@ -50,7 +50,7 @@ def test_the_chain_runs_on_a_fresh_machine_without_the_shared_data(tmp_path, mon
         assert executed.is_file() and problems(executed) == [], name
         assert images(executed) >= FIGURES.get(name, 0), name
     figures = {p.name for p in (run_dir / "reports" / "figures").glob("*.png")}
-    assert figures == {"training_curves.png", "confusion.png", "roc.png", "reliability.png", "face_grid.png"}
+    assert figures == {"training_curves.png", "confusion.png", "roc.png", "reliability.png", "risk_coverage.png", "age_confusion.png", "face_grid.png"}
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert Path(manifest["root"]).name == "sample" and manifest["n_images"] >= 280
     assert os.environ["GENDER_LIB_DATASETS"] == str(empty)
