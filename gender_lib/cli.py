@@ -82,23 +82,25 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _convert_dlib(args: argparse.Namespace) -> int:
-    """dlib's network -> the verified Keras model the dlib backbone's keras engine runs (reused if cached)."""
-    from gender_lib.converters import dlib_keras
+    """dlib's network -> the verified models its converted engines run: ONNX (where ONNX Runtime is
+    installed) and Keras, each reused if cached."""
+    from gender_lib.converters import dlib_keras, onnx_graph
     from gender_lib.errors import ConfigError
 
     vgg_only = [flag for flag, value in (("--vgg-face-mat", args.vgg_face_mat), ("--vggface-model", args.vggface_model), ("--lenient", args.lenient)) if value]
     if vgg_only:
         raise ConfigError(f"{', '.join(vgg_only)} concern the VGG-Face conversion, not --dlib")
     root = _config(args).cache_dir()
-    meta = None if args.force else dlib_keras.cached_conversion(root)
-    path = dlib_keras.default_path(root)
-    if meta is None:
-        meta = dlib_keras.convert(output=path)
-        done = "saved"
-    else:
-        done = "reused (verified when it was converted; --force converts again)"
-    print(dlib_keras.describe(meta))
-    print(f"{done}: {path} and {dlib_keras.sidecar_path(path).name}")
+    for engine in ("onnx", "keras") if onnx_graph.available() else ("keras",):
+        meta = None if args.force else dlib_keras.cached_conversion(root, engine=engine)
+        path = dlib_keras.default_path(root, engine=engine)
+        if meta is None:
+            meta = dlib_keras.convert(output=path, engine=engine)
+            done = "saved"
+        else:
+            done = "reused (verified when it was converted; --force converts again)"
+        print(dlib_keras.describe(meta))
+        print(f"{done}: {path} and {dlib_keras.sidecar_path(path).name}")
     return 0
 
 
@@ -199,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         "convert",
         "convert vgg_face.mat (or, with --dlib, dlib's network) to a verified Keras model",
         f"Convert MatConvNet vgg_face.mat (either published layout) to {p.vggface_model} + .json, checked against a NumPy reference. "
-        "With --dlib: convert dlib's face recognition ResNet to Keras, checked against dlib on real face chips, into "
-        "<cache-dir>/dlib_keras/ (what the dlib backbone's keras engine runs; reused when already there).",
+        "With --dlib: convert dlib's face recognition ResNet to an ONNX graph (where ONNX Runtime is installed) and to Keras, each "
+        "checked against dlib on real face chips, into <cache-dir>/dlib_onnx/ and dlib_keras/ (what the dlib backbone's onnx and "
+        "keras engines run; reused when already there).",
         func=_convert,
     )
     _add_config_flags(convert, ["vgg_face_mat", "vggface_model"])

@@ -114,7 +114,7 @@ Layout = Literal["", "combined", "adience", "utkface", "folders", "csv"]
 Protocol = Literal["person", "original"]
 BackboneName = Literal["dlib", "vggface", "auto"]
 Align = Literal["chip", "resize"]
-Engine = Literal["keras", "dlib", "ray"]
+Engine = Literal["auto", "onnx", "keras", "dlib", "ray"]
 Precision = Literal["float32", "bfloat16"]
 VggFaceLayer = Literal["fc7", "fc8"]
 Mode = Literal["frozen", "features", "finetune"]
@@ -150,9 +150,10 @@ class BackboneConfig:
     backbone: BackboneName = _param("dlib", "descriptor network")
     dlib_align: Align = _param("chip", "dlib: 5-point chip or plain resize")
     engine: Engine = _param(
-        "keras",
-        "dlib: its network converted to Keras (verified against dlib), dlib's own code (same descriptors, slower), "
-        "or ray (the Keras model on a Ray cluster; needs the distributed extra)",
+        "auto",
+        "what runs the backbone: auto (onnx where ONNX Runtime is installed, else keras), onnx (the converted network on ONNX Runtime, "
+        "verified against the original; no TensorFlow), keras (the same in TensorFlow), dlib (dlib's own code, dlib only; same descriptors, "
+        "slower), or ray (extraction on a Ray cluster's actors, each running auto; needs the distributed extra)",
     )
     ray_address: str = _param("", "with --engine ray: an existing Ray cluster (ray://host:10001 or auto) (default: empty, a local Ray instance)")
     precision: Precision = _param("float32", "vggface compute precision")

@@ -20,29 +20,70 @@ import numpy as np
 Box = tuple[int, int, int, int]
 
 
+#: dlib's files in ``face_recognition_models``' ``models/`` folder, by role.
+DLIB_MODEL_FILES = {
+    "descriptor": "dlib_face_recognition_resnet_model_v1.dat",
+    "landmarks5": "shape_predictor_5_face_landmarks.dat",
+    "cnn_detector": "mmod_human_face_detector.dat",
+}
+
+
+@functools.lru_cache(maxsize=1)
 def dlib_model_paths() -> dict[str, Path]:
-    """Where ``face_recognition_models`` installed dlib's files (no download ever happens)."""
+    """Where ``face_recognition_models`` installed dlib's files (no download ever happens).
+
+    Found from the package's location without importing it: its ``__init__`` imports
+    ``pkg_resources``, which alone costs about 0.2 s of every cold ``predict``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - it is a declared dependency
+        raise RuntimeError("the dlib backbone needs the face_recognition_models package (pip install face_recognition_models)")
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+    return {role: models / name for role, name in DLIB_MODEL_FILES.items()}
+
+
+def frontal_face_detector(cache_root: str | os.PathLike[str] | None = None) -> Any:
+    """dlib's HOG frontal face detector (``dlib.get_frontal_face_detector()``), loaded from its
+    serialized copy under ``<cache_root>/dlib_detector/`` (default: the descriptor cache root).
+
+    ``get_frontal_face_detector`` decompresses the detector built into dlib, about 0.3 s a call;
+    reading the same detector saved by its own ``save`` takes about 1 ms. The copy is made on first
+    use (written atomically, named by dlib's version); one that cannot be read is made again."""
+    import dlib
+
+    from gender_lib.fileio import atomic_write
+
+    if cache_root is None:
+        from gender_lib import config
+
+        cache_root = config.paths().cache
+    path = Path(cache_root) / "dlib_detector" / f"frontal_face_detector-dlib{getattr(dlib, '__version__', 'unknown')}.svm"
+    if path.is_file():
+        try:
+            return dlib.fhog_object_detector(str(path))
+        except Exception as error:  # noqa: BLE001 - dlib raises its own types for a damaged file; it is only a copy
+            import logging
+
+            logging.getLogger(__name__).warning("%s cannot be read (%s); making it again", path, error)
+    detector = dlib.get_frontal_face_detector()
     try:
-        import face_recognition_models as frm
-    except ImportError as error:  # pragma: no cover - it is a declared dependency
-        raise RuntimeError("the dlib backbone needs the face_recognition_models package (pip install face_recognition_models)") from error
-    return {
-        "descriptor": Path(frm.face_recognition_model_location()),
-        "landmarks5": Path(frm.pose_predictor_five_point_model_location()),
-        "cnn_detector": Path(frm.cnn_face_detector_model_location()),
-    }
+        atomic_write(path, lambda tmp: detector.save(tmp))
+    except OSError:  # a read-only cache costs only the time, every start
+        pass
+    return detector
 
 
 class DlibModels:
     """dlib objects for one process (dlib objects cannot be pickled to workers). dlib's own
-    descriptor network is loaded on first use only (the keras engine never needs it)."""
+    descriptor network is loaded on first use only (the converted engines never need it)."""
 
     def __init__(self) -> None:
         import dlib
 
         self._paths = dlib_model_paths()
         self.landmarks = dlib.shape_predictor(str(self._paths["landmarks5"]))
-        self.detector = dlib.get_frontal_face_detector()
+        self.detector = frontal_face_detector()
 
     @functools.cached_property
     def descriptor(self) -> Any:
@@ -136,7 +177,7 @@ _THREAD = threading.local()
 
 @functools.lru_cache(maxsize=1)
 def _detect_pool() -> Any:
-    """Threads for detection tiles, kept for the process (each builds its detector once: 0.3 s).
+    """Threads for detection tiles, kept for the process (each loads its detector once).
     A forked child (dataset workers) starts without them, so it makes its own pool."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -161,13 +202,11 @@ def face_candidate_score(rgb: np.ndarray, threshold: float) -> float | None:
 
 def _thread_detector() -> Any:
     """dlib's HOG face detector for the calling thread: one dlib detector run by two threads at once
-    gives wrong boxes or crashes. The main thread uses the process's own; others make one (0.3 s)."""
+    gives wrong boxes or crashes. The main thread uses the process's own; others load one (1 ms)."""
     if threading.current_thread() is threading.main_thread():
         return dlib_models().detector
     if not hasattr(_THREAD, "detector"):
-        import dlib
-
-        _THREAD.detector = dlib.get_frontal_face_detector()
+        _THREAD.detector = frontal_face_detector()
     return _THREAD.detector
 
 

@@ -176,13 +176,14 @@ class Predictor:
         head_path: str | os.PathLike[str] | None = None,
         backbone: Any = None,
         vggface_path: str | os.PathLike[str] | None = None,
-        engine: str = "keras",
+        engine: str = "auto",
         cache_root: str | os.PathLike[str] | None = None,
         min_confidence: float | None = None,
     ):
-        """``engine``: ``keras`` (fast per face once loaded: notebooks, the widget, folders) or
-        ``dlib`` (no TensorFlow import for a model on descriptors: a few photos from the command
-        line start in about a second). Models on dlib's level-2 maps run on Keras either way."""
+        """``engine`` (:data:`gender_lib.backbones.ENGINES`): ``onnx`` (the default where ONNX Runtime
+        is installed: the fastest, and no TensorFlow import), ``keras`` (the default without it)
+        or ``dlib`` (dlib's own code: no TensorFlow import either, slower per face). Models on
+        dlib's level-2 maps run on Keras either way."""
         from gender_lib import backbones, config, modeling
 
         cache_root = cache_root or config.paths().cache

@@ -22,12 +22,14 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from gender_lib.errors import GenderLibError
 from gender_lib.fileio import display_path
 from gender_lib.images import is_image_name
+
+if TYPE_CHECKING:  # pandas costs 0.4 s to import; prediction needs only AGE_BINS from here
+    import pandas as pd
 
 RECORD_COLUMNS = ["path", "gender", "age", "subject", "source"]
 LAYOUTS = ("combined", "adience", "utkface", "folders", "csv")
@@ -143,6 +145,8 @@ def read_adience_folds(paths: Sequence[Path]) -> tuple[pd.DataFrame, list[dict]]
     Returns one row per face (user_id, original_image, face_id, age, gender, fold, line) and a
     problem for every row that is cut short.
     """
+    import pandas as pd
+
     rows, problems = [], []
     for path in paths:
         match = re.search(r"fold_(\d+)", path.name)
@@ -344,6 +348,8 @@ def read_records(
     The table has one row per labelled image file found (:data:`RECORD_COLUMNS`, plus ``fold``
     for layouts with official folds); every problem has ``kind`` ``"skipped"`` or ``"note"``.
     """
+    import pandas as pd
+
     root = Path(root)
     layout = layout or detect_layout(root)
     if layout not in LAYOUTS:

@@ -35,7 +35,7 @@ MODEL_NAME = "model.npz"  # train's default output (any kind; its sidecar model.
 MODEL_RECORD = "current_model.json"
 #: One extraction record per backbone output: ``<workdir>/extractions/<output>.json``.
 EXTRACTIONS = "extractions"
-FEW_PHOTOS = 20  # up to this many photos, predict runs dlib's own engine, without TensorFlow (see stages.predict)
+FEW_PHOTOS = 20  # without ONNX Runtime, up to this many photos run on dlib's own engine, without TensorFlow (see stages.predict)
 
 
 class StageError(GenderLibError, ValueError):
@@ -262,8 +262,7 @@ def inputs(config: Config, work: Path, output: str, *, backbone: dict[str, Any] 
         )
     if output not in records and ours:
         log.warning("%s: extracting the %s output (the work folder holds %s)", work, output, ", ".join(records))
-        engine = "keras" if config.backbone.engine == "ray" else config.backbone.engine
-        net = backbones.from_description(base, output=output, engine=engine, cache_root=config.cache_dir())
+        net = backbones.from_description(base, output=output, engine=backbones.local_engine(config.backbone.engine), cache_root=config.cache_dir())
         try:
             extract(config, work, progress=progress, backbone=net)
         finally:
@@ -553,7 +552,7 @@ def cross_evaluate(
     work = _workdir(config, workdir)
     target = work / "cross" / name
     built = manifest(config, target, progress=progress, data_root=data_root, all_test=True)
-    engine = "keras" if config.backbone.engine == "ray" else config.backbone.engine
+    engine = backbones.local_engine(config.backbone.engine)
     net = backbone or backbones.from_description(meta["backbone"], engine=engine, cache_root=config.cache_dir())
     try:
         extract(config, target, progress=progress, backbone=net)
@@ -657,16 +656,18 @@ def predict(
     predictor: Any = None,
 ) -> PredictResult:
     """Label the faces in photos; folders stand for the images below them (head default: the committed one)."""
+    from gender_lib import backbones
     from gender_lib import predict as pr
 
     paths, skipped = pr.expand_inputs(inputs)
     if not paths and not any(s.problem for s in skipped):
         raise StageError(f"no images found in {', '.join(map(display_path, inputs))} (looked for {', '.join(sorted(pr.IMAGE_EXTENSIONS))})")
     own = predictor is None
-    # A handful of photos: dlib's own engine, so a model on descriptors never imports TensorFlow
-    # (seconds); more: the Keras engine, faster per face. Models on dlib's inner levels use Keras anyway.
-    engine = "keras" if config.backbone.engine == "ray" else config.backbone.engine
-    engine = "dlib" if len(paths) <= FEW_PHOTOS and engine == "keras" else engine
+    # auto is the onnx engine where ONNX Runtime is installed: no TensorFlow import. Without it, a
+    # handful of photos run on dlib's own engine, so a model on descriptors still never imports
+    # TensorFlow (seconds); more run on Keras, faster per face. Models on dlib's inner levels use Keras anyway.
+    engine = backbones.local_engine(config.backbone.engine)
+    engine = "dlib" if engine == "auto" and backbones.resolve_engine(engine) == "keras" and len(paths) <= FEW_PHOTOS else engine
     predictor = predictor or pr.Predictor(
         head or config.paths.head_path or None, engine=engine, cache_root=config.cache_dir(), min_confidence=config.evaluation.min_confidence
     )

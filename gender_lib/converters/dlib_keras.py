@@ -1,4 +1,4 @@
-"""dlib's face recognition ResNet as a Keras 3 model, checked against dlib itself before saving.
+"""dlib's face recognition ResNet as a Keras 3 model or an ONNX graph, checked against dlib itself before saving.
 
 :func:`build_model` walks the layer list of :mod:`gender_lib.converters.dlib_dnn` (input first) and builds a
 functional model: RGB chips (n, 150, 150, 3) in 0-255 (uint8 or float) -> the 128-d descriptor,
@@ -19,8 +19,15 @@ Layer mapping (the semantics are dlib's, see :mod:`gender_lib.converters.dlib_dn
 
 :func:`convert` reads the file, builds the model, compares it with
 ``dlib.face_recognition_model_v1.compute_face_descriptor`` on real aligned face chips, and only
-when every chip is within the targets saves ``.keras`` + a JSON sidecar. :func:`ensure_converted`
+when every chip is within the targets saves the model + a JSON sidecar. :func:`ensure_converted`
 does that once per cache folder; :func:`load` checks the sidecar before loading.
+
+Each function takes an ``engine`` (:data:`TARGETS`): ``keras`` (the Keras model above: training,
+dlib's inner levels) or ``onnx`` (the same layer list written as an ONNX graph by
+:func:`gender_lib.converters.onnx_graph.dlib_graph`, affine layers folded into the convolutions;
+run on ONNX Runtime, no TensorFlow import). Both go through the same check against dlib, with
+the same targets, and the same sidecar checks; they live side by side under the cache root
+(``dlib_keras/<sha12>.keras``, ``dlib_onnx/<sha12>.onnx``).
 """
 
 from __future__ import annotations
@@ -38,17 +45,20 @@ import numpy as np
 from gender_lib.converters import dlib_dnn
 from gender_lib.converters.dlib_dnn import DlibModelError, Layer, Network
 from gender_lib.errors import GenderLibError
-from gender_lib.fileio import atomic_write, sha256_file
+from gender_lib.fileio import atomic_write, sha256_file, sha256_file_cached
 
 logger = logging.getLogger(__name__)
 
 #: Bump when the model built from the same file would differ; cached conversions are redone.
 CONVERTER_VERSION = 1
 FORMAT = "gender_lib.dlib_keras/1"
+#: What a conversion is written as, by engine: (folder under the cache root, suffix, sidecar format).
+TARGETS: dict[str, tuple[str, str, str]] = {"keras": ("dlib_keras", ".keras", FORMAT), "onnx": ("dlib_onnx", ".onnx", "gender_lib.dlib_onnx/1")}
 CHIP_SIZE = 150
 CHIP_PADDING = 0.25
-#: Largest allowed |keras - dlib| on any descriptor component (dlib's descriptors are ~0.1).
-TOLERANCE = 1e-4
+#: Largest allowed |converted - dlib| on any descriptor component (dlib's descriptors are ~0.1;
+#: both conversions measure about 5e-7, a wrong rule 5e-4 or more).
+TOLERANCE = 1e-5
 #: Smallest allowed cosine similarity between the Keras and dlib descriptor of any chip.
 MIN_COSINE = 0.99999
 MIN_CHIPS = 50
@@ -200,12 +210,18 @@ def _fc(x: Any, layer: Layer, tag: str) -> tuple[Any, tuple[Any, list[np.ndarray
 
 
 def embed(model: Any, chips: np.ndarray, batch_size: int = 32) -> np.ndarray:
-    """Float32 (n, 128) descriptors of uint8/float chips (n, 150, 150, 3)."""
+    """Float32 (n, 128) descriptors of uint8/float chips (n, 150, 150, 3) from a Keras model or an
+    :class:`gender_lib.converters.onnx_graph.Runner` of :func:`~gender_lib.converters.onnx_graph.dlib_graph`."""
+    from gender_lib.converters.onnx_graph import Runner
+
     chips = np.asarray(chips)
     if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3):
         raise ValueError(f"expected chips (n, {CHIP_SIZE}, {CHIP_SIZE}, 3), got {chips.shape}")
     if len(chips) == 0:
         return np.zeros((0, dlib_dnn.DESCRIPTOR_DIM), np.float32)
+    if isinstance(model, Runner):  # the graph takes uint8, as dlib does: 0-255 floats are rounded, never scaled
+        chips = np.clip(np.rint(chips), 0, 255).astype(np.uint8) if chips.dtype != np.uint8 else chips
+        return np.concatenate([model(np.ascontiguousarray(chips[i : i + batch_size])) for i in range(0, len(chips), batch_size)]).astype(np.float32)
     return np.asarray(model.predict(chips.astype(np.float32), batch_size=batch_size, verbose=0), np.float32)
 
 
@@ -261,7 +277,7 @@ def dlib_descriptors(chips: np.ndarray, source: str | os.PathLike[str] | None = 
 
     source = Path(source) if source is not None else dlib_dnn.default_source()
     chips = np.ascontiguousarray(chips, np.uint8)
-    key = (sha256_file(source), hashlib.sha256(chips.tobytes()).hexdigest())
+    key = (sha256_file_cached(source), hashlib.sha256(chips.tobytes()).hexdigest())
     if key not in _REFERENCE_CACHE:
         model = dlib.face_recognition_model_v1(str(source))
         vectors = model.compute_face_descriptor([np.ascontiguousarray(c) for c in chips])
@@ -294,11 +310,14 @@ def compare(actual: np.ndarray, expected: np.ndarray) -> dict[str, Any]:
 def verify(
     model: Any, chips: np.ndarray, source: str | os.PathLike[str] | None = None, *, tolerance: float = TOLERANCE, min_cosine: float = MIN_COSINE
 ) -> dict[str, Any]:
-    """Compare ``model`` with dlib on ``chips``; raise :class:`VerificationError` if any chip misses a target."""
+    """Compare ``model`` (Keras, or an ONNX :class:`~gender_lib.converters.onnx_graph.Runner`) with dlib
+    on ``chips``; raise :class:`VerificationError` if any chip misses a target."""
+    what = _engine_name(model)
     figures = compare(embed(model, chips), dlib_descriptors(chips, source))
     figures.update(tolerance=tolerance, min_cosine_target=min_cosine)
     logger.info(
-        "dlib -> Keras on %d real chips: max |diff| %.3g (target <= %.0e), min cosine %.9f (target >= %s)",
+        "dlib -> %s on %d real chips: max |diff| %.3g (target <= %.0e), min cosine %.9f (target >= %s)",
+        what,
         figures["n_chips"],
         figures["max_abs_diff"],
         tolerance,
@@ -308,7 +327,7 @@ def verify(
     if not (figures["max_abs_diff"] <= tolerance and figures["min_cosine"] >= min_cosine):
         bad = sum(1 for d, c in zip(figures["per_chip_max_abs_diff"], figures["per_chip_cosine"]) if not (d <= tolerance and c >= min_cosine))
         raise VerificationError(
-            f"the Keras model does not reproduce dlib's descriptors: {bad} of {figures['n_chips']} chips miss the targets "
+            f"the {what} model does not reproduce dlib's descriptors: {bad} of {figures['n_chips']} chips miss the targets "
             f"(max |diff| {figures['max_abs_diff']:.3g} vs <= {tolerance:g}, min cosine {figures['min_cosine']:.6f} vs >= {min_cosine}); "
             "nothing was saved",
             {k: v for k, v in figures.items() if not k.startswith("per_chip")},
@@ -316,7 +335,28 @@ def verify(
     return figures
 
 
+def _engine_name(model: Any) -> str:
+    from gender_lib.converters.onnx_graph import Runner
+
+    return "ONNX" if isinstance(model, Runner) else "Keras"
+
+
 # --------------------------------------------------------------------------- convert / save / load
+
+
+def _target(engine: str) -> tuple[str, str, str]:
+    if engine not in TARGETS:
+        raise ValueError(f"engine must be one of {list(TARGETS)}, got {engine!r}")
+    return TARGETS[engine]
+
+
+def engine_of(path: str | os.PathLike[str]) -> str:
+    """The engine a converted model's file is for, by its suffix (``.keras``, ``.onnx``)."""
+    suffix = Path(path).suffix
+    for engine, (_, known, _) in TARGETS.items():
+        if suffix == known:
+            return engine
+    raise ValueError(f"{path}: a converted dlib model is saved as {' or '.join(t[1] for t in TARGETS.values())}")
 
 
 def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
@@ -329,11 +369,12 @@ def default_cache_root() -> Path:
     return config.paths().cache
 
 
-def default_path(cache_root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None) -> Path:
-    """``<cache_root>/dlib_keras/<first 12 hex of the source's sha256>.keras``."""
+def default_path(cache_root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None, engine: str = "keras") -> Path:
+    """``<cache_root>/dlib_keras/<first 12 hex of the source's sha256>.keras`` (``dlib_onnx/....onnx`` for the onnx engine)."""
+    folder, suffix, _ = _target(engine)
     source = Path(source) if source is not None else dlib_dnn.default_source()
     root = Path(cache_root) if cache_root is not None else default_cache_root()
-    return root / "dlib_keras" / f"{sha256_file(source)[:12]}.keras"
+    return root / folder / f"{sha256_file_cached(source)[:12]}{suffix}"
 
 
 def convert(
@@ -344,20 +385,24 @@ def convert(
     tolerance: float = TOLERANCE,
     min_cosine: float = MIN_COSINE,
     build_rules: Mapping[str, Any] | None = None,
+    engine: str | None = None,
 ) -> dict[str, Any]:
-    """Read dlib's ``.dat``, build the Keras model, verify it against dlib, then save it.
+    """Read dlib's ``.dat``, build the model for ``engine`` (default: the output's suffix, else
+    keras), verify it against dlib, then save it.
 
     ``chips``: uint8 (n >= 50, 150, 150, 3) aligned real face chips; default: 64 from
     :func:`real_face_paths` made by :func:`face_chips`. The model and its JSON sidecar are
     written to temp files and published only after every chip meets both targets; on any
-    failure nothing appears at ``output``. Returns the sidecar's contents.
+    failure nothing appears at ``output``. The onnx engine imports no TensorFlow. Returns the
+    sidecar's contents. Raises :class:`DlibModelError` (a bad file), :class:`NoRealFacesError`,
+    :class:`VerificationError`.
     """
-    import keras
-
+    engine = engine or (engine_of(output) if output is not None and Path(output).suffix in {t[1] for t in TARGETS.values()} else "keras")
+    _, suffix, sidecar_format = _target(engine)
     network = dlib_dnn.read_network(source)
-    output = Path(output) if output is not None else default_path(source=network.source)
-    if output.suffix != ".keras":
-        raise ValueError(f"{output}: the converted model must be saved with the .keras suffix")
+    output = Path(output) if output is not None else default_path(source=network.source, engine=engine)
+    if output.suffix != suffix:
+        raise ValueError(f"{output}: the converted {engine} model must be saved with the {suffix} suffix")
     chip_source = "given"
     if chips is None:
         paths = real_face_paths(DEFAULT_CHIPS)
@@ -366,12 +411,27 @@ def convert(
     chips = np.asarray(chips)
     if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3) or len(chips) < MIN_CHIPS:
         raise NoRealFacesError(f"the conversion is verified on at least {MIN_CHIPS} real chips (n, 150, 150, 3); got {chips.shape}")
-    model = build_model(network, **dict(build_rules or {}))
+    if engine == "onnx":
+        from gender_lib.converters import onnx_graph
+
+        graph = onnx_graph.dlib_graph(network, **dict(build_rules or {}))
+        serialized = graph.SerializeToString()
+        model: Any = onnx_graph.Runner(serialized)
+        versions = {"onnx_version": onnx_graph._import("onnx").__version__, "onnxruntime_version": onnx_graph._import("onnxruntime").__version__}
+        counted = sum(int(np.prod(t.dims)) for t in graph.graph.initializer if t.data_type == t.FLOAT)  # weights, not the Pad sizes
+        save = lambda tmp: Path(tmp).write_bytes(serialized)  # noqa: E731
+    else:
+        import keras
+
+        model = build_model(network, **dict(build_rules or {}))
+        versions = {"keras_version": keras.__version__}
+        counted = int(model.count_params())
+        save = model.save
     figures = verify(model, chips, network.source, tolerance=tolerance, min_cosine=min_cosine)
     import dlib
 
     meta: dict[str, Any] = {
-        "format": FORMAT,
+        "format": sidecar_format,
         "converter_version": CONVERTER_VERSION,
         "source": str(network.source),
         "source_name": network.source.name,
@@ -388,24 +448,25 @@ def convert(
         "layers": len(network.layers),
         "layer_counts": {kind: network.count(kind) for kind in ("con", "affine", "relu", "add_prev", "avg_pool", "max_pool")},
         "file_parameters": network.num_parameters(),
-        "num_parameters": int(model.count_params()),
+        # Keras: its parameters (BN's two fixed statistics included); ONNX: the graph's weights (affine layers folded in).
+        "num_parameters": counted,
         "loss": network.loss,
         "verification": {
             "reference": "dlib.face_recognition_model_v1.compute_face_descriptor",
             "chips_from": chip_source,
             **{k: v for k, v in figures.items() if not k.startswith("per_chip")},
         },
-        "keras_version": keras.__version__,
+        **versions,
         "dlib_version": getattr(dlib, "__version__", "unknown"),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     sidecar = sidecar_path(output)
 
     # Both files go to temp names first; the sidecar is published, then the model. A crash in
-    # between leaves a sidecar whose keras_sha256 does not match, which load() rejects.
+    # between leaves a sidecar whose <engine>_sha256 does not match, which load() rejects.
     def write_model(tmp_model: str) -> None:
-        model.save(tmp_model)
-        meta["keras_sha256"] = sha256_file(tmp_model)
+        save(tmp_model)
+        meta[f"{engine}_sha256"] = sha256_file(tmp_model)
         atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2, default=str) + "\n", encoding="utf-8"))
 
     atomic_write(output, write_model)
@@ -414,10 +475,13 @@ def convert(
 
 
 def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checked sidecar of a converted model (exists, parses, this format, hash matches)."""
+    """The checked sidecar of a converted model (exists, parses, this format, hash matches); the
+    engine is the file's suffix. Raises :class:`DlibModelError` saying what to do."""
     path = Path(path)
     if not path.is_file():
         raise DlibModelError(path, "no converted dlib model here; run convert() / ensure_converted() first")
+    engine = engine_of(path)
+    sidecar_format = _target(engine)[2]
     side = sidecar_path(path)
     try:
         meta = json.loads(side.read_text(encoding="utf-8"))
@@ -425,29 +489,39 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise DlibModelError(path, f"its metadata sidecar {side.name} is missing; convert again") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise DlibModelError(path, f"its metadata sidecar {side.name} is not valid JSON ({error}); convert again") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise DlibModelError(path, f"its sidecar {side.name} is not a {FORMAT} sidecar; convert again")
-    if meta.get("keras_sha256") != sha256_file(path):
+    if not isinstance(meta, dict) or meta.get("format") != sidecar_format:
+        raise DlibModelError(path, f"its sidecar {side.name} is not a {sidecar_format} sidecar; convert again")
+    if meta.get(f"{engine}_sha256") != sha256_file_cached(path):
         raise DlibModelError(path, f"does not match its sidecar {side.name} (sha256 differs): the model was changed or half-written; convert again")
     return meta
 
 
-def load(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
-    """Load a converted model and its checked sidecar."""
-    import keras
-
+def load(path: str | os.PathLike[str], threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """Load a converted model and its checked sidecar: a Keras model from ``.keras``, an ONNX
+    Runtime :class:`~gender_lib.converters.onnx_graph.Runner` (``threads`` intra-op threads,
+    default the process's cores) from ``.onnx``."""
     meta = read_sidecar(path)
     try:
+        if engine_of(path) == "onnx":
+            from gender_lib.converters.onnx_graph import Runner
+
+            return Runner(Path(path), threads), meta
+        import keras
+
         model = keras.models.load_model(path, compile=False)
-    except Exception as error:  # noqa: BLE001 - Keras raises many types for damaged archives
+    except ImportError:
+        raise
+    except Exception as error:  # noqa: BLE001 - Keras and ONNX Runtime raise many types for damaged files
         raise DlibModelError(path, f"cannot load the converted model ({type(error).__name__}: {error}); convert again") from None
     return model, meta
 
 
-def cached_conversion(cache_root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:
-    """The sidecar of the verified conversion under ``cache_root`` where one is there, intact and
-    made by this converter version from this source; None where it must be converted (again)."""
-    path = default_path(cache_root, source)
+def cached_conversion(
+    cache_root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None, engine: str = "keras"
+) -> dict[str, Any] | None:
+    """The sidecar of the verified ``engine`` conversion under ``cache_root`` where one is there,
+    intact and made by this converter version from this source; None where it must be converted (again)."""
+    path = default_path(cache_root, source, engine)
     try:
         meta = read_sidecar(path)
     except DlibModelError as error:
@@ -460,22 +534,23 @@ def cached_conversion(cache_root: str | os.PathLike[str] | None = None, source: 
     return None
 
 
-def ensure_converted(cache_root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None) -> Path:
-    """The converted model under ``cache_root``: converted (and verified) on first use, reused after."""
-    path = default_path(cache_root, source)
-    if cached_conversion(cache_root, source) is None:
-        convert(source, path)
+def ensure_converted(cache_root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None, engine: str = "keras") -> Path:
+    """The converted ``engine`` model under ``cache_root``: converted (and verified) on first use, reused after."""
+    path = default_path(cache_root, source, engine)
+    if cached_conversion(cache_root, source, engine) is None:
+        convert(source, path, engine=engine)
     return path
 
 
 def describe(meta: Mapping[str, Any]) -> str:
     """One line: the verification figures, rounded, and the parameter count."""
     v = meta.get("verification", {})
+    onnx = meta.get("format") == TARGETS["onnx"][2]
     return (
-        f"dlib ResNet -> Keras, verified on {v.get('n_chips', '?')} real chips against dlib: "
+        f"dlib ResNet -> {'ONNX' if onnx else 'Keras'}, verified on {v.get('n_chips', '?')} real chips against dlib: "
         f"max |diff| {v.get('max_abs_diff', float('nan')):.1e} (target <= {v.get('tolerance', TOLERANCE):.0e}), "
         f"min cosine {v.get('min_cosine', float('nan')):.7f} (target >= {v.get('min_cosine_target', MIN_COSINE)}); "
-        f"{meta.get('num_parameters', 0):,} Keras parameters"
+        f"{meta.get('num_parameters', 0):,} {'ONNX weights (affine layers folded in)' if onnx else 'Keras parameters'}"
     )
 
 
@@ -492,6 +567,7 @@ __all__ = [
     "describe",
     "dlib_descriptors",
     "embed",
+    "engine_of",
     "ensure_converted",
     "face_chips",
     "load",

@@ -1,4 +1,4 @@
-"""Build the Keras VGG-Face from a MatConvNet layer list, check it, save and load it.
+"""Build the Keras VGG-Face (and its ONNX graph) from a MatConvNet layer list, check it, save and load it.
 
 The Keras model takes RGB images in 0-255 at the network's input size (224 x 224) and
 subtracts the file's ``averageImage`` itself, so a saved model cannot be fed wrongly
@@ -10,11 +10,18 @@ normalised inputs. It has two outputs:
 
 :func:`reference_forward` is an independent NumPy implementation of the same layer list
 with MatConvNet's semantics; :func:`max_relative_error` compares the two.
+
+Where ``onnx`` and ONNX Runtime are installed, :func:`convert` also writes the same layer list as
+an ONNX graph (:func:`gender_lib.converters.onnx_graph.vggface_graph`) beside the ``.keras`` file
+(``vggface.onnx``), checked against the same reference with the same tolerance; the sidecar's
+``onnx`` record holds its hash and check. :func:`load_onnx` runs it on ONNX Runtime, without
+TensorFlow (the backbone's ``onnx`` engine).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import importlib.util
 import json
 import logging
 import os
@@ -189,12 +196,16 @@ def check_equivalence(model: Any, network: Network, images: np.ndarray, toleranc
     Returns ``{output: max relative error}``; raises :class:`EquivalenceError` (which carries
     the errors) when any output exceeds ``tolerance``.
     """
+    from gender_lib.converters.onnx_graph import Runner
+
     expected = reference_forward(network, images)
-    actual = model.predict(np.asarray(images, np.float32), verbose=0)
+    images = np.asarray(images, np.float32)
+    actual = model.outputs(images) if isinstance(model, Runner) else model.predict(images, verbose=0)
     errors = {key: max_relative_error(actual[key], expected[key]) for key in DESCRIPTOR_LAYERS}
     bad = {key: value for key, value in errors.items() if not value <= tolerance}
     if bad:
-        raise EquivalenceError(f"Keras model differs from the NumPy reference: {bad} (tolerance {tolerance})", errors)
+        what = "ONNX graph" if isinstance(model, Runner) else "Keras model"
+        raise EquivalenceError(f"{what} differs from the NumPy reference: {bad} (tolerance {tolerance})", errors)
     return errors
 
 
@@ -245,6 +256,32 @@ def sidecar_path(model_path: str | os.PathLike[str]) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
+def onnx_path(model_path: str | os.PathLike[str]) -> Path:
+    """Where the ONNX graph of the converted model at ``model_path`` (``.keras``) is kept: beside it, ``.onnx``."""
+    return Path(model_path).with_suffix(".onnx")
+
+
+def _onnx_conversion(network: Network, images: np.ndarray | None) -> tuple[bytes, dict[str, Any]] | None:
+    """The serialized ONNX graph of ``network`` and its sidecar record, checked against the
+    reference on ``images`` (None: unchecked); None where onnx or ONNX Runtime is not installed."""
+    from gender_lib.converters import onnx_graph
+    from gender_lib.fileio import sha256_bytes
+
+    if not (onnx_graph.available() and importlib.util.find_spec("onnx")):
+        logger.info("onnx or onnxruntime is not installed: no ONNX graph is written (the keras engine runs VGG-Face)")
+        return None
+    serialized = onnx_graph.vggface_graph(network).SerializeToString()
+    errors = check_equivalence(onnx_graph.Runner(serialized), network, images) if images is not None else None
+    record = {
+        "sha256": sha256_bytes(serialized),
+        "opset": onnx_graph.OPSET,
+        "equivalence_max_relative_error": errors,
+        "onnx_version": onnx_graph._import("onnx").__version__,
+        "onnxruntime_version": onnx_graph._import("onnxruntime").__version__,
+    }
+    return serialized, record
+
+
 def convert(
     source: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -267,6 +304,7 @@ def convert(
     network = read_network(source, strict=strict)
     model = build_model(network)
     errors = None
+    images = None
     if check_images:
         rng = np.random.default_rng(seed)
         images = rng.uniform(0, 255, (check_images, *network.image_size)).astype(np.float32)
@@ -274,15 +312,19 @@ def convert(
     meta = metadata(network, model, errors)
     if synthetic:
         meta["synthetic"] = True
-    publish_together([(output, lambda tmp: model.save(tmp)), (sidecar_path(output), lambda tmp: write_json(tmp, meta))])
-    logger.info("saved %s and %s", output, sidecar_path(output))
+    writes: list[tuple[Path, Any]] = [(output, lambda tmp: model.save(tmp))]
+    graph = _onnx_conversion(network, images)
+    if graph is not None:
+        serialized, meta["onnx"] = graph
+        meta["onnx"] = {"file": onnx_path(output).name, **meta["onnx"]}
+        writes.append((onnx_path(output), lambda tmp: Path(tmp).write_bytes(serialized)))
+    publish_together([*writes, (sidecar_path(output), lambda tmp: write_json(tmp, meta))])
+    logger.info("saved %s", ", ".join(str(path) for path, _ in writes + [(sidecar_path(output), None)]))
     return meta
 
 
-def load_model(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
-    """Load a converted ``.keras`` model and its sidecar; clear errors for missing/corrupt files."""
-    import keras
-
+def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The sidecar of the converted model at ``path``; clear errors where either is missing or the sidecar is damaged."""
     path = Path(path)
     if not path.is_file():
         raise UserFileNotFoundError(f"{path}: no converted VGG-Face model here; run notebooks/01_convert.ipynb or `gender-lib convert` first")
@@ -293,11 +335,58 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
         raise UserFileNotFoundError(f"{side}: the model's metadata sidecar is missing; convert the .mat again") from None
     except json.JSONDecodeError as error:
         raise ConvertedModelError(f"{side}: metadata is not valid JSON ({error}); convert the .mat again") from None
+    if not isinstance(meta, dict):
+        raise ConvertedModelError(f"{side}: metadata is not a JSON object; convert the .mat again")
+    return meta
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
+    """Load a converted ``.keras`` model and its sidecar; clear errors for missing/corrupt files."""
+    import keras
+
+    meta = read_sidecar(path)
     try:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001 - Keras raises many types for damaged archives
         raise ConvertedModelError(f"{path}: cannot load the converted model ({type(error).__name__}: {error}); convert the .mat again") from None
     return model, meta
+
+
+def has_onnx(path: str | os.PathLike[str]) -> bool:
+    """Whether the converted model at ``path`` has its ONNX graph: the sidecar records one and the file is there."""
+    try:
+        meta = json.loads(sidecar_path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and isinstance(meta.get("onnx"), dict) and onnx_path(path).is_file()
+
+
+def load_onnx(path: str | os.PathLike[str], threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+    """The ONNX graph of the converted model at ``path`` (``.keras``; the graph beside it) as an
+    ONNX Runtime :class:`~gender_lib.converters.onnx_graph.Runner`, and the sidecar. Raises
+    :class:`ConvertedModelError` where the conversion wrote no graph, or the graph is not the one
+    its sidecar records (changed, half-written), or cannot be loaded."""
+    from gender_lib.converters.onnx_graph import Runner
+    from gender_lib.fileio import sha256_file
+
+    path = Path(path)
+    meta = read_sidecar(path)
+    graph = onnx_path(path)
+    record = meta.get("onnx")
+    if not isinstance(record, dict) or not graph.is_file():
+        raise ConvertedModelError(
+            f"{path}: converted without its ONNX graph (onnx and onnxruntime were not installed); run `gender-lib convert` again, or use engine 'keras'"
+        )
+    if record.get("sha256") != sha256_file(graph):
+        raise ConvertedModelError(
+            f"{graph}: does not match its sidecar {sidecar_path(path).name} (sha256 differs): changed or half-written; convert the .mat again"
+        )
+    try:
+        return Runner(graph, threads), meta
+    except ImportError:
+        raise
+    except Exception as error:  # noqa: BLE001 - ONNX Runtime raises its own types for damaged graphs
+        raise ConvertedModelError(f"{graph}: cannot load the ONNX graph ({type(error).__name__}: {error}); convert the .mat again") from None
 
 
 def convert_or_demo(source: str | os.PathLike[str] | None = None, output: str | os.PathLike[str] | None = None) -> dict[str, Any]:
@@ -342,4 +431,8 @@ def describe(meta: dict[str, Any]) -> str:
     if errors:
         ok = all(value <= EQUIVALENCE_TOLERANCE for value in errors.values())
         lines.append(f"matches the NumPy reference on fc7 and fc8 within {EQUIVALENCE_TOLERANCE:g}: {ok}")
+    onnx_errors = (meta.get("onnx") or {}).get("equivalence_max_relative_error")
+    if onnx_errors:
+        ok = all(value <= EQUIVALENCE_TOLERANCE for value in onnx_errors.values())
+        lines.append(f"its ONNX graph ({meta['onnx']['file']}) matches the NumPy reference within {EQUIVALENCE_TOLERANCE:g} too: {ok}")
     return "\n".join(lines)
