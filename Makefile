@@ -50,7 +50,7 @@ benchmarks:  ## speed benchmarks (medians and ratios; JSON under benchmarks/resu
 	$(BIN)/python benchmarks/dataset.py
 	$(BIN)/python benchmarks/dlib_align.py
 	$(BIN)/python benchmarks/extract.py
-	$(BIN)/python benchmarks/dlib_keras.py
+	$(BIN)/python benchmarks/engines.py
 	$(BIN)/python benchmarks/predict_latency.py
 	$(BIN)/python benchmarks/predict_latency.py --head checkpoints/dlib_gender_model.npz
 	$(BIN)/python benchmarks/head_modes.py

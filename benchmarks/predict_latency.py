@@ -1,17 +1,18 @@
 """Prediction latency: one face, warm (in a live Predictor) and cold (``gender-lib predict`` in a fresh process).
 
-* warm: ``gender_lib.predict.Predictor`` (the committed head, its backbone rebuilt with the default
-  engine, keras) on a 128 px face crop of data/sample, detection on (as the CLI runs it); median of
-  20 after 3 warm-up calls. Target <= 50 ms. The parts (detect, chip, embed, head) are timed
-  alone too, and the same with ``detect=False``.
-* cold: ``gender-lib predict PHOTO`` as a subprocess, median of 3. Target <= 4 s. For scale, the
-  cold ``import tensorflow`` alone (median of 3), which a model on descriptors never needs.
+* warm: ``gender_lib.predict.Predictor`` (the model, its backbone rebuilt on each engine: onnx, the
+  default, keras and dlib) on a 128 px face crop of data/sample, detection on (as the CLI runs it);
+  median of 20 after 3 warm-up calls, engines interleaved. Target <= 10 ms (onnx). The parts
+  (detect, chip, embed, head) are timed alone too, and the same with ``detect=False``.
+* cold: ``gender-lib predict PHOTO`` as a subprocess on the default engine (onnx), and with
+  ``--engine dlib`` (what the last release ran for a few photos) and ``--engine keras``; median of
+  ``--cold-repeats``, interleaved. Target <= 0.5 s. For scale, the cold ``import tensorflow`` alone.
 
-The keras engine's converted model is made first where absent (one-off, not timed: the default
-descriptor cache, data/cache/descriptors or $GENDER_LIB_CACHE). Writes
-``benchmarks/results/predict_latency.json``.
+The converted models are made first where absent (one-off, not timed: the default descriptor
+cache, data/cache/descriptors or $GENDER_LIB_CACHE). Writes ``benchmarks/results/predict_latency.json``
+(``predict_latency_<model>.json`` for another ``--head``).
 
-    .venv/bin/python benchmarks/predict_latency.py [--repeats 20] [--cold-repeats 3]
+    .venv/bin/python benchmarks/predict_latency.py [--head checkpoints/dlib_gender_model.npz] [--repeats 20] [--cold-repeats 5]
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from gender_lib import config
 
-TARGET_WARM_MS = 50.0
-TARGET_COLD_S = 4.0
+TARGET_WARM_MS = 10.0
+TARGET_COLD_S = 0.5
+ENGINES = ("onnx", "keras", "dlib")
 
 
 def sample_face() -> Path:
@@ -58,30 +62,47 @@ def warm(photo: Path, repeats: int, head: Path) -> dict:
     from gender_lib.faces import detect_faces
     from gender_lib.predict import Predictor, read_image
 
-    start = time.perf_counter()
-    predictor = Predictor(head)
-    predictor.backbone.load()  # converts once where absent, loads, traces
-    setup_s = time.perf_counter() - start
+    predictors, setup_s = {}, {}
+    for engine in ENGINES:
+        start = time.perf_counter()
+        predictors[engine] = Predictor(head, engine=engine)
+        predictors[engine].backbone.embed(np.zeros((1, 150, 150, 3), np.uint8))  # converts once where absent, loads, traces
+        setup_s[engine] = time.perf_counter() - start
     rgb = read_image(photo)
-    for _ in range(3):
-        predictor.predict(rgb)
-        predictor.predict(rgb, detect=False)
-    out: dict = {"photo": str(photo), "size": list(rgb.shape[:2]), "engine": predictor.backbone.engine, "setup_s": setup_s}
-    med, times, faces = timed(lambda: predictor.predict(rgb), repeats)
-    out.update(detect_ms=1000 * med, detect_ms_all=[1000 * t for t in times], faces=len(faces), p_female=faces[0].p_female if faces else None)
-    med, _, _ = timed(lambda: predictor.predict(rgb, detect=False), repeats)
-    out["no_detect_ms"] = 1000 * med
+    for predictor in predictors.values():
+        for _ in range(3):
+            predictor.predict(rgb)
+            predictor.predict(rgb, detect=False)
+    times: dict[str, list[float]] = {engine: [] for engine in ENGINES}
+    for _ in range(repeats):  # interleaved
+        for engine, predictor in predictors.items():
+            start = time.perf_counter()
+            predictor.predict(rgb)
+            times[engine].append(time.perf_counter() - start)
+    onnx = predictors["onnx"]
+    faces = onnx.predict(rgb)
+    out: dict = {
+        "photo": str(photo),
+        "size": list(rgb.shape[:2]),
+        "setup_s": setup_s,
+        "detect_ms": {engine: 1000 * statistics.median(t) for engine, t in times.items()},
+        "faces": len(faces),
+        "p_female": {engine: p.predict(rgb)[0].p_female for engine, p in predictors.items()},
+        "no_detect_ms": 1000 * timed(lambda: onnx.predict(rgb, detect=False), repeats)[0],
+    }
     box = detect_faces(rgb)[0]
-    chip = predictor.backbone.prepare_face(rgb, box)[None]
-    x = predictor.backbone.embed(chip)
+    chip = onnx.backbone.prepare_face(rgb, box)[None]
+    x = onnx.backbone.embed(chip)
     parts = {
         "detect": lambda: detect_faces(rgb),
-        "chip": lambda: predictor.backbone.prepare_face(rgb, box),
-        "embed": lambda: predictor.backbone.embed(chip),
-        "head": lambda: predictor.model.p_female(x),
+        "chip": lambda: onnx.backbone.prepare_face(rgb, box),
+        "embed": lambda: onnx.backbone.embed(chip),
+        "head": lambda: onnx.model.answer(x),
     }
     out["parts_ms"] = {name: 1000 * timed(fn, repeats)[0] for name, fn in parts.items()}
-    predictor.close()
+    out["embedding"] = f"{onnx.backbone.output}: {2 if onnx.backbone.output == 'descriptor+mirror' else 1} views per face, one forward pass"
+    for predictor in predictors.values():
+        predictor.close()
     return out
 
 
@@ -93,6 +114,8 @@ def cold(photo: Path, repeats: int, head: Path) -> dict:
     cli = [str(Path(sys.executable).with_name("gender-lib")), "predict", "--head", str(head), str(photo)]
     runs: dict[str, list[str]] = {
         "gender_lib_predict": cli,
+        "gender_lib_predict_engine_dlib": [*cli, "--engine", "dlib"],
+        "gender_lib_predict_engine_keras": [*cli, "--engine", "keras"],
         "import_tensorflow": [sys.executable, "-c", "import tensorflow"],
     }
     seconds: dict[str, list[float]] = {name: [] for name in runs}
@@ -105,6 +128,9 @@ def cold(photo: Path, repeats: int, head: Path) -> dict:
             if done.returncode:
                 raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
             outputs[name] = done.stdout
+    texts = {name: outputs[name].strip() for name in runs if name.startswith("gender_lib")}
+    if len(set(texts.values())) != 1:
+        raise RuntimeError(f"the engines printed different answers: {texts}")
     return {
         "seconds": seconds,
         "median_s": {name: statistics.median(s) for name, s in seconds.items()},
@@ -116,7 +142,7 @@ def cold(photo: Path, repeats: int, head: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--cold-repeats", type=int, default=3)
+    parser.add_argument("--cold-repeats", type=int, default=5)
     parser.add_argument("--photo", default=None, help="default: a 128 px face crop of data/sample")
     parser.add_argument("--head", default=str(config.paths().frozen_head), help="the model to time (default: the frozen head)")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/predict_latency[_<head>].json")
@@ -126,19 +152,25 @@ def main() -> None:
     out = args.out or str(config.paths().root / "benchmarks" / "results" / ("predict_latency.json" if frozen else f"predict_latency_{head.stem}.json"))
     photo = Path(args.photo) if args.photo else sample_face()
     w = warm(photo, args.repeats, head)
+    d = w["detect_ms"]
     print(
-        f"warm Predictor ({w['engine']} engine) on {photo.name} ({w['size'][0]} px), median of {args.repeats}: "
-        f"{w['detect_ms']:.1f} ms with detection, {w['no_detect_ms']:.1f} ms without; parts: " + ", ".join(f"{k} {v:.1f} ms" for k, v in w["parts_ms"].items())
+        f"warm Predictor on {photo.name} ({w['size'][0]} px), median of {args.repeats}, detection on: "
+        + ", ".join(f"{engine} {ms:.1f} ms" for engine, ms in d.items())
+        + f" (onnx {d['keras'] / d['onnx']:.2f}x keras, {d['dlib'] / d['onnx']:.2f}x dlib); onnx without detection {w['no_detect_ms']:.1f} ms; "
+        + "onnx parts: "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in w["parts_ms"].items())
+        + f" ({w['embedding']})"
     )
     c = cold(photo, args.cold_repeats, head)
     m = c["median_s"]
     print(
-        f"cold ({head.name}), median of {args.cold_repeats}: gender-lib predict {m['gender_lib_predict']:.2f} s; import tensorflow alone "
-        f"{m['import_tensorflow']:.2f} s"
+        f"cold ({head.name}), median of {args.cold_repeats}: gender-lib predict {m['gender_lib_predict']:.2f} s (onnx); --engine dlib "
+        f"{m['gender_lib_predict_engine_dlib']:.2f} s; --engine keras {m['gender_lib_predict_engine_keras']:.2f} s; import tensorflow alone "
+        f"{m['import_tensorflow']:.2f} s; every engine printed the same answer"
     )
     verdicts = []
     for what, value, target, unit in (
-        ("warm single face", w["detect_ms"], TARGET_WARM_MS, " ms"),
+        ("warm single face (onnx)", d["onnx"], TARGET_WARM_MS, " ms"),
         ("cold gender-lib predict", m["gender_lib_predict"], TARGET_COLD_S, " s"),
     ):
         verdicts.append(f"{what}: {value:.2f}{unit} vs target <= {target:g}{unit}: " + ("met" if value <= target else f"MISSED by {value - target:.2f}{unit}"))

@@ -3,7 +3,7 @@ single-machine engine (gender_lib.features.extract), on the same real faces, on 
 
 The faces: ``--images`` (default 1000) spread evenly over the sorted shared ``combined/aligned``
 folder; where it is absent, the 300 faces of data/sample (noted in the results). The backbone:
-``DlibBackbone(align="chip")`` (keras engine, converted model from the default cache root).
+``DlibBackbone(align="chip")`` (the default engine: onnx where installed; converted model from the default cache root).
 
 Each measurement runs in a fresh Python process with an empty descriptor cache (a new temp
 folder), so each pays what a real run pays: TensorFlow's import and the model's load (in the
@@ -155,12 +155,14 @@ def main() -> None:
         print(json.dumps(_rates(args.listing) if args.one == "rates" else _one(args.one, args.listing)))
         return
 
+    from gender_lib import backbones
     from gender_lib.converters import dlib_keras
     from gender_lib.fileio import write_json
 
+    engine = backbones.resolve_engine("auto")
     paths, source = choose_faces(args.images)
     start = time.perf_counter()
-    dlib_keras.ensure_converted()  # the one-off conversion is no part of either engine's time
+    dlib_keras.ensure_converted(engine=engine)  # the one-off conversion is no part of either engine's time
     print(f"{len(paths)} faces from {source}; converted model ready ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump([{"path": str(p), "key": hashlib.sha256(p.read_bytes()).hexdigest()} for p in paths], handle)
@@ -189,7 +191,7 @@ def main() -> None:
         "benchmark": "benchmarks/ray_extract.py",
         "images": len(paths),
         "source": source,
-        "backbone": "DlibBackbone(align='chip'), keras engine",
+        "backbone": f"DlibBackbone(align='chip'), {engine} engine",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "repeats": args.repeats,
         "seconds_median": median,

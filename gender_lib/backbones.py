@@ -195,12 +195,21 @@ def _keras_forward(path: Path, output: str = "descriptor") -> Any:
         return _KERAS_MODELS[key]
 
 
+#: How the dlib backbone prepares a face crop (see :class:`DlibBackbone`), with the text its id hashes.
+PREPROCESSING = {"chip": "dlib-5pt-chip150-pad0.25", "crop": "dlib-5pt-chip150-pad0.25-box=crop", "resize": "bicubic-resize150"}
+ALIGNS = tuple(PREPROCESSING)
+
+
 class DlibBackbone:
     """dlib's ResNet-34-style face descriptor (128-d, LFW 99.38%), CC0 weights from PyPI.
 
-    ``align``: ``"chip"`` (default) runs dlib's 5-point alignment on each crop, as the model
-    was trained; ``"resize"`` feeds the crop resized to 150 x 150 directly. benchmarks/dlib_align.py
-    measures both.
+    ``align`` (:data:`ALIGNS`): ``"chip"`` (default) runs dlib's 5-point alignment on each crop, in
+    the face box dlib's HOG detector finds there (the whole crop where it finds none), as the model
+    was trained; ``"crop"`` takes the whole crop as the face box, with no detection (for datasets of
+    pre-cut, aligned faces: the detection is most of a face's preparation time); ``"resize"`` feeds
+    the crop resized to 150 x 150 directly. They differ only for crops: a photo's face, with its box,
+    is chipped in that box by ``chip`` and ``crop`` alike. benchmarks/dlib_align.py and
+    benchmarks/engines.py measure them.
 
     ``engine`` (:data:`ENGINES`, or ``"auto"``: :func:`resolve_engine`): ``"onnx"`` and ``"keras"``
     embed batches with dlib's network converted and verified against dlib
@@ -225,8 +234,8 @@ class DlibBackbone:
         output: str = "descriptor",
         threads: int | None = None,
     ):
-        if align not in ("chip", "resize"):
-            raise ConfigError(f"dlib align must be 'chip' or 'resize', got {align!r}")
+        if align not in ALIGNS:
+            raise ConfigError(f"dlib align must be one of {list(ALIGNS)}, got {align!r}")
         if engine not in (*ENGINES, "auto"):
             raise ConfigError(f"dlib engine must be one of {[*ENGINES, 'auto']}, got {engine!r}")
         if output not in OUTPUTS:
@@ -239,15 +248,17 @@ class DlibBackbone:
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self.cache_root = Path(cache_root).expanduser().resolve() if cache_root is not None else None
         self.weights_sha256 = sha256_file_cached(dlib_model_paths()["descriptor"])
-        self.preprocessing = f"rgb-uint8;{'dlib-5pt-chip150-pad0.25' if align == 'chip' else 'bicubic-resize150'}"
+        self.preprocessing = f"rgb-uint8;{PREPROCESSING[align]}"
         self.id = backbone_id(self.name, self.describe())
         self._pool = None
         self._forward: Any = None
         self.model_path: Path | None = None  # the converted model the onnx or keras engine runs, once loaded
 
     def prepare_face(self, rgb: np.ndarray, box: Box | None = None) -> np.ndarray:
-        """The 150x150 input: a 5-point chip (``align="chip"``) or the face resized (``"resize"``)."""
-        if self.align == "chip":
+        """The 150x150 input: a 5-point chip (``align="chip"``, ``"crop"``) or the face resized (``"resize"``)."""
+        if self.align == "crop" and box is None:
+            box = (0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
+        if self.align in ("chip", "crop"):
             return dlib_chip(rgb, box)[0]
         from PIL import Image
 

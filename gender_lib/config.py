@@ -113,7 +113,7 @@ def paths(root: str | os.PathLike[str] | None = None) -> Paths:
 Layout = Literal["", "combined", "adience", "utkface", "folders", "csv"]
 Protocol = Literal["person", "original"]
 BackboneName = Literal["dlib", "vggface", "auto"]
-Align = Literal["chip", "resize"]
+Align = Literal["chip", "crop", "resize"]
 Engine = Literal["auto", "onnx", "keras", "dlib", "ray"]
 Precision = Literal["float32", "bfloat16"]
 VggFaceLayer = Literal["fc7", "fc8"]
@@ -148,7 +148,9 @@ class BackboneConfig:
     """The descriptor network and how faces are prepared for it."""
 
     backbone: BackboneName = _param("dlib", "descriptor network")
-    dlib_align: Align = _param("chip", "dlib: 5-point chip or plain resize")
+    dlib_align: Align = _param(
+        "chip", "dlib: 5-point chip in the face box detected in each crop, 5-point chip in the whole crop as the box (no detection), or plain resize"
+    )
     engine: Engine = _param(
         "auto",
         "what runs the backbone: auto (onnx where ONNX Runtime is installed, else keras), onnx (the converted network on ONNX Runtime, "

@@ -22,8 +22,8 @@ either in the cache or among the decode failures; otherwise :class:`IncompleteEx
 
 Importing this module does not import Ray; :func:`extract_ray` does, and says how to install
 it where it is missing. On a cluster every node needs gender_lib and its dependencies installed
-and must see the image paths (a shared filesystem) and, for the dlib backbone's keras engine,
-the converted model under the cache root (it converts it where it is missing).
+and must see the image paths (a shared filesystem) and, for the dlib backbone's onnx or keras
+engine, the converted model under the cache root (it converts it where it is missing).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ def _prepare_batch(batch: dict[str, np.ndarray], description: dict[str, Any], kw
 
 
 class _Embed:
-    """An embedding actor: the backbone is loaded (for the keras engine: traced) once, in the constructor."""
+    """An embedding actor: the backbone is loaded (the onnx engine's session made, the keras engine's model traced) once, in the constructor."""
 
     def __init__(self, description: dict[str, Any], kwargs: dict[str, Any]):
         from gender_lib import backbones
@@ -182,8 +182,8 @@ def extract_ray(
 
     ``backbone_description``: the backbone's ``describe()``; each worker rebuilds it with
     :func:`gender_lib.backbones.from_description` (``backbone_kwargs`` go to it; for the dlib
-    backbone the engine defaults to the described one, and ``cache_root``, where the keras engine's
-    converted model is kept, to the configured cache root, as for ``DlibBackbone()``: pass the
+    backbone the engine defaults to the described one, and ``cache_root``, where the converted model
+    is kept, to the configured cache root, as for ``DlibBackbone()``: pass the
     backbone's own ``cache_root`` where it was built with another). ``address``: a running cluster
     (``ray.init(address=...)``); without one a local instance with ``num_cpus`` CPUs (default all)
     is started and shut down at the end. ``actors``: embedding actors (default one per GPU, or

@@ -280,22 +280,30 @@ class ExtractReport:
         return f"{self.backbone}: {self.requested} images, {self.cached} already cached, {self.embedded} embedded{rate}, {len(self.failures)} failed to decode"
 
 
-def _batches(items: Sequence[tuple[Path, str]], backbone: Any, batch_size: int, failures: list[dict[str, str]]) -> Iterator[tuple[list[str], np.ndarray]]:
+def _batches(
+    items: Sequence[tuple[Path, str]], backbone: Any, batch_size: int, failures: list[dict[str, str]], workers: int = 1
+) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Decoded and prepared faces, ``batch_size`` at a time, in the order of ``items``; each batch
+    prepared by ``workers`` threads (decoding and dlib's detection and alignment release the GIL,
+    so preparing a face, most of its cost on the onnx engine, runs on every core)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from gender_lib.dataset import load_rgb
 
-    batch_keys: list[str] = []
-    prepared: list[np.ndarray] = []
-    for path, key in items:
+    def prepare(item: tuple[Path, str]) -> tuple[str, np.ndarray | None, dict[str, str] | None]:
+        path, key = item
         try:
-            prepared.append(backbone.prepare(load_rgb(path)))
-            batch_keys.append(key)
+            return key, backbone.prepare(load_rgb(path)), None
         except Exception as error:  # noqa: BLE001 - one bad image must not sink its batch
-            failures.append({"path": display_path(path), "reason": "failed to decode at extraction", "detail": f"{type(error).__name__}: {error}"})
-        if len(prepared) == batch_size:
-            yield batch_keys, np.stack(prepared)
-            batch_keys, prepared = [], []
-    if prepared:
-        yield batch_keys, np.stack(prepared)
+            return key, None, {"path": display_path(path), "reason": "failed to decode at extraction", "detail": f"{type(error).__name__}: {error}"}
+
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="gender_lib-prepare") as pool:
+        for start in range(0, len(items), batch_size):
+            done = list(pool.map(prepare, items[start : start + batch_size]))
+            failures.extend(failure for _, _, failure in done if failure)
+            kept = [(key, face) for key, face, failure in done if not failure]
+            if kept:
+                yield [key for key, _ in kept], np.stack([face for _, face in kept])
 
 
 def _prefetch(iterator: Iterator[Any], depth: int) -> Iterator[Any]:
@@ -387,9 +395,12 @@ def extract(
     prefetch: int = 2,
     progress: bool = True,
     flush_seconds: float | None = 30.0,
+    prepare_threads: int | None = None,
 ) -> ExtractReport:
     """Embed every image whose key is not cached yet; stream, batch, and store in chunks.
 
+    Images are decoded and prepared (:meth:`prepare`: detection, alignment) by ``prepare_threads``
+    threads (default: one per core this process may use), ``prefetch`` batches ahead of the model.
     A chunk is stored every ``chunk_size`` images or, with a slow backbone, as soon as
     ``flush_seconds`` have passed since the last one (None: only by size), so a kill loses
     at most about that much work.
@@ -406,7 +417,8 @@ def extract(
     failures: list[dict[str, str]] = []
     bar = tqdm(total=len(work), desc=f"embed {backbone.name}", unit="img", disable=not progress or not work, mininterval=1.0)
     try:
-        for batch_keys, batch in _prefetch(_batches(work, backbone, batch_size, failures), prefetch):
+        threads = prepare_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+        for batch_keys, batch in _prefetch(_batches(work, backbone, batch_size, failures, threads), prefetch):
             writer.add(batch_keys, backbone.embed(batch))
             bar.update(len(batch_keys))
         writer.flush()

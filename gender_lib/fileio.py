@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,8 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
 _HASHES: dict[tuple[str, int, int, int, int], str] = {}
 #: The file, under the descriptor cache root, where :func:`sha256_file_cached` keeps its hashes for later processes.
 HASH_MEMO = "file_hashes.json"
+#: A file modified this recently may change again within the same file-system clock tick: never remembered.
+RACY_SECONDS = 2.0
 
 
 def sha256_file_cached(path: str | os.PathLike[str]) -> str:
@@ -91,33 +94,38 @@ def sha256_file_cached(path: str | os.PathLike[str]) -> str:
     A cold ``predict`` checks two model files (dlib's 22 MB weights for the backbone id, the
     converted model against its sidecar) at about 15 ms each; the hashes are kept in
     ``<cache root>/file_hashes.json`` (:data:`HASH_MEMO`), keyed by the real path and that stamp, as
-    git's index keeps its file stamps. A file changed in any way gets a new stamp and is hashed again;
-    a memo that cannot be read or written costs only the time.
+    git's index keeps its file stamps. A file changed in any way gets a new stamp and is hashed again,
+    except within one tick of the file system's clock: so, as git does, a file modified in the last
+    :data:`RACY_SECONDS` is hashed every time and not remembered. A memo that cannot be read or
+    written costs only the time.
     """
     info = os.stat(path)
     real = os.path.realpath(path)
     stamp = [info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns]
     key = (real, *stamp)
-    if key not in _HASHES:
-        from gender_lib import config
+    if key in _HASHES:
+        return _HASHES[key]
+    if time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) < RACY_SECONDS * 1e9:
+        return sha256_file(path)
+    from gender_lib import config
 
-        memo = config.paths().cache / HASH_MEMO
-        try:
-            known = json.loads(memo.read_text(encoding="utf-8"))
-            if not isinstance(known, dict):
-                known = {}
-        except (OSError, ValueError):
+    memo = config.paths().cache / HASH_MEMO
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+        if not isinstance(known, dict):
             known = {}
-        entry = known.get(real)
-        if isinstance(entry, list) and entry[:4] == stamp and len(entry) == 5:
-            _HASHES[key] = str(entry[4])
-        else:
-            _HASHES[key] = sha256_file(path)
-            known[real] = [*stamp, _HASHES[key]]
-            try:
-                write_json(memo, known)
-            except OSError:
-                pass
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(real)
+    if isinstance(entry, list) and len(entry) == 5 and entry[:4] == stamp:
+        _HASHES[key] = str(entry[4])
+    else:
+        _HASHES[key] = sha256_file(path)
+        known[real] = [*stamp, _HASHES[key]]
+        try:
+            write_json(memo, known)
+        except OSError:
+            pass
     return _HASHES[key]
 
 

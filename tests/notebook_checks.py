@@ -46,9 +46,13 @@ def images(path: Path) -> int:
     return sum("image/png" in o.get("data", {}) for c in cells if c["cell_type"] == "code" for o in c.get("outputs", []))
 
 
-def nbval(notebooks: list[Path], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``pytest --nbval`` on ``notebooks`` in a fresh process, as ``make test`` runs it (same sanitizer)."""
+def nbval(notebooks: list[Path], env: dict[str, str], cwd: Path, cpus: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``pytest --nbval`` on ``notebooks`` in a fresh process, as ``make test`` runs it (same sanitizer);
+    ``cpus``: on that many of this process's CPUs only (its affinity, which the kernels inherit)."""
+    import os
+
     root = Path(__file__).resolve().parents[1]
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval", "--nbval-current-env"]
     command += ["--nbval-sanitize-with", str(root / "notebooks" / "sanitize.cfg"), *map(str, notebooks)]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd)
+    allowed = sorted(os.sched_getaffinity(0))[:cpus] if cpus else None
+    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, preexec_fn=(lambda: os.sched_setaffinity(0, allowed)) if allowed else None)

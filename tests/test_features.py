@@ -434,3 +434,30 @@ def test_dlib_descriptors_of_the_same_person_are_closer_than_of_different_people
     assert len(people) == 30
     assert same.mean() < different.mean() - 0.1, (same.mean(), different.mean())
     assert (same < different).mean() > 0.7
+
+
+def test_a_files_hash_is_kept_for_later_processes_and_redone_when_the_file_changes(tmp_path, monkeypatch):
+    from gender_lib import fileio
+
+    monkeypatch.setenv("GENDER_LIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(fileio, "_HASHES", {})
+    memo_path = tmp_path / "cache" / fileio.HASH_MEMO
+    weights = tmp_path / "weights.bin"
+    weights.write_bytes(b"a" * 1000)
+    assert fileio.sha256_file_cached(weights) == fileio.sha256_file(weights)
+    assert not memo_path.exists()  # just written: it may change again within one clock tick, so it is not remembered
+    monkeypatch.setattr(fileio, "RACY_SECONDS", 0.0)  # as if written long ago
+    assert fileio.sha256_file_cached(weights) == fileio.sha256_file(weights)
+    memo = json.loads(memo_path.read_text())
+    assert memo[str(weights.resolve())][-1] == fileio.sha256_file(weights)
+    # a later process (an empty in-process memo) reads it from the memo, without hashing
+    monkeypatch.setattr(fileio, "_HASHES", {})
+    real_hash = fileio.sha256_file
+    monkeypatch.setattr(fileio, "sha256_file", lambda path: "computed again")
+    assert fileio.sha256_file_cached(weights) == memo[str(weights.resolve())][-1]
+    weights.write_bytes(b"b" * 1001)  # changed: a new stamp, hashed again
+    assert fileio.sha256_file_cached(weights) == "computed again"
+    monkeypatch.setattr(fileio, "sha256_file", real_hash)
+    memo_path.write_text("{broken")
+    monkeypatch.setattr(fileio, "_HASHES", {})
+    assert fileio.sha256_file_cached(weights) == fileio.sha256_file(weights)  # a damaged memo costs only the time
