@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import numbers
 import os
 import typing
@@ -277,13 +278,7 @@ class Config:
     @staticmethod
     def choices() -> dict[str, tuple[Any, ...]]:
         """Flat name -> allowed values, for every parameter typed with a ``Literal``."""
-        out: dict[str, tuple[Any, ...]] = {}
-        for section in ("", *SECTIONS):
-            kind = Config if not section else _section_type(section)
-            for name, hint in typing.get_type_hints(kind).items():
-                if typing.get_origin(hint) is Literal:
-                    out[name] = get_args(hint)
-        return out
+        return dict(_choices())
 
     @staticmethod
     def help() -> dict[str, str]:
@@ -378,6 +373,20 @@ def load_yaml_parameters(path: str | os.PathLike[str]) -> dict[str, Any]:
     parameters = dict(raw.get("parameters") or {})
     DEFAULT.replace(parameters, source=str(path))  # unknown keys and bad values fail here
     return {"name": raw.get("name"), "notebooks": raw.get("notebooks"), "parameters": parameters}
+
+
+@functools.cache
+def _choices() -> dict[str, tuple[Any, ...]]:
+    """:meth:`Config.choices`, worked out once: ``typing.get_type_hints`` compiles every annotation
+    string (this module's annotations are strings), about 1 ms a call, and the CLI and every
+    :meth:`Config.replace` ask."""
+    out: dict[str, tuple[Any, ...]] = {}
+    for section in ("", *SECTIONS):
+        kind = Config if not section else _section_type(section)
+        for name, hint in typing.get_type_hints(kind).items():
+            if typing.get_origin(hint) is Literal:
+                out[name] = get_args(hint)
+    return out
 
 
 def _section_type(section: str) -> type:

@@ -99,16 +99,17 @@ class _Graph:
 
 
 def _nhwc_input(g: _Graph, name: str, size: Sequence[int], elem_type: int) -> tuple[Any, str]:
-    """The graph input (n, h, w, 3) of ``elem_type`` and its float32 NCHW copy."""
+    """The graph input (n, h, w, 3) of ``elem_type`` and its float32 NCHW copy (transposed before
+    the cast: a uint8 image is a quarter of the bytes to move)."""
     info = g.onnx.helper.make_tensor_value_info(name, elem_type, ["n", int(size[0]), int(size[1]), 3])
-    x = g.op("Cast", [name], "as_float", to=g.onnx.TensorProto.FLOAT) if elem_type != g.onnx.TensorProto.FLOAT else name
-    return info, g.op("Transpose", [x], "nchw", perm=[0, 3, 1, 2])
+    x = g.op("Transpose", [name], "nchw", perm=[0, 3, 1, 2])
+    return info, g.op("Cast", [x], "as_float", to=g.onnx.TensorProto.FLOAT) if elem_type != g.onnx.TensorProto.FLOAT else x
 
 
 # --------------------------------------------------------------------------- dlib's face ResNet
 
 
-def dlib_graph(network: Any, *, fold_affine: bool = True, **rules: Any) -> Any:
+def dlib_graph(network: Any, *, fold_affine: bool = True, fold_input: bool = True, **rules: Any) -> Any:
     """dlib's face ResNet (a :class:`gender_lib.converters.dlib_dnn.Network` or its layer list,
     input first) as an ``onnx.ModelProto``: uint8 ``rgb_chip`` (n, 150, 150, 3) -> float32
     ``descriptor`` (n, 128).
@@ -119,7 +120,9 @@ def dlib_graph(network: Any, *, fold_affine: bool = True, **rules: Any) -> Any:
     ``(pixel - mean) / divisor``. ``rules`` override them (only for the tests that show the
     verification catches each wrong one). ``fold_affine`` folds each ``affine`` into the
     convolution before it (``w * gamma``, ``b * gamma + beta``): the same function, one pass fewer.
-    Raises ``ValueError`` for a layer list this cannot express.
+    ``fold_input`` folds the input's ``(pixel - mean) / divisor`` into the first convolution where it
+    pads nothing (``w / divisor``, ``b - sum(w * mean) / divisor``; dlib's is strided, so unpadded):
+    two passes over the image fewer. Raises ``ValueError`` for a layer list this cannot express.
     """
     from gender_lib.converters.dlib_keras import DLIB_RULES
 
@@ -134,8 +137,13 @@ def dlib_graph(network: Any, *, fold_affine: bool = True, **rules: Any) -> Any:
     g = _Graph()
     graph_input, x = _nhwc_input(g, "rgb_chip", first.size, g.onnx.TensorProto.UINT8)
     divisor = float(rule["input_divisor"] or first.divisor)
-    x = g.op("Sub", [x, g.const("mean_rgb", np.asarray(first.mean_rgb, np.float32).reshape(1, 3, 1, 1))], "minus_mean")
-    x = g.op("Div", [x, g.const("divisor", np.asarray(divisor, np.float32))], "divided")
+    mean = np.asarray(first.mean_rgb, np.float64)
+    head = layers[1] if len(layers) > 1 else None
+    unpadded = head is not None and head.kind == "con" and head.padding == (0, 0) and not (rule["strided_padding"] == "same" and head.stride != (1, 1))
+    input_norm = (mean, divisor) if fold_input and unpadded else None  # zero padding of a normalised image is not zero pixels
+    if input_norm is None:
+        x = g.op("Sub", [x, g.const("mean_rgb", mean.astype(np.float32).reshape(1, 3, 1, 1))], "minus_mean")
+        x = g.op("Div", [x, g.const("divisor", np.asarray(divisor, np.float32))], "divided")
     shape = (3, *first.size)  # (k, nr, nc) of x, to size add_prev's zero extension
     tags: dict[int, tuple[str, tuple[int, int, int]]] = {}
     skip_next = False
@@ -146,7 +154,7 @@ def dlib_graph(network: Any, *, fold_affine: bool = True, **rules: Any) -> Any:
         tag = f"{i:03d}"
         if layer.kind == "con":
             affine = layers[i + 1] if fold_affine and i + 1 < len(layers) and layers[i + 1].kind == "affine" else None
-            x, shape = _dlib_conv(g, x, shape, layer, affine, tag, rule)
+            x, shape = _dlib_conv(g, x, shape, layer, affine, tag, rule, input_norm if i == 1 else None)
             skip_next = affine is not None
         elif layer.kind == "affine":
             k = len(layer.gamma)
@@ -182,10 +190,23 @@ def dlib_graph(network: Any, *, fold_affine: bool = True, **rules: Any) -> Any:
     return g.model([graph_input], [output], "dlib_face_resnet", "dlib's face recognition ResNet (dlib_face_recognition_resnet_model_v1.dat)")
 
 
-def _dlib_conv(g: _Graph, x: str, shape: tuple[int, int, int], layer: Any, affine: Any, tag: str, rule: Mapping[str, Any]) -> tuple[str, tuple[int, int, int]]:
+def _dlib_conv(
+    g: _Graph,
+    x: str,
+    shape: tuple[int, int, int],
+    layer: Any,
+    affine: Any,
+    tag: str,
+    rule: Mapping[str, Any],
+    input_norm: tuple[np.ndarray, float] | None = None,
+) -> tuple[str, tuple[int, int, int]]:
     (fy, fx), (sy, sx), (py, px) = layer.size, layer.stride, layer.padding
     weights = layer.filters.astype(np.float64)  # (n, k, nr, nc): ONNX's OIHW already
     bias = layer.biases.astype(np.float64) if layer.biases is not None else np.zeros(layer.num_filters)
+    if input_norm is not None:  # conv of (x - mean) / d == conv of x with w / d, minus sum(w * mean) / d (no padding)
+        mean, divisor = input_norm
+        bias = bias - np.einsum("okij,k->o", weights, mean) / divisor
+        weights = weights / divisor
     if affine is not None:  # conv then x * gamma + beta == conv with w * gamma and b * gamma + beta
         gamma, beta = affine.gamma.astype(np.float64), affine.beta.astype(np.float64)
         weights, bias = weights * gamma[:, None, None, None], bias * gamma + beta
@@ -197,7 +218,7 @@ def _dlib_conv(g: _Graph, x: str, shape: tuple[int, int, int], layer: Any, affin
         attributes["pads"] = [py, px, py, px]
         out_hw = (1 + (shape[1] + 2 * py - fy) // sy, 1 + (shape[2] + 2 * px - fx) // sx)
     inputs = [x, g.const(f"con_{tag}_w", weights.astype(np.float32))]
-    if affine is not None or layer.biases is not None:
+    if affine is not None or layer.biases is not None or input_norm is not None:
         inputs.append(g.const(f"con_{tag}_b", bias.astype(np.float32)))
     return g.op("Conv", inputs, f"con_{tag}", **attributes), (layer.num_filters, *out_hw)
 
