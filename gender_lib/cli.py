@@ -91,7 +91,7 @@ def _convert_dlib(args: argparse.Namespace) -> int:
     if vgg_only:
         raise ConfigError(f"{', '.join(vgg_only)} concern the VGG-Face conversion, not --dlib")
     root = _config(args).cache_dir()
-    for engine in ("onnx", "keras") if onnx_graph.available() else ("keras",):
+    for engine in ("onnx", "keras") if onnx_graph.can_convert() else ("keras",):
         meta = None if args.force else dlib_keras.cached_conversion(root, engine=engine)
         path = dlib_keras.default_path(root, engine=engine)
         if meta is None:

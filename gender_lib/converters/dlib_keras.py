@@ -417,7 +417,7 @@ def convert(
         graph = onnx_graph.dlib_graph(network, **dict(build_rules or {}))
         serialized = graph.SerializeToString()
         model: Any = onnx_graph.Runner(serialized)
-        versions = {"onnx_version": onnx_graph._import("onnx").__version__, "onnxruntime_version": onnx_graph._import("onnxruntime").__version__}
+        versions = onnx_graph.versions()
         counted = sum(int(np.prod(t.dims)) for t in graph.graph.initializer if t.data_type == t.FLOAT)  # weights, not the Pad sizes
         save = lambda tmp: Path(tmp).write_bytes(serialized)  # noqa: E731
     else:

@@ -10,7 +10,8 @@ models are, before anything is saved.
 
 * :func:`dlib_graph`: uint8 chips (n, 150, 150, 3) RGB -> ``descriptor`` float32 (n, 128), dlib's
   fc output (not normalised). Each ``affine`` layer (batch norm folded by dlib into a per-channel
-  scale and shift) is folded into the convolution before it: every one follows a ``con``.
+  scale and shift) is folded into the convolution before it (every one follows a ``con``), and the
+  input's ``(pixel - mean) / 256`` into the first convolution, which pads nothing.
 * :func:`vggface_graph`: float32 (n, 224, 224, 3) RGB 0-255 -> ``fc7`` (n, 4096, after relu7,
   L2-normalised) and ``fc8`` (n, 2622, before the softmax).
 
@@ -33,7 +34,7 @@ from gender_lib.errors import GenderLibError
 
 #: The ONNX operator set the graphs are written for (ONNX Runtime 1.14 and later run it).
 OPSET = 17
-#: The package extra that installs the engine.
+#: What installs the engine (both are dependencies of the package).
 INSTALL_HINT = "pip install onnx onnxruntime (make setup installs both)"
 
 
@@ -44,6 +45,16 @@ class OnnxNotInstalledError(GenderLibError, ImportError):
 def available() -> bool:
     """Whether ONNX Runtime is installed (without importing it: ~40 ms)."""
     return importlib.util.find_spec("onnxruntime") is not None
+
+
+def can_convert() -> bool:
+    """Whether graphs can be written and checked here: ``onnx`` and ONNX Runtime both installed."""
+    return available() and importlib.util.find_spec("onnx") is not None
+
+
+def versions() -> dict[str, str]:
+    """``{"onnx_version": ..., "onnxruntime_version": ...}`` for a conversion's sidecar."""
+    return {"onnx_version": _import("onnx").__version__, "onnxruntime_version": _import("onnxruntime").__version__}
 
 
 def _import(name: str) -> Any:
@@ -86,14 +97,12 @@ class _Graph:
         """Keep ``names`` for the graph's outputs: other nodes named after them get a suffix."""
         self._names.update(names)
 
-    def model(self, inputs: Sequence[Any], outputs: Sequence[Any], name: str, doc: str, metadata: Mapping[str, str] | None = None) -> Any:
+    def model(self, inputs: Sequence[Any], outputs: Sequence[Any], name: str, doc: str) -> Any:
+        """The checked ``onnx.ModelProto`` of the nodes so far (``onnx.checker`` raises on a malformed graph)."""
         helper = self.onnx.helper
         graph = helper.make_graph(self.nodes, name, list(inputs), list(outputs), self.initializers, doc_string=doc)
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="gender_lib")
         model.ir_version = min(model.ir_version, 8)  # what ONNX Runtime 1.14+ reads; the graph needs nothing newer
-        for key, value in (metadata or {}).items():
-            entry = model.metadata_props.add()
-            entry.key, entry.value = key, value
         self.onnx.checker.check_model(model)
         return model
 
@@ -329,4 +338,4 @@ class Runner:
         return self.session.run([output or self.names[0]], {self.input: x})[0]
 
 
-__all__ = ["OPSET", "OnnxNotInstalledError", "Runner", "available", "default_threads", "dlib_graph", "vggface_graph"]
+__all__ = ["OPSET", "OnnxNotInstalledError", "Runner", "available", "can_convert", "default_threads", "dlib_graph", "versions", "vggface_graph"]

@@ -21,7 +21,6 @@ TensorFlow (the backbone's ``onnx`` engine).
 from __future__ import annotations
 
 import datetime as _dt
-import importlib.util
 import json
 import logging
 import os
@@ -267,7 +266,7 @@ def _onnx_conversion(network: Network, images: np.ndarray | None) -> tuple[bytes
     from gender_lib.converters import onnx_graph
     from gender_lib.fileio import sha256_bytes
 
-    if not (onnx_graph.available() and importlib.util.find_spec("onnx")):
+    if not onnx_graph.can_convert():
         logger.info("onnx or onnxruntime is not installed: no ONNX graph is written (the keras engine runs VGG-Face)")
         return None
     serialized = onnx_graph.vggface_graph(network).SerializeToString()
@@ -276,8 +275,7 @@ def _onnx_conversion(network: Network, images: np.ndarray | None) -> tuple[bytes
         "sha256": sha256_bytes(serialized),
         "opset": onnx_graph.OPSET,
         "equivalence_max_relative_error": errors,
-        "onnx_version": onnx_graph._import("onnx").__version__,
-        "onnxruntime_version": onnx_graph._import("onnxruntime").__version__,
+        **onnx_graph.versions(),
     }
     return serialized, record
 
