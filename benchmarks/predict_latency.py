@@ -1,8 +1,8 @@
 """Prediction latency: one face, warm (in a live Predictor) and cold (``gender-lib predict`` in a fresh process).
 
 * warm: ``gender_lib.predict.Predictor`` (the model, its backbone rebuilt on each engine: onnx, the
-  default, keras and dlib) on a 128 px face crop of data/sample, detection on (as the CLI runs it);
-  median of 20 after 3 warm-up calls, engines interleaved. Target <= 10 ms (onnx). The parts
+  default, dlib and keras, in that order) on a 128 px face crop of data/sample, detection on (as the
+  CLI runs it); median of 20 after 3 warm-up calls. Target <= 10 ms (onnx). The onnx engine's parts
   (detect, chip, embed, head) are timed alone too, and the same with ``detect=False``.
 * cold: ``gender-lib predict PHOTO`` as a subprocess on the default engine (onnx), and with
   ``--engine dlib`` (what the last release ran for a few photos) and ``--engine keras``; median of
@@ -59,49 +59,38 @@ def timed(fn, repeats: int) -> tuple[float, list[float], object]:
 
 
 def warm(photo: Path, repeats: int, head: Path) -> dict:
+    """Each engine in turn, onnx first and keras last: TensorFlow's thread pools, once started, keep
+    spinning beside whatever runs next in the process, so interleaving the engines would time the
+    onnx engine next to them, which no user's process does."""
     from gender_lib.faces import detect_faces
     from gender_lib.predict import Predictor, read_image
 
-    predictors, setup_s = {}, {}
-    for engine in ENGINES:
-        start = time.perf_counter()
-        predictors[engine] = Predictor(head, engine=engine)
-        predictors[engine].backbone.embed(np.zeros((1, 150, 150, 3), np.uint8))  # converts once where absent, loads, traces
-        setup_s[engine] = time.perf_counter() - start
     rgb = read_image(photo)
-    for predictor in predictors.values():
+    out: dict = {"photo": str(photo), "size": list(rgb.shape[:2]), "setup_s": {}, "detect_ms": {}, "p_female": {}}
+    for engine in ("onnx", "dlib", "keras"):
+        start = time.perf_counter()
+        predictor = Predictor(head, engine=engine)
+        predictor.backbone.embed(np.zeros((1, 150, 150, 3), np.uint8))  # converts once where absent, loads, traces
+        out["setup_s"][engine] = time.perf_counter() - start
         for _ in range(3):
             predictor.predict(rgb)
-            predictor.predict(rgb, detect=False)
-    times: dict[str, list[float]] = {engine: [] for engine in ENGINES}
-    for _ in range(repeats):  # interleaved
-        for engine, predictor in predictors.items():
-            start = time.perf_counter()
-            predictor.predict(rgb)
-            times[engine].append(time.perf_counter() - start)
-    onnx = predictors["onnx"]
-    faces = onnx.predict(rgb)
-    out: dict = {
-        "photo": str(photo),
-        "size": list(rgb.shape[:2]),
-        "setup_s": setup_s,
-        "detect_ms": {engine: 1000 * statistics.median(t) for engine, t in times.items()},
-        "faces": len(faces),
-        "p_female": {engine: p.predict(rgb)[0].p_female for engine, p in predictors.items()},
-        "no_detect_ms": 1000 * timed(lambda: onnx.predict(rgb, detect=False), repeats)[0],
-    }
-    box = detect_faces(rgb)[0]
-    chip = onnx.backbone.prepare_face(rgb, box)[None]
-    x = onnx.backbone.embed(chip)
-    parts = {
-        "detect": lambda: detect_faces(rgb),
-        "chip": lambda: onnx.backbone.prepare_face(rgb, box),
-        "embed": lambda: onnx.backbone.embed(chip),
-        "head": lambda: onnx.model.answer(x),
-    }
-    out["parts_ms"] = {name: 1000 * timed(fn, repeats)[0] for name, fn in parts.items()}
-    out["embedding"] = f"{onnx.backbone.output}: {2 if onnx.backbone.output == 'descriptor+mirror' else 1} views per face, one forward pass"
-    for predictor in predictors.values():
+        out["detect_ms"][engine] = 1000 * timed(lambda p=predictor: p.predict(rgb), repeats)[0]
+        out["p_female"][engine] = predictor.predict(rgb)[0].p_female
+        if engine == "onnx":
+            out["faces"] = len(predictor.predict(rgb))
+            out["no_detect_ms"] = 1000 * timed(lambda p=predictor: p.predict(rgb, detect=False), repeats)[0]
+            box = detect_faces(rgb)[0]
+            chip = predictor.backbone.prepare_face(rgb, box)[None]
+            x = predictor.backbone.embed(chip)
+            parts = {
+                "detect": lambda: detect_faces(rgb),
+                "chip": lambda p=predictor, b=box: p.backbone.prepare_face(rgb, b),
+                "embed": lambda p=predictor, c=chip: p.backbone.embed(c),
+                "head": lambda p=predictor, x=x: p.model.answer(x),
+            }
+            out["parts_ms"] = {name: 1000 * timed(fn, repeats)[0] for name, fn in parts.items()}
+            output = predictor.backbone.output
+            out["embedding"] = f"{output}: {2 if output == 'descriptor+mirror' else 1} view(s) per face, one forward pass"
         predictor.close()
     return out
 

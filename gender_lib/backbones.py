@@ -146,16 +146,16 @@ _KERAS_LOCK = threading.Lock()
 _ONNX_RUNNERS: dict[str, Any] = {}
 
 
-def _onnx_forward(path: Path, threads: int | None = None) -> Any:
+def _onnx_forward(path: Path, threads: int | None = None, spin: bool = False) -> Any:
     """An ONNX Runtime session of the converted dlib model at ``path``: (n, 150, 150, 3) uint8 ->
-    float32 (n, 128); loaded once per process, file version and thread count (sessions are
+    float32 (n, 128); loaded once per process, file version and thread setting (sessions are
     stateless, and ONNX Runtime runs one session from several threads)."""
-    key = f"{path}@{Path(path).stat().st_mtime_ns}:{threads}"
+    key = f"{path}@{Path(path).stat().st_mtime_ns}:{threads}:{spin}"
     with _KERAS_LOCK:
         if key not in _ONNX_RUNNERS:
             from gender_lib.converters import dlib_keras
 
-            _ONNX_RUNNERS[key] = dlib_keras.load(path, threads)[0]
+            _ONNX_RUNNERS[key] = dlib_keras.load(path, threads, spin)[0]
         return _ONNX_RUNNERS[key]
 
 
@@ -215,7 +215,9 @@ class DlibBackbone:
     embed batches with dlib's network converted and verified against dlib
     (:func:`gender_lib.converters.dlib_keras.ensure_converted`: converted once into
     ``<cache_root>/dlib_onnx/`` or ``dlib_keras/``, default the descriptor cache root), on ONNX
-    Runtime with ``threads`` intra-op threads (default: the process's cores) or in TensorFlow;
+    Runtime with ``threads`` intra-op threads (default: the process's cores; ``spin``: whether they
+    spin while waiting, for the latency of single photos: see :class:`~gender_lib.converters.onnx_graph.Runner`)
+    or in TensorFlow;
     the runtime is imported and the model loaded on the first :meth:`embed`, not before. ``"dlib"``
     runs dlib's own code, shared by ``workers`` processes (dlib runs one core each). All engines
     have the same id. Faces are prepared by dlib's code either way (5-point chips, or the resize).
@@ -233,6 +235,7 @@ class DlibBackbone:
         cache_root: str | os.PathLike[str] | None = None,
         output: str = "descriptor",
         threads: int | None = None,
+        spin: bool = False,
     ):
         if align not in ALIGNS:
             raise ConfigError(f"dlib align must be one of {list(ALIGNS)}, got {align!r}")
@@ -243,7 +246,7 @@ class DlibBackbone:
         if output == "level2" and engine not in ("keras", "auto"):
             raise ConfigError("the dlib backbone's level2 output needs engine 'keras' (only the Keras model exposes dlib's inner levels)")
         self.align, self.engine, self.output = align, resolve_engine(engine, output), output
-        self.threads = threads
+        self.threads, self.spin = threads, spin
         self.dim = {"descriptor": 128, "descriptor+mirror": 256, "level2": LEVEL2_DIM}[output]
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
         self.cache_root = Path(cache_root).expanduser().resolve() if cache_root is not None else None
@@ -311,7 +314,7 @@ class DlibBackbone:
                 root = config.paths().cache
             self.model_path = dlib_keras.ensure_converted(root, engine=self.engine)
             if self.engine == "onnx":
-                self._forward = _onnx_forward(self.model_path, self.threads)
+                self._forward = _onnx_forward(self.model_path, self.threads, self.spin)
             else:
                 self._forward = _keras_forward(self.model_path, "level2" if self.output == "level2" else "descriptor")
         return self
@@ -373,17 +376,27 @@ class DlibBackbone:
         cache_root: Any = None,
         output: str = "descriptor",
         threads: int | None = None,
+        spin: bool = False,
         **options: Any,
     ) -> DlibBackbone:
         """:func:`get_backbone`'s dlib case; VGG-Face's options must be their defaults."""
         if options.get("precision", "float32") != "float32":
             raise ConfigError("the dlib backbone runs in float32 only (precision: float32)")
         engine = resolve_engine(engine, output)  # level2: keras whatever was asked (same network, verified equal)
-        return cls(align=align, workers=workers, engine=engine, cache_root=cache_root, output=output, threads=threads)
+        return cls(align=align, workers=workers, engine=engine, cache_root=cache_root, output=output, threads=threads, spin=spin)
 
     @classmethod
     def rebuild(
-        cls, description: dict[str, Any], *, output: str, engine: str, workers: int | None, cache_root: Any, threads: int | None = None, **_: Any
+        cls,
+        description: dict[str, Any],
+        *,
+        output: str,
+        engine: str,
+        workers: int | None,
+        cache_root: Any,
+        threads: int | None = None,
+        spin: bool = False,
+        **_: Any,
     ) -> DlibBackbone:
         """:func:`from_description`'s dlib case: the recorded alignment, on ``engine`` (keras for level2)."""
         if "align" not in description:
@@ -391,7 +404,7 @@ class DlibBackbone:
                 f"the head's backbone record has no 'align' field ({description.get('id')}); it was saved by an older gender_lib: retrain the head"
             )
         engine = resolve_engine(engine, output)  # level2: keras, the only engine that returns inner activations
-        return cls(align=description["align"], workers=workers, engine=engine, cache_root=cache_root, output=output, threads=threads)
+        return cls(align=description["align"], workers=workers, engine=engine, cache_root=cache_root, output=output, threads=threads, spin=spin)
 
     @staticmethod
     def worker_kwargs(description: dict[str, Any]) -> dict[str, Any]:
@@ -691,6 +704,7 @@ def from_description(
     cache_root: str | os.PathLike[str] | None = None,
     output: str | None = None,
     threads: int | None = None,
+    spin: bool = False,
 ) -> Backbone:
     """Rebuild the backbone a head was trained with from its recorded ``describe()`` fields.
 
@@ -706,7 +720,7 @@ def from_description(
     wanted = output or output_of(description)
     path = Path(vggface_path) if vggface_path else config.paths().vggface_model
     backbone = _backbone_class(name).rebuild(
-        description, output=wanted, engine=engine, workers=workers, cache_root=cache_root, vggface_path=path, threads=threads
+        description, output=wanted, engine=engine, workers=workers, cache_root=cache_root, vggface_path=path, threads=threads, spin=spin
     )
     mine = backbone.describe()
     if (backbone.id != description.get("id")) if output is None else not same_network(mine, description):

@@ -496,16 +496,16 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def load(path: str | os.PathLike[str], threads: int | None = None) -> tuple[Any, dict[str, Any]]:
+def load(path: str | os.PathLike[str], threads: int | None = None, spin: bool = False) -> tuple[Any, dict[str, Any]]:
     """Load a converted model and its checked sidecar: a Keras model from ``.keras``, an ONNX
     Runtime :class:`~gender_lib.converters.onnx_graph.Runner` (``threads`` intra-op threads,
-    default the process's cores) from ``.onnx``."""
+    default the process's cores; ``spin``: see the Runner) from ``.onnx``."""
     meta = read_sidecar(path)
     try:
         if engine_of(path) == "onnx":
             from gender_lib.converters.onnx_graph import Runner
 
-            return Runner(Path(path), threads), meta
+            return Runner(Path(path), threads, spin), meta
         import keras
 
         model = keras.models.load_model(path, compile=False)
