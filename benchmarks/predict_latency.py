@@ -6,7 +6,8 @@
   (detect, chip, embed, head) are timed alone too, and the same with ``detect=False``.
 * cold: ``gender-lib predict PHOTO`` as a subprocess on the default engine (onnx), and with
   ``--engine dlib`` (what the last release ran for a few photos) and ``--engine keras``; median of
-  ``--cold-repeats``, interleaved. Target <= 0.5 s. For scale, the cold ``import tensorflow`` alone.
+  ``--cold-repeats``, interleaved. Target <= 0.5 s. For scale, the cold ``import tensorflow`` alone, and
+  ``import numpy`` alone (a yardstick of the shared machine's speed during the run).
 
 The converted models are made first where absent (one-off, not timed: the default descriptor
 cache, data/cache/descriptors or $GENDER_LIB_CACHE). Writes ``benchmarks/results/predict_latency.json``
@@ -106,6 +107,7 @@ def cold(photo: Path, repeats: int, head: Path) -> dict:
         "gender_lib_predict_engine_dlib": [*cli, "--engine", "dlib"],
         "gender_lib_predict_engine_keras": [*cli, "--engine", "keras"],
         "import_tensorflow": [sys.executable, "-c", "import tensorflow"],
+        "import_numpy": [sys.executable, "-c", "import numpy"],  # a yardstick of this machine's speed at the time
     }
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     outputs: dict[str, str] = {}
@@ -155,7 +157,7 @@ def main() -> None:
     print(
         f"cold ({head.name}), median of {args.cold_repeats}: gender-lib predict {m['gender_lib_predict']:.2f} s (onnx); --engine dlib "
         f"{m['gender_lib_predict_engine_dlib']:.2f} s; --engine keras {m['gender_lib_predict_engine_keras']:.2f} s; import tensorflow alone "
-        f"{m['import_tensorflow']:.2f} s; every engine printed the same answer"
+        f"{m['import_tensorflow']:.2f} s; import numpy alone {m['import_numpy']:.2f} s; every engine printed the same answer"
     )
     verdicts = []
     for what, value, target, unit in (

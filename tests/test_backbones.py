@@ -229,3 +229,24 @@ print("ok", rows[0]["label"], results[0].faces[0].label)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok ")
+
+
+def test_align_crop_takes_the_whole_crop_as_the_face_box_and_has_its_own_id(crops: list[np.ndarray]) -> None:
+    """For pre-cut aligned crops: no detection, the 5-point chip in a box equal to the whole crop.
+    Another preparation, so another id (no cache or head is shared with align chip); a photo's face,
+    given with its box, is chipped in that box by both."""
+    from gender_lib.faces import dlib_chip
+
+    crop, chip = DlibBackbone(workers=1, align="crop"), DlibBackbone(workers=1)
+    assert crop.id != chip.id != DlibBackbone(workers=1, align="resize").id
+    assert "box=crop" in crop.describe()["preprocessing"]
+    rgb = crops[5]
+    whole = (0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
+    np.testing.assert_array_equal(crop.prepare(rgb), dlib_chip(rgb, whole)[0])
+    assert np.abs(crop.prepare(rgb).astype(int) - chip.prepare(rgb)).mean() > 1  # chip finds a tighter box
+    box = detect_faces(rgb)[0]
+    np.testing.assert_array_equal(crop.prepare_face(rgb, box), chip.prepare_face(rgb, box))
+    assert backbones.from_description(crop.describe(), workers=1).align == "crop"
+    assert config.DEFAULT.replace(dlib_align="crop").backbone.dlib_align == "crop"
+    with pytest.raises(ConfigError, match="dlib align must be one of"):
+        DlibBackbone(align="whole")

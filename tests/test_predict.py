@@ -139,6 +139,16 @@ def test_cli_predict_prints_label_and_probability(toy_head, face_photo, capsys, 
     assert pd.read_csv(tmp_path / "p.csv")["label"].iloc[0] in ("M", "F")
 
 
+def test_cli_predict_on_every_engine_prints_the_same_answer(face_photo, capsys):
+    """The committed model through the onnx engine (the default), dlib's own code and Keras: the
+    descriptors agree to 1e-5, so the printed answer is the same text."""
+    outputs = []
+    for engine in ("auto", "onnx", "dlib", "keras"):
+        assert cli.main(["predict", str(face_photo), "--engine", engine]) == 0
+        outputs.append(capsys.readouterr().out)
+    assert "photo.jpg: face 1: " in outputs[0] and len(set(outputs)) == 1, outputs
+
+
 def test_cli_predict_takes_several_folders_and_fails_when_a_file_fails(toy_head, face_photo, tmp_path, capsys):
     one, two = tmp_path / "one", tmp_path / "two"
     one.mkdir(), two.mkdir()
