@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 #: ``auto`` picks one (:func:`resolve_engine`).
 ENGINES = ("onnx", "keras", "dlib")
 #: Description keys that are no part of the id: which implementation computed descriptors
-#: verified equal (to 1e-4) to the other's, so caches and heads are shared between them.
+#: verified equal to the others' (dlib's conversions to 1e-5 against dlib itself), so caches and heads are shared.
 NOT_HASHED = ("id", "engine")
 #: What a backbone returns per face: ``descriptor`` (dlib's 128-d, VGG-Face's fc7/fc8),
 #: ``descriptor+mirror`` (the descriptor of the face, then of its mirror image: flip averaging), or,
@@ -68,8 +68,9 @@ class BackboneError(GenderLibError, ValueError):
 
 def resolve_engine(engine: str, output: str = "descriptor") -> str:
     """The engine that runs for ``engine`` (one of :data:`ENGINES` or ``auto``): ``auto`` is onnx
-    where ONNX Runtime is installed (inference without TensorFlow), else keras; the ``level2``
-    output is keras whatever is asked (only the Keras model exposes dlib's inner levels)."""
+    where ONNX Runtime and onnx are installed (inference without TensorFlow; onnx writes the graph
+    on first use), else keras; the ``level2`` output is keras whatever is asked (only the Keras
+    model exposes dlib's inner levels)."""
     if engine not in (*ENGINES, "auto"):
         raise ConfigError(f"engine must be one of {[*ENGINES, 'auto']}, got {engine!r}")
     if output == "level2":
@@ -77,7 +78,7 @@ def resolve_engine(engine: str, output: str = "descriptor") -> str:
     if engine == "auto":
         from gender_lib.converters import onnx_graph
 
-        return "onnx" if onnx_graph.available() else "keras"
+        return "onnx" if onnx_graph.can_convert() else "keras"
     return engine
 
 
@@ -470,6 +471,9 @@ def _check_vggface_output(output: str) -> None:
         raise ConfigError(f"output {output!r} (model kinds features, finetune) needs the dlib backbone's inner levels; VGG-Face gives {list(OUTPUTS[:2])}")
 
 
+_WARNED: set[str] = set()  # converted VGG-Face models already said to lack their ONNX graph
+
+
 class VGGFaceBackbone:
     """The converted VGG-Face: fc7 (4096-d, L2-normalised, default) or fc8 (2622-d).
 
@@ -528,8 +532,13 @@ class VGGFaceBackbone:
         if not Path(path).is_file():
             raise UserFileNotFoundError(f"{path}: no converted VGG-Face model; run notebooks/01_convert.ipynb (needs vgg_face.mat) or use backbone='dlib'")
         engine = "keras" if engine == "dlib" else engine  # dlib's own code runs only dlib's network
+        if engine == "onnx" and precision != "float32":
+            raise ConfigError("VGG-Face's onnx engine runs in float32 only; bfloat16 needs engine 'keras'")
         if engine == "auto":
             engine = "onnx" if precision == "float32" and resolve_engine("auto") == "onnx" and vggface.has_onnx(path) else "keras"
+            if engine == "keras" and precision == "float32" and resolve_engine("auto") == "onnx" and str(path) not in _WARNED:
+                _WARNED.add(str(path))
+                log.warning("%s was converted without its ONNX graph: VGG-Face runs on TensorFlow; `gender-lib convert` again writes the graph", path)
         if engine == "onnx":
             runner, meta = vggface.load_onnx(path)
             return cls(runner, meta, layer, precision, output, engine)
@@ -626,8 +635,8 @@ def get_backbone(
 ) -> Backbone:
     """A backbone by name: ``vggface``, ``dlib`` or ``auto`` (vggface if converted, else dlib),
     returning ``output`` (:data:`OUTPUTS`) on ``engine`` (:data:`ENGINES` or ``auto``:
-    :func:`resolve_engine`; ``threads``: the onnx engine's intra-op threads). ``align``, ``workers``
-    (the dlib engine's processes) and ``cache_root`` (where the converted dlib models are kept)
+    :func:`resolve_engine`). ``align``, ``workers`` (the dlib engine's processes), ``threads`` (the
+    onnx engine's intra-op threads) and ``cache_root`` (where the converted dlib models are kept)
     concern dlib; ``layer`` and ``precision`` VGG-Face."""
     from gender_lib import config
 

@@ -77,7 +77,8 @@ def _convert(args: argparse.Namespace) -> int:
     output = config.vggface_model()
     meta = vggface.convert(config.vgg_face_mat(), output, strict=not args.lenient)
     print(vggface.describe(meta))
-    print(f"saved {output} and {vggface.sidecar_path(output)}")
+    graph = f", {vggface.onnx_path(output)}" if meta.get("onnx") else ""
+    print(f"saved {output}{graph} and {vggface.sidecar_path(output)}")
     return 0
 
 

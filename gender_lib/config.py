@@ -156,7 +156,7 @@ class BackboneConfig:
         "auto",
         "what runs the backbone: auto (onnx where ONNX Runtime is installed, else keras), onnx (the converted network on ONNX Runtime, "
         "verified against the original; no TensorFlow), keras (the same in TensorFlow), dlib (dlib's own code, dlib only; same descriptors, "
-        "slower), or ray (extraction on a Ray cluster's actors, each running auto; needs the distributed extra)",
+        "slower), or ray (extraction on a Ray cluster's actors, on the engine auto picks on the driver; needs the distributed extra)",
     )
     ray_address: str = _param("", "with --engine ray: an existing Ray cluster (ray://host:10001 or auto) (default: empty, a local Ray instance)")
     precision: Precision = _param("float32", "vggface compute precision")

@@ -284,8 +284,9 @@ def _batches(
     items: Sequence[tuple[Path, str]], backbone: Any, batch_size: int, failures: list[dict[str, str]], workers: int = 1
 ) -> Iterator[tuple[list[str], np.ndarray]]:
     """Decoded and prepared faces, ``batch_size`` at a time, in the order of ``items``; each batch
-    prepared by ``workers`` threads (decoding and dlib's detection and alignment release the GIL,
-    so preparing a face, most of its cost on the onnx engine, runs on every core)."""
+    prepared by ``workers`` threads. Decoding and dlib's HOG detection (each thread has its own
+    detector) release the GIL, so they run on every core; dlib's landmarks and chip hold it, so the
+    threads take turns there (the shared landmark model is never run by two at once)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from gender_lib.dataset import load_rgb
@@ -441,6 +442,6 @@ def open_cache(backbone_id: str, dim: int, cache_root: str | Path | None = None)
 
     root = Path(cache_root or config.paths().cache)
     if not (root / backbone_id).is_dir():
-        available = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+        available = sorted(p.name for p in root.iterdir() if (p / "backbone.json").is_file()) if root.is_dir() else []
         raise CacheMismatchError(f"{root}: no descriptors for backbone {backbone_id}; available: {available or 'none'}. Run extraction with that backbone.")
     return DescriptorCache(root, backbone_id, dim)

@@ -121,9 +121,10 @@ def sha256_file_cached(path: str | os.PathLike[str]) -> str:
         _HASHES[key] = str(entry[4])
     else:
         _HASHES[key] = sha256_file(path)
+        known = {name: entry for name, entry in known.items() if os.path.exists(name)}  # files since removed (temp folders) go
         known[real] = [*stamp, _HASHES[key]]
         try:
-            write_json(memo, known)
+            write_json(memo, known)  # atomic; two processes writing at once lose an entry, never the file
         except OSError:
             pass
     return _HASHES[key]

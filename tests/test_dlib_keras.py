@@ -211,6 +211,24 @@ def test_wrong_rule_fails_and_writes_nothing(rules: dict, suffix: str, chips: np
     assert not output.parent.exists() or not any(output.parent.iterdir())
 
 
+@pytest.mark.realdata
+def test_folding_the_affine_layers_and_the_input_into_the_convolutions_changes_nothing(network: dlib_dnn.Network, chips: np.ndarray) -> None:
+    """The ONNX graph folds each affine layer, and the input's mean and divisor, into a convolution;
+    written without either fold it computes the same descriptors (to float32 round-off) and dlib's."""
+    from gender_lib.converters import onnx_graph
+
+    outputs = {
+        folds: onnx_graph.Runner(onnx_graph.dlib_graph(network, fold_affine=folds[0], fold_input=folds[1]).SerializeToString())(chips[:16])
+        for folds in ((True, True), (False, True), (True, False), (False, False))
+    }
+    for folds, out in outputs.items():
+        assert np.abs(out - outputs[(True, True)]).max() <= 1e-6, folds
+        assert np.abs(out - dlib_keras.dlib_descriptors(chips[:16])).max() <= 1e-5, folds
+    ops = {folds: [node.op_type for node in onnx_graph.dlib_graph(network, fold_affine=folds[0], fold_input=folds[1]).graph.node] for folds in outputs}
+    assert ops[(True, True)].count("Mul") == 0 and ops[(False, False)].count("Mul") == 29  # the affine layers' scales
+    assert "Sub" not in ops[(True, True)] and "Sub" in ops[(True, False)]  # the input's mean
+
+
 def test_too_few_chips(tmp_path: Path) -> None:
     with pytest.raises(dlib_keras.NoRealFacesError, match="at least 50"):
         dlib_keras.convert(output=tmp_path / "m.keras", chips=np.zeros((3, 150, 150, 3), np.uint8))

@@ -383,8 +383,9 @@ def test_vggface_backbone_embeds_synthetic_model_fp32_and_bf16(tmp_path):
     assert (fp32.engine, bf16.engine) == ("onnx", "keras")  # auto: the ONNX graph written beside it; bfloat16 is Keras' only
 
 
-def test_vggface_engines_give_the_same_descriptors_and_id(tmp_path):
+def test_vggface_engines_give_the_same_descriptors_and_id(tmp_path, monkeypatch, caplog):
     from gender_lib.converters import matconvnet as mc
+    from gender_lib.converters import onnx_graph
     from gender_lib.converters import vggface as vf
     from gender_lib.errors import ConfigError
 
@@ -400,8 +401,16 @@ def test_vggface_engines_give_the_same_descriptors_and_id(tmp_path):
     np.testing.assert_allclose(both[:, 16:], engines["onnx"].embed(np.ascontiguousarray(batch[:, :, ::-1])), atol=1e-6)
     with pytest.raises(ConfigError, match="onnx engine runs in float32 only"):
         bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", engine="onnx", precision="bfloat16")
-    (tmp_path / "vggface.onnx").unlink()  # a conversion made without ONNX Runtime: auto falls back to Keras
-    assert bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras").engine == "keras"
+    # a conversion made without onnx (or by an older gender_lib): auto falls back to Keras and says so once
+    monkeypatch.setattr(onnx_graph, "can_convert", lambda: False)
+    vf.convert(mc.write_synthetic_mat(tmp_path / "v.mat"), tmp_path / "vggface.keras")
+    assert not (tmp_path / "vggface.onnx").exists()  # the earlier conversion's graph is not left beside it
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING, logger="gender_lib.backbones"):
+        assert bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras").engine == "keras"
+        assert bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras").engine == "keras"
+    said = [r.getMessage() for r in caplog.records if "was converted without its ONNX graph" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(str(tmp_path / "vggface.keras")) and "`gender-lib convert` again writes the graph" in said[0]
     with pytest.raises(vf.ConvertedModelError, match="converted without its ONNX graph"):
         bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", engine="onnx")
 
@@ -458,6 +467,13 @@ def test_a_files_hash_is_kept_for_later_processes_and_redone_when_the_file_chang
     weights.write_bytes(b"b" * 1001)  # changed: a new stamp, hashed again
     assert fileio.sha256_file_cached(weights) == "computed again"
     monkeypatch.setattr(fileio, "sha256_file", real_hash)
+    gone = tmp_path / "gone.bin"
+    gone.write_bytes(b"c" * 10)
+    assert fileio.sha256_file_cached(gone) == fileio.sha256_file(gone)
+    gone.unlink()
+    weights.write_bytes(b"d" * 1002)
+    fileio.sha256_file_cached(weights)
+    assert str(gone.resolve()) not in json.loads(memo_path.read_text())  # files since removed leave the memo
     memo_path.write_text("{broken")
     monkeypatch.setattr(fileio, "_HASHES", {})
     assert fileio.sha256_file_cached(weights) == fileio.sha256_file(weights)  # a damaged memo costs only the time

@@ -139,13 +139,22 @@ def test_cli_predict_prints_label_and_probability(toy_head, face_photo, capsys, 
     assert pd.read_csv(tmp_path / "p.csv")["label"].iloc[0] in ("M", "F")
 
 
-def test_cli_predict_on_every_engine_prints_the_same_answer(face_photo, capsys):
+def test_cli_predict_on_every_engine_prints_the_same_answer(face_photo, capsys, monkeypatch):
     """The committed model through the onnx engine (the default), dlib's own code and Keras: the
-    descriptors agree to 1e-5, so the printed answer is the same text."""
+    descriptors agree to 1e-5, so the printed answer is the same text; each engine asked for ran."""
+    ran = []
+
+    class Recording(pr.Predictor):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            ran.append(self.backbone.engine)
+
+    monkeypatch.setattr(pr, "Predictor", Recording)
     outputs = []
     for engine in ("auto", "onnx", "dlib", "keras"):
         assert cli.main(["predict", str(face_photo), "--engine", engine]) == 0
         outputs.append(capsys.readouterr().out)
+    assert ran == ["onnx", "onnx", "dlib", "keras"]
     assert "photo.jpg: face 1: " in outputs[0] and len(set(outputs)) == 1, outputs
 
 

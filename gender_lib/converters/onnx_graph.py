@@ -123,8 +123,8 @@ def dlib_graph(network: Any, *, fold_affine: bool = True, fold_input: bool = Tru
     input first) as an ``onnx.ModelProto``: uint8 ``rgb_chip`` (n, 150, 150, 3) -> float32
     ``descriptor`` (n, 128).
 
-    The semantics are :data:`gender_lib.converters.dlib_keras.DLIB_RULES`: convolutions and pools
-    pad ``padding`` zeros on each side (none where strided); ``add_prev`` zero-extends the smaller
+    The semantics are :data:`gender_lib.converters.dlib_keras.DLIB_RULES`: convolutions pad
+    ``padding`` zeros on each side (none where strided), pools do not pad; ``add_prev`` zero-extends the smaller
     input (channels at the end, rows at the bottom, columns at the right); the input is
     ``(pixel - mean) / divisor``. ``rules`` override them (only for the tests that show the
     verification catches each wrong one). ``fold_affine`` folds each ``affine`` into the
@@ -173,8 +173,8 @@ def dlib_graph(network: Any, *, fold_affine: bool = True, fold_input: bool = Tru
             x = g.op("Relu", [x], f"relu_{tag}")
         elif layer.kind in ("max_pool", "avg_pool"):
             (fy, fx), (sy, sx), (py, px) = layer.size, layer.stride, layer.padding
-            if (py, px) != (0, 0):  # zeros, as the Keras model pads (dlib's pools here are all strided: no padding)
-                x = g.op("Pad", [x, g.const(f"{layer.kind}_{tag}_pads", np.asarray([0, 0, py, px, 0, 0, py, px], np.int64))], f"{layer.kind}_{tag}_pad")
+            if (py, px) != (0, 0):  # dlib's strided pools do not pad, and the reader refuses a file whose do
+                raise ValueError(f"layer {i}: {layer.kind} pads {layer.padding}; only unpadded pools are supported")
             op = "MaxPool" if layer.kind == "max_pool" else "AveragePool"
             x = g.op(op, [x], f"{layer.kind}_{tag}", kernel_shape=[fy, fx], strides=[sy, sx])
             shape = (shape[0], 1 + (shape[1] + 2 * py - fy) // sy, 1 + (shape[2] + 2 * px - fx) // sx)
@@ -305,7 +305,7 @@ def vggface_graph(network: Any) -> Any:
 
 
 def default_threads() -> int:
-    """The cores this process may use (its CPU affinity, so a Ray actor or a taskset sees its own)."""
+    """The cores this process may use (its CPU affinity: ``taskset`` or a container's CPU set limits it)."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux

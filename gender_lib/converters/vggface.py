@@ -317,6 +317,8 @@ def convert(
         meta["onnx"] = {"file": onnx_path(output).name, **meta["onnx"]}
         writes.append((onnx_path(output), lambda tmp: Path(tmp).write_bytes(serialized)))
     publish_together([*writes, (sidecar_path(output), lambda tmp: write_json(tmp, meta))])
+    if graph is None:
+        onnx_path(output).unlink(missing_ok=True)  # an earlier conversion's graph: not this network's
     logger.info("saved %s", ", ".join(str(path) for path, _ in writes + [(sidecar_path(output), None)]))
     return meta
 
@@ -328,10 +330,10 @@ def read_sidecar(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise UserFileNotFoundError(f"{path}: no converted VGG-Face model here; run notebooks/01_convert.ipynb or `gender-lib convert` first")
     side = sidecar_path(path)
     try:
-        meta = json.loads(side.read_text())
+        meta = json.loads(side.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserFileNotFoundError(f"{side}: the model's metadata sidecar is missing; convert the .mat again") from None
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ConvertedModelError(f"{side}: metadata is not valid JSON ({error}); convert the .mat again") from None
     if not isinstance(meta, dict):
         raise ConvertedModelError(f"{side}: metadata is not a JSON object; convert the .mat again")
@@ -353,8 +355,8 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any]]:
 def has_onnx(path: str | os.PathLike[str]) -> bool:
     """Whether the converted model at ``path`` has its ONNX graph: the sidecar records one and the file is there."""
     try:
-        meta = json.loads(sidecar_path(path).read_text())
-    except (OSError, json.JSONDecodeError):
+        meta = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # missing, not JSON, not UTF-8
         return False
     return isinstance(meta, dict) and isinstance(meta.get("onnx"), dict) and onnx_path(path).is_file()
 
@@ -365,7 +367,7 @@ def load_onnx(path: str | os.PathLike[str], threads: int | None = None) -> tuple
     :class:`ConvertedModelError` where the conversion wrote no graph, or the graph is not the one
     its sidecar records (changed, half-written), or cannot be loaded."""
     from gender_lib.converters.onnx_graph import Runner
-    from gender_lib.fileio import sha256_file
+    from gender_lib.fileio import sha256_file_cached
 
     path = Path(path)
     meta = read_sidecar(path)
@@ -373,9 +375,10 @@ def load_onnx(path: str | os.PathLike[str], threads: int | None = None) -> tuple
     record = meta.get("onnx")
     if not isinstance(record, dict) or not graph.is_file():
         raise ConvertedModelError(
-            f"{path}: converted without its ONNX graph (onnx and onnxruntime were not installed); run `gender-lib convert` again, or use engine 'keras'"
+            f"{path}: converted without its ONNX graph (by an older gender_lib, or where onnx was not installed); "
+            "run `gender-lib convert` again to write it, or use engine 'keras'"
         )
-    if record.get("sha256") != sha256_file(graph):
+    if record.get("sha256") != sha256_file_cached(graph):  # 580 MB: hashed once, then remembered by its stamp
         raise ConvertedModelError(
             f"{graph}: does not match its sidecar {sidecar_path(path).name} (sha256 differs): changed or half-written; convert the .mat again"
         )
