@@ -89,8 +89,7 @@ def output_of(description: dict[str, Any]) -> str:
 
 def _mirrored(embed: Any, batch: np.ndarray) -> np.ndarray:
     """``descriptor+mirror``: the descriptors of ``batch`` and of its mirror images, side by side,
-    from one forward pass over both (a batch of 2n costs less than two of n: 6.9 ms against 8.0 for
-    one face on the onnx engine, 2 threads)."""
+    from one forward pass over both (a batch of 2n costs less than two batches of n)."""
     both = embed(np.concatenate([batch, batch[:, :, ::-1]]))
     return np.concatenate([both[: len(batch)], both[len(batch) :]], axis=1)
 
@@ -217,9 +216,9 @@ class DlibBackbone:
     (:func:`gender_lib.converters.dlib_keras.ensure_converted`: converted once into
     ``<cache_root>/dlib_onnx/`` or ``dlib_keras/``, default the descriptor cache root), on ONNX
     Runtime with ``threads`` intra-op threads (default: the process's cores; ``spin``: whether they
-    spin while waiting, for the latency of single photos: see :class:`~gender_lib.converters.onnx_graph.Runner`)
-    or in TensorFlow;
-    the runtime is imported and the model loaded on the first :meth:`embed`, not before. ``"dlib"``
+    spin while waiting, for the latency of single photos: see
+    :class:`~gender_lib.converters.onnx_graph.Runner`) or in TensorFlow; the runtime is imported and
+    the model loaded on the first :meth:`embed`, not before. ``"dlib"``
     runs dlib's own code, shared by ``workers`` processes (dlib runs one core each). All engines
     have the same id. Faces are prepared by dlib's code either way (5-point chips, or the resize).
     """
@@ -383,7 +382,7 @@ class DlibBackbone:
         """:func:`get_backbone`'s dlib case; VGG-Face's options must be their defaults."""
         if options.get("precision", "float32") != "float32":
             raise ConfigError("the dlib backbone runs in float32 only (precision: float32)")
-        engine = resolve_engine(engine, output)  # level2: keras whatever was asked (same network, verified equal)
+        engine = "keras" if output == "level2" else engine  # whatever was asked: only Keras returns inner levels (same network, verified equal)
         return cls(align=align, workers=workers, engine=engine, cache_root=cache_root, output=output, threads=threads, spin=spin)
 
     @classmethod
@@ -404,7 +403,7 @@ class DlibBackbone:
             raise BackboneError(
                 f"the head's backbone record has no 'align' field ({description.get('id')}); it was saved by an older gender_lib: retrain the head"
             )
-        engine = resolve_engine(engine, output)  # level2: keras, the only engine that returns inner activations
+        engine = "keras" if output == "level2" else engine  # only the keras engine returns inner activations
         return cls(align=description["align"], workers=workers, engine=engine, cache_root=cache_root, output=output, threads=threads, spin=spin)
 
     @staticmethod
@@ -535,8 +534,9 @@ class VGGFaceBackbone:
         if engine == "onnx" and precision != "float32":
             raise ConfigError("VGG-Face's onnx engine runs in float32 only; bfloat16 needs engine 'keras'")
         if engine == "auto":
-            engine = "onnx" if precision == "float32" and resolve_engine("auto") == "onnx" and vggface.has_onnx(path) else "keras"
-            if engine == "keras" and precision == "float32" and resolve_engine("auto") == "onnx" and str(path) not in _WARNED:
+            wanted = precision == "float32" and resolve_engine("auto") == "onnx"
+            engine = "onnx" if wanted and vggface.has_onnx(path) else "keras"
+            if wanted and engine == "keras" and str(path) not in _WARNED:
                 _WARNED.add(str(path))
                 log.warning("%s was converted without its ONNX graph: VGG-Face runs on TensorFlow; `gender-lib convert` again writes the graph", path)
         if engine == "onnx":
@@ -677,7 +677,8 @@ def from_config(config: Any, workers: int | None = None, output: str = "descript
 
 def local_engine(engine: str) -> str:
     """The backbone engine of a config's ``engine`` in this process: ``ray`` spreads the work over
-    Ray actors, which run ``auto`` (:func:`resolve_engine`); the others are backbone engines."""
+    Ray actors, which run the engine ``auto`` picks here (:func:`resolve_engine`, recorded in the
+    backbone's description); the others are backbone engines."""
     return "auto" if engine == "ray" else engine
 
 

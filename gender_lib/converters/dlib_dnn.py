@@ -70,6 +70,25 @@ INPUT_DIVISOR = 256.0
 DESCRIPTOR_DIM = 128
 
 
+#: The semantics the converted models follow by default (dlib's, as this module's docstring sets
+#: out), for both builders (``dlib_keras.build_model``, ``onnx_graph.dlib_graph``). Tests pass other
+#: values to show that the check against dlib catches each wrong rule.
+DLIB_RULES: dict[str, Any] = {
+    "strided_padding": "dlib",  # "same": TensorFlow's asymmetric 'same' padding on strided convs
+    "channel_padding": "end",  # "front": add_prev's missing channels zero-padded before, not after
+    "spatial_padding": "end",  # "start": add_prev's missing rows/columns padded top/left
+    "input_divisor": None,  # None: dlib's 256 from the reader; a number overrides it
+}
+
+
+def build_rules(**rules: Any) -> dict[str, Any]:
+    """:data:`DLIB_RULES` with ``rules`` overriding some; an unknown name is a ``ValueError``."""
+    unknown = set(rules) - set(DLIB_RULES)
+    if unknown:
+        raise ValueError(f"unknown build rule(s) {sorted(unknown)}; known: {sorted(DLIB_RULES)}")
+    return {**DLIB_RULES, **rules}
+
+
 class DlibModelError(BadFileError):
     """A file that is not (or not a readable copy of) dlib's face recognition ResNet."""
 
@@ -593,4 +612,4 @@ def default_source() -> Path:
         raise DlibModelError(Path("dlib_face_recognition_resnet_model_v1.dat"), str(error)) from error
 
 
-__all__ = ["DlibModelError", "FACE_RESNET", "INPUT_DIVISOR", "Layer", "Network", "default_source", "output_shapes", "read_network"]
+__all__ = ["DLIB_RULES", "DlibModelError", "FACE_RESNET", "build_rules", "INPUT_DIVISOR", "Layer", "Network", "default_source", "output_shapes", "read_network"]

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from gender_lib.converters import dlib_dnn
-from gender_lib.converters.dlib_dnn import DlibModelError, Layer, Network
+from gender_lib.converters.dlib_dnn import DLIB_RULES, DlibModelError, Layer, Network
 from gender_lib.errors import GenderLibError
 from gender_lib.fileio import atomic_write, sha256_file, sha256_file_cached
 
@@ -63,15 +63,6 @@ TOLERANCE = 1e-5
 MIN_COSINE = 0.99999
 MIN_CHIPS = 50
 DEFAULT_CHIPS = 64
-
-#: The semantics :func:`build_model` follows by default (dlib's). Tests pass other values to
-#: show that the check against dlib catches each wrong rule.
-DLIB_RULES: dict[str, Any] = {
-    "strided_padding": "dlib",  # "same": Keras' asymmetric 'same' padding on strided convs
-    "channel_padding": "end",  # "front": add_prev's missing channels zero-padded before, not after
-    "spatial_padding": "end",  # "start": add_prev's missing rows/columns padded top/left
-    "input_divisor": None,  # None: dlib's 256 from the reader; a number overrides it
-}
 
 
 class VerificationError(GenderLibError, RuntimeError):
@@ -101,10 +92,7 @@ def build_model(layers: Network | Sequence[Layer], name: str = "dlib_face_resnet
     import keras
     from keras import layers as kl
 
-    unknown = set(rules) - set(DLIB_RULES)
-    if unknown:
-        raise ValueError(f"unknown build rule(s) {sorted(unknown)}; known: {sorted(DLIB_RULES)}")
-    rule = {**DLIB_RULES, **rules}
+    rule = dlib_dnn.build_rules(**rules)
     layer_list = list(layers.layers if isinstance(layers, Network) else layers)
     if not layer_list or layer_list[0].kind != "input":
         raise ValueError("the layer list must start with the input layer")
@@ -509,7 +497,7 @@ def load(path: str | os.PathLike[str], threads: int | None = None, spin: bool = 
         import keras
 
         model = keras.models.load_model(path, compile=False)
-    except ImportError:
+    except ImportError:  # a missing runtime (OnnxNotInstalledError) says what to install; it is no damaged file
         raise
     except Exception as error:  # noqa: BLE001 - Keras and ONNX Runtime raise many types for damaged files
         raise DlibModelError(path, f"cannot load the converted model ({type(error).__name__}: {error}); convert again") from None

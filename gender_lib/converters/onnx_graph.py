@@ -123,7 +123,7 @@ def dlib_graph(network: Any, *, fold_affine: bool = True, fold_input: bool = Tru
     input first) as an ``onnx.ModelProto``: uint8 ``rgb_chip`` (n, 150, 150, 3) -> float32
     ``descriptor`` (n, 128).
 
-    The semantics are :data:`gender_lib.converters.dlib_keras.DLIB_RULES`: convolutions pad
+    The semantics are :data:`gender_lib.converters.dlib_dnn.DLIB_RULES`: convolutions pad
     ``padding`` zeros on each side (none where strided), pools do not pad; ``add_prev`` zero-extends the smaller
     input (channels at the end, rows at the bottom, columns at the right); the input is
     ``(pixel - mean) / divisor``. ``rules`` override them (only for the tests that show the
@@ -133,12 +133,9 @@ def dlib_graph(network: Any, *, fold_affine: bool = True, fold_input: bool = Tru
     pads nothing (``w / divisor``, ``b - sum(w * mean) / divisor``; dlib's is strided, so unpadded):
     two passes over the image fewer. Raises ``ValueError`` for a layer list this cannot express.
     """
-    from gender_lib.converters.dlib_keras import DLIB_RULES
+    from gender_lib.converters.dlib_dnn import build_rules
 
-    unknown = set(rules) - set(DLIB_RULES)
-    if unknown:
-        raise ValueError(f"unknown build rule(s) {sorted(unknown)}; known: {sorted(DLIB_RULES)}")
-    rule = {**DLIB_RULES, **rules}
+    rule = build_rules(**rules)
     layers = list(getattr(network, "layers", network))
     if not layers or layers[0].kind != "input":
         raise ValueError("the layer list must start with the input layer")
