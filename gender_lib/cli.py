@@ -65,43 +65,29 @@ def _progress(args: argparse.Namespace) -> bool:
 
 
 def _convert(args: argparse.Namespace) -> int:
-    if args.dlib:
-        return _convert_dlib(args)
-    if args.force:
-        from gender_lib.errors import ConfigError
-
-        raise ConfigError("--force goes with --dlib (the VGG-Face conversion always runs)")
-    from gender_lib.converters import vggface
-
-    config = _config(args)
-    output = config.vggface_model()
-    meta = vggface.convert(config.vgg_face_mat(), output, strict=not args.lenient)
-    print(vggface.describe(meta))
-    graph = f", {vggface.onnx_path(output)}" if meta.get("onnx") else ""
-    print(f"saved {output}{graph} and {vggface.sidecar_path(output)}")
-    return 0
-
-
-def _convert_dlib(args: argparse.Namespace) -> int:
-    """dlib's network -> the verified models its converted engines run: ONNX (where ONNX Runtime is
-    installed) and Keras, each reused if cached."""
-    from gender_lib.converters import dlib_keras, onnx_graph
+    """VGG-Face's ``.mat``, or with ``--dlib`` dlib's network, to a verified ONNX graph."""
+    from gender_lib.converters import dlib_resnet, verified, vggface
     from gender_lib.errors import ConfigError
 
+    config = _config(args)
+    if not args.dlib:
+        if args.force:
+            raise ConfigError("--force goes with --dlib (the VGG-Face conversion always runs)")
+        output = config.vggface_model()
+        meta = vggface.convert(config.vgg_face_mat(), output, strict=not args.lenient)
+        print(vggface.describe(meta))
+        print(f"saved {output} and {verified.sidecar_path(output).name}")
+        return 0
     vgg_only = [flag for flag, value in (("--vgg-face-mat", args.vgg_face_mat), ("--vggface-model", args.vggface_model), ("--lenient", args.lenient)) if value]
     if vgg_only:
         raise ConfigError(f"{', '.join(vgg_only)} concern the VGG-Face conversion, not --dlib")
-    root = _config(args).cache_dir()
-    for engine in ("onnx", "keras") if onnx_graph.can_convert() else ("keras",):
-        meta = None if args.force else dlib_keras.cached_conversion(root, engine=engine)
-        path = dlib_keras.default_path(root, engine=engine)
-        if meta is None:
-            meta = dlib_keras.convert(output=path, engine=engine)
-            done = "saved"
-        else:
-            done = "reused (verified when it was converted; --force converts again)"
-        print(dlib_keras.describe(meta))
-        print(f"{done}: {path} and {dlib_keras.sidecar_path(path).name}")
+    root = config.cache_dir()
+    path = dlib_resnet.default_path(root)
+    meta = None if args.force else dlib_resnet.cached_conversion(root)
+    done = "reused (verified when it was converted; --force converts again)" if meta else "saved"
+    meta = meta or dlib_resnet.convert(output=path)
+    print(verified.describe(meta))
+    print(f"{done}: {path} and {verified.sidecar_path(path).name}")
     return 0
 
 
@@ -200,11 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     convert = command(
         "convert",
-        "convert vgg_face.mat (or, with --dlib, dlib's network) to a verified Keras model",
-        f"Convert MatConvNet vgg_face.mat (either published layout) to {p.vggface_model} + .json, checked against a NumPy reference. "
-        "With --dlib: convert dlib's face recognition ResNet to an ONNX graph (where ONNX Runtime is installed) and to Keras, each "
-        "checked against dlib on real face chips, into <cache-dir>/dlib_onnx/ and dlib_keras/ (what the dlib backbone's onnx and "
-        "keras engines run; reused when already there).",
+        "convert vgg_face.mat (or, with --dlib, dlib's network) to a verified ONNX graph",
+        f"Convert MatConvNet vgg_face.mat (either published layout) to {p.vggface_model} + .json, checked against a float64 NumPy "
+        "reference. With --dlib: convert dlib's face recognition ResNet, checked against dlib on real face chips, into "
+        "<cache-dir>/dlib_onnx/ (what the dlib backbone runs; made on first use anyway, reused when already there).",
         func=_convert,
     )
     _add_config_flags(convert, ["vgg_face_mat", "vggface_model"])
@@ -237,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     train = command(
         "train",
         "train a gender model on a work folder's train split",
-        "Fit the model kind --mode names (seeded; early stopping and threshold on the val split) and save it with its metadata "
-        "as the work folder's current model. A kind that reads another backbone output (level-2 maps, mirror images) extracts it first (cached).",
+        "Fit the frozen head (seeded; early stopping and threshold on the val split), its age groups and P(correct), and save it "
+        "with its metadata as the work folder's current model. With --flip-tta true it reads the mirror images too (extracted first, cached).",
         "head",
         "where",
         func=_train,
@@ -287,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--head", dest="head_path", default=None, help=f"a trained model (default: the committed {p.default_head.name})")
     predict.add_argument("--no-detect", action="store_true", help="the images are already face crops: skip detection")
     predict.add_argument("--csv", default=None, help="also write one row per face to this CSV")
-    _add_config_flags(predict, ["min_confidence", "engine"])
+    _add_config_flags(predict, ["min_confidence", "cache_dir"])
 
     run = command(
         "run",

@@ -10,15 +10,17 @@ Environment overrides (all optional):
 * ``GENDER_LIB_WORKDIR``: where stages write by default (manifest, descriptors index, head,
   reports); default ``<root>/data/processed``. The test suite points it at a temporary folder
   so that running the notebooks never touches tracked files.
-* ``GENDER_LIB_CACHE``: the descriptor cache root (default ``<root>/data/cache/descriptors``),
-  shared by every workdir and run because it is content-addressed.
+* ``GENDER_LIB_CACHE``: the store (default ``<root>/data/cache/descriptors``): the descriptor
+  cache, the converted dlib network, the detector copy and the file hashes, shared by every
+  work folder and run because all of it is content-addressed or checked (:mod:`gender_lib.store`).
 * ``GENDER_LIB_DATASETS``: the full shared data (default ``<root>/../shared/datasets``).
 * ``GENDER_LIB_VGG_FACE_MAT``: the user's ``vgg_face.mat`` (default ``<root>/data/external/vgg_face.mat``).
 
 :class:`Config` holds every run parameter in sections (data, backbone, head, evaluation,
 paths). Its field names are unique across sections, so the flat view (:meth:`Config.flat`)
 is what notebook ``parameters`` cells, ``pipeline.yml`` and CLI flags use; an unknown or
-misspelt key is a :class:`~gender_lib.errors.ConfigError` naming it.
+misspelt key is a :class:`~gender_lib.errors.ConfigError` naming it, and a retired one
+(:data:`RETIRED`) says what replaced it.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class Paths:
 
     @property
     def vggface_model(self) -> Path:
-        return self.checkpoints / "vggface.keras"
+        return self.checkpoints / "vggface.onnx"
 
 
 def _env_path(name: str, default: Path) -> Path:
@@ -115,15 +117,21 @@ Layout = Literal["", "combined", "adience", "utkface", "folders", "csv"]
 Protocol = Literal["person", "original"]
 BackboneName = Literal["dlib", "vggface", "auto"]
 Align = Literal["chip", "crop", "resize"]
-Engine = Literal["auto", "onnx", "keras", "dlib", "ray"]
-Precision = Literal["float32", "bfloat16"]
 VggFaceLayer = Literal["fc7", "fc8"]
-Mode = Literal["frozen", "features", "finetune"]
-Levels = Literal[1, 2]
 
 LAYOUTS = get_args(Layout)
 BACKBONES = get_args(BackboneName)
-MODES = get_args(Mode)
+
+_KINDS = "the frozen head is the one model kind (multi-level features and fine-tuning measured no gain: docs/results.md; experiments/kinds.py keeps them)"
+#: Parameters of gender_lib 0.1 that 0.2 retired, with what to do instead (a config naming one is an error saying so).
+RETIRED = {
+    "engine": "inference always runs on ONNX Runtime; to extract on Ray, set ray_address (local: a local Ray instance)",
+    "precision": "bfloat16 measured slower than float32 (0.91x); VGG-Face runs in float32",
+    "mode": _KINDS,
+    "finetune_levels": _KINDS,
+    "finetune_epochs": _KINDS,
+    "finetune_learning_rate": _KINDS,
+}
 
 
 def _param(default: Any, help: str) -> Any:
@@ -152,28 +160,20 @@ class BackboneConfig:
     dlib_align: Align = _param(
         "chip", "dlib: 5-point chip in the face box detected in each crop, 5-point chip in the whole crop as the box (no detection), or plain resize"
     )
-    engine: Engine = _param(
-        "auto",
-        "what runs the backbone: auto (onnx where ONNX Runtime is installed, else keras), onnx (the converted network on ONNX Runtime, "
-        "verified against the original; no TensorFlow), keras (the same in TensorFlow), dlib (dlib's own code, dlib only; same descriptors, "
-        "slower), or ray (extraction on a Ray cluster's actors, on the engine auto picks on the driver; needs the distributed extra)",
+    ray_address: str = _param(
+        "", "where extraction runs: empty, in this process; local, a local Ray instance; auto or ray://host:10001, a Ray cluster (the distributed extra)"
     )
-    ray_address: str = _param("", "with --engine ray: an existing Ray cluster (ray://host:10001 or auto) (default: empty, a local Ray instance)")
-    precision: Precision = _param("float32", "vggface compute precision")
     vggface_layer: VggFaceLayer = _param("fc7", "vggface descriptor layer")
     batch_size: int = _param(32, "images per backbone batch")
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
-    """The MLP head (the original work's Dense 16, Dense 16, Dropout 0.4, sigmoid) and its training.
-
-    ``mode``: the model kind, a key of :data:`gender_lib.modeling.KINDS` (whose classes say what
-    each learns from). ``flip_tta``: every kind can read each face twice, as it is and mirrored,
-    train on both views and average P(female) over them.
+    """The MLP head on the frozen descriptor (the original work's Dense 16, Dense 16, Dropout 0.4,
+    sigmoid) and its training. ``flip_tta``: read each face twice, as it is and mirrored, train on
+    both views and average P(female) over them.
     """
 
-    mode: Mode = _param("frozen", "model kind: a head on the frozen descriptor, on frozen multi-level features, or fine-tuning dlib's top level(s) with it")
     widths: tuple[int, ...] = _param((16, 16), "hidden layer widths of the head")
     dropout: float = _param(0.4, "dropout before the output")
     l2: float = _param(0.0, "L2 weight penalty")
@@ -183,9 +183,6 @@ class HeadConfig:
     patience: int = _param(8, "epochs without improvement before stopping")
     class_balance: bool = _param(True, "weight classes to balance them (true/false)")
     flip_tta: bool = _param(False, "read each face and its mirror image: train on both, average P(female) over them (true/false)")
-    finetune_levels: Levels = _param(1, "finetune: how many of dlib's top residual levels are trained (1: the last, 256 channels at 2x2; 2: also the 4x4 one)")
-    finetune_epochs: int = _param(6, "finetune: maximum epochs of the joint training (early stopping on validation loss)")
-    finetune_learning_rate: float = _param(1e-3, "finetune: Adam step for the network, relative to each weight tensor's RMS")
     target_accuracy: float = _param(
         0.985, "accuracy on answered faces that the confidence level (min_confidence) is chosen for, on the validation split at training"
     )
@@ -210,10 +207,10 @@ class PathConfig:
     """Where a run reads and writes; empty strings mean the defaults of :func:`paths`."""
 
     workdir: str = _param("", "work folder: manifest, extraction record, head, reports (default: $GENDER_LIB_WORKDIR, else data/processed)")
-    cache_dir: str = _param("", "descriptor cache root (default: $GENDER_LIB_CACHE, else data/cache/descriptors)")
+    cache_dir: str = _param("", "the store: descriptor cache, converted networks, detector copy (default: $GENDER_LIB_CACHE, else data/cache/descriptors)")
     head_path: str = _param("", "the head to use (default: the work folder's for its own test split, the committed model elsewhere)")
     vgg_face_mat: str = _param("", "the MatConvNet vgg_face.mat (default: $GENDER_LIB_VGG_FACE_MAT, else data/external/vgg_face.mat)")
-    vggface_model: str = _param("", "where the converted VGG-Face model goes (default: checkpoints/vggface.keras)")
+    vggface_model: str = _param("", "where the converted VGG-Face graph goes (default: checkpoints/vggface.onnx)")
     example_image: str = _param("", "example photo (default: a face of the embedded sample)")
 
 
@@ -256,6 +253,9 @@ class Config:
         """A copy with flat ``values`` applied; unknown names and wrong types are :class:`ConfigError`."""
         values = {**(values or {}), **more}
         sections = self.field_sections()
+        retired = [k for k in values if k in RETIRED]
+        if retired:
+            raise ConfigError(f"{source}: {'; '.join(f'{k!r} was retired in gender_lib 0.2: {RETIRED[k]}' for k in retired)}")
         unknown = [k for k in values if k not in sections]
         if unknown:
             hints = []
@@ -301,7 +301,6 @@ class Config:
             "epochs": self.head.epochs,
             "patience": self.head.patience,
             "n_boot": self.evaluation.n_boot,
-            "finetune_epochs": self.head.finetune_epochs,
         }
         for name, value in positive.items():
             if value < 1:
@@ -313,9 +312,8 @@ class Config:
             raise ConfigError(f"{source}: val_fraction and test_fraction must be in (0, 1) and sum to less than 1, got {d.val_fraction} and {d.test_fraction}")
         if d.folds < 2:
             raise ConfigError(f"{source}: folds must be at least 2, got {d.folds}")
-        for name in ("learning_rate", "finetune_learning_rate"):
-            if getattr(self.head, name) <= 0:
-                raise ConfigError(f"{source}: {name} must be positive, got {getattr(self.head, name)}")
+        if self.head.learning_rate <= 0:
+            raise ConfigError(f"{source}: learning_rate must be positive, got {self.head.learning_rate}")
         if not 0.5 < self.head.target_accuracy <= 1:
             raise ConfigError(f"{source}: target_accuracy must be in (0.5, 1], got {self.head.target_accuracy}")
         if not (self.evaluation.min_confidence == -1 or 0 <= self.evaluation.min_confidence <= 1):
@@ -331,7 +329,10 @@ class Config:
         return Path(self.paths.workdir).expanduser().resolve() if self.paths.workdir else paths().workdir
 
     def cache_dir(self) -> Path:
-        return Path(self.paths.cache_dir).expanduser().resolve() if self.paths.cache_dir else paths().cache
+        """The store (:mod:`gender_lib.store`): ``cache_dir`` where set, else the one in use."""
+        from gender_lib import store
+
+        return Path(self.paths.cache_dir).expanduser().resolve() if self.paths.cache_dir else store.root()
 
     def data_root(self) -> Path:
         return Path(self.data.data_root).expanduser().resolve() if self.data.data_root else paths().sample

@@ -27,69 +27,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from gender_lib.images import IMAGE_EXTENSIONS, inspect_file, inspect_image, load_rgb
-from gender_lib.manifest import COLUMNS, EXCLUDED_COLUMNS, MANIFEST_COLUMNS, Dataset, absolute_paths, read_manifest, write_manifest
-from gender_lib.readers import (
-    AGE_BINS,
-    EXCLUDED,
-    LAYOUTS,
-    NOTE,
-    SKIPPED,
-    DatasetError,
-    age_group,
-    detect_layout,
-    problem,
-    read_combined,
-    read_records,
-    subject_from_combined_name,
-)
-from gender_lib.splits import SPLITS, assign_splits, has_official_folds, leaked_groups
+from gender_lib.images import inspect_file
+from gender_lib.manifest import EXCLUDED_COLUMNS, MANIFEST_COLUMNS, Dataset
+from gender_lib.readers import EXCLUDED, NOTE, SKIPPED, DatasetError, age_group, problem, read_records
+from gender_lib.splits import SPLITS, assign_splits, has_official_folds
 
 log = logging.getLogger(__name__)
-
-# Names other modules still import from here; new code should import them from their module.
-__all__ = [
-    "AGE_BINS",
-    "COLUMNS",
-    "IMAGE_EXTENSIONS",
-    "LAYOUTS",
-    "MANIFEST_COLUMNS",
-    "SPLITS",
-    "Dataset",
-    "DatasetError",
-    "absolute_paths",
-    "age_group",
-    "assign_splits",
-    "build",
-    "clean",
-    "cleaning_counts",
-    "cleaning_summary",
-    "detect_layout",
-    "inspect_image",
-    "leaked_groups",
-    "load_rgb",
-    "read_combined",
-    "read_manifest",
-    "read_records",
-    "sample",
-    "split_report",
-    "subject_from_combined_name",
-    "write_manifest",
-]
-
-#: Reader reasons, for exclusion reports written before the ``kind`` column existed.
-_READER_SKIP_REASONS = {
-    "unexpected folder",
-    "not an image",
-    "truncated metadata row",
-    "gender unknown",
-    "image missing",
-    "no metadata row",
-    "malformed UTKFace name",
-    "missing path",
-}
-#: What features.extract_dataset appends for images that fail later (they stay in the manifest).
-_EXTRACTION_FAILURE = "failed to decode at extraction"
 
 
 # --------------------------------------------------------------------------- cleaning
@@ -189,42 +132,22 @@ def clean(table: pd.DataFrame, workers: int | None = None, progress: bool = True
 # --------------------------------------------------------------------------- reports
 
 
-def _kinds(excluded: pd.DataFrame) -> pd.Series:
-    """Each report line's kind; lines without one (older reports, extraction failures) by their reason."""
-    given = excluded["kind"].fillna("").astype(str) if "kind" in excluded else pd.Series("", index=excluded.index)
-    reasons = excluded["reason"].astype(str)
-    fallback = np.select(
-        [reasons.str.endswith("(kept)"), reasons == _EXTRACTION_FAILURE, reasons.isin(_READER_SKIP_REASONS)], [NOTE, "extraction", SKIPPED], EXCLUDED
-    )
-    return given.where(given != "", pd.Series(fallback, index=excluded.index))
-
-
 def cleaning_counts(excluded: pd.DataFrame) -> dict[str, int]:
-    """Report lines by kind: ``excluded``, ``skipped``, ``note`` (and ``extraction`` failures added later)."""
-    counts = _kinds(excluded).value_counts() if len(excluded) else pd.Series(dtype=int)
+    """Report lines by ``kind``: ``excluded``, ``skipped``, ``note`` (and ``extraction``, the failures the extract stage adds)."""
+    counts = excluded["kind"].value_counts() if len(excluded) else pd.Series(dtype=int)
     return {kind: int(counts.get(kind, 0)) for kind in (EXCLUDED, SKIPPED, NOTE, "extraction")}
 
 
-def cleaning_summary(n_read: int | Dataset, table: pd.DataFrame | None = None, excluded: pd.DataFrame | None = None) -> str:
-    """How many images were read, kept and excluded (by reason), then what was skipped and noted.
-
-    Call with a built :class:`Dataset`, or with ``(meta["n_read"], table, excluded)``. The first
-    line's numbers add up: read = kept + excluded. Skipped files and notes are listed apart.
-    """
-    if isinstance(n_read, Dataset):
-        dataset = n_read
-        table, excluded = dataset.table, dataset.excluded
-        n_read, n_kept = dataset.meta["n_read"], dataset.meta.get("n_kept", len(table))
-    else:
-        if table is None or excluded is None:
-            raise TypeError("cleaning_summary(n_read, table, excluded) or cleaning_summary(dataset)")
-        n_kept = len(table)
-    kinds = _kinds(excluded) if len(excluded) else pd.Series(dtype=str)
+def cleaning_summary(n_read: int, table: pd.DataFrame, excluded: pd.DataFrame) -> str:
+    """How many images were read (``meta["n_read"]``), kept (``table``) and excluded (by reason),
+    then what was skipped and noted (``excluded``, the report). The first line's numbers add up:
+    read = kept + excluded. Skipped files and notes are listed apart."""
+    kinds = excluded["kind"] if len(excluded) else pd.Series(dtype=str)
     counts = cleaning_counts(excluded)
-    lines = [f"read {n_read} images; kept {n_kept}; excluded {counts[EXCLUDED]}"]
+    lines = [f"read {n_read} images; kept {len(table)}; excluded {counts[EXCLUDED]}"]
     lines += _reason_lines(excluded[kinds == EXCLUDED]) if len(excluded) else []
-    if n_read != n_kept + counts[EXCLUDED]:
-        lines.append(f"  (read - kept - excluded = {n_read - n_kept - counts[EXCLUDED]}: this table is not the whole cleaned dataset)")
+    if n_read != len(table) + counts[EXCLUDED]:
+        lines.append(f"  (read - kept - excluded = {n_read - len(table) - counts[EXCLUDED]}: this table is not the whole cleaned dataset)")
     if counts[SKIPPED]:
         lines.append(f"skipped {counts[SKIPPED]} files, folders or metadata rows that are not labelled images (not counted as read)")
         lines += _reason_lines(excluded[kinds == SKIPPED])

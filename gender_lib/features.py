@@ -1,8 +1,9 @@
 """Streaming descriptor extraction with an on-disk cache that survives kills and concurrent use.
 
-Cache layout, one folder per backbone id (which includes its weights hash and preprocessing)::
+Cache layout in the store (:mod:`gender_lib.store`; default ``data/cache/descriptors``), one
+folder per backbone id (which includes its weights hash and preprocessing)::
 
-    data/processed/descriptors/<backbone id>/
+    <store>/<backbone id>/
         backbone.json                       what produced these descriptors
         chunk-<time>-<hash>.npz             keys (image sha256, str) + x (float32 n x dim)
         .chunk-<...>.npz.<host>.<pid>.tmp   a chunk being written by process <pid> on <host>
@@ -11,8 +12,7 @@ The chunks are the source of truth: on open, every chunk's ``keys`` array is rea
 not the vectors) to rebuild the key -> (chunk, row) index; a chunk that cannot be read is
 moved aside as ``*.corrupt`` and its images are embedded again. A chunk is written to a temp
 file, fsynced, and renamed into place, so a run killed at any moment leaves complete chunks or
-none, and a rerun embeds exactly the images that are not yet in a chunk. (Older versions also
-wrote an ``index.json`` nobody read; it is ignored if present.)
+none, and a rerun embeds exactly the images that are not yet in a chunk.
 
 Several processes may write and read one cache at once: chunk names are unique per writer,
 readers pick up chunks added after they opened (:meth:`DescriptorCache.refresh`, which
@@ -289,7 +289,7 @@ def _batches(
     threads take turns there (the shared landmark model is never run by two at once)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from gender_lib.dataset import load_rgb
+    from gender_lib.images import load_rgb
 
     def prepare(item: tuple[Path, str]) -> tuple[str, np.ndarray | None, dict[str, str] | None]:
         path, key = item
@@ -430,17 +430,17 @@ def extract(
 
 
 def cache_for(backbone: Any, root: str | Path | None = None) -> DescriptorCache:
-    """The descriptor cache of ``backbone`` under ``root`` (default data/processed/descriptors)."""
-    from gender_lib import config
+    """The descriptor cache of ``backbone`` under ``root`` (default: the store, :func:`gender_lib.store.root`)."""
+    from gender_lib import store
 
-    return DescriptorCache(root or config.paths().cache, backbone.id, backbone.dim, backbone.describe())
+    return DescriptorCache(root or store.root(), backbone.id, backbone.dim, backbone.describe())
 
 
-def open_cache(backbone_id: str, dim: int, cache_root: str | Path | None = None) -> DescriptorCache:
+def open_cache(backbone_id: str, dim: int, root: str | Path | None = None) -> DescriptorCache:
     """The existing descriptor cache of ``backbone_id``; a clear error naming what is there if absent."""
-    from gender_lib import config
+    from gender_lib import store
 
-    root = Path(cache_root or config.paths().cache)
+    root = Path(root or store.root())
     if not (root / backbone_id).is_dir():
         available = sorted(p.name for p in root.iterdir() if (p / "backbone.json").is_file()) if root.is_dir() else []
         raise CacheMismatchError(f"{root}: no descriptors for backbone {backbone_id}; available: {available or 'none'}. Run extraction with that backbone.")

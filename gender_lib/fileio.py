@@ -81,7 +81,7 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
 
 
 _HASHES: dict[tuple[str, int, int, int, int], str] = {}
-#: The file, under the descriptor cache root, where :func:`sha256_file_cached` keeps its hashes for later processes.
+#: The file in the store (:mod:`gender_lib.store`) where :func:`sha256_file_cached` keeps its hashes for later processes.
 HASH_MEMO = "file_hashes.json"
 #: A file modified this recently may change again within the same file-system clock tick: never remembered.
 RACY_SECONDS = 2.0
@@ -93,7 +93,7 @@ def sha256_file_cached(path: str | os.PathLike[str]) -> str:
 
     A cold ``predict`` checks two model files (dlib's 22 MB weights for the backbone id, the
     converted model against its sidecar) at about 15 ms each; the hashes are kept in
-    ``<cache root>/file_hashes.json`` (:data:`HASH_MEMO`), keyed by the real path and that stamp, as
+    ``<store>/file_hashes.json`` (:data:`HASH_MEMO`), keyed by the real path and that stamp, as
     git's index keeps its file stamps. A file changed in any way gets a new stamp and is hashed again,
     except within one tick of the file system's clock: so, as git does, a file modified in the last
     :data:`RACY_SECONDS` is hashed every time and not remembered. A memo that cannot be read or
@@ -107,9 +107,9 @@ def sha256_file_cached(path: str | os.PathLike[str]) -> str:
         return _HASHES[key]
     if time.time_ns() - max(info.st_mtime_ns, info.st_ctime_ns) < RACY_SECONDS * 1e9:
         return sha256_file(path)
-    from gender_lib import config
+    from gender_lib import store
 
-    memo = config.paths().cache / HASH_MEMO
+    memo = store.root() / HASH_MEMO
     try:
         known = json.loads(memo.read_text(encoding="utf-8"))
         if not isinstance(known, dict):

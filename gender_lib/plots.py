@@ -56,17 +56,9 @@ def training_curves(history: dict[str, list[float]]) -> Any:
     axes = figure.subplots(1, 2)
     epochs = np.arange(1, len(history["loss"]) + 1)
     best = int(history.get("best_epoch", [np.argmin(history["val_loss"]) + 1])[0])
-    tuned_from = int(history.get("finetune_from", 0) or 0)  # mode finetune: the head alone, then the network's top levels too
     for ax, key, title in ((axes[0], "accuracy", "accuracy"), (axes[1], "loss", "binary cross-entropy")):
         ax.plot(epochs, history[key], label="train")
-        if not tuned_from:
-            ax.plot(epochs, history[f"val_{key}"], label="validation")
-        else:  # fine-tuning starts from the head's best epoch and is scored flip-averaged: a line of its own
-            ax.plot(epochs[:tuned_from], history[f"val_{key}"][:tuned_from], label="validation (face)")
-            start = history["finetune_start"][f"val_{key}"]
-            reading = history.get("finetune_reading", "flip-averaged")
-            ax.plot(np.arange(tuned_from, len(epochs) + 1), [start, *history[f"val_{key}"][tuned_from:]], marker=".", label=f"validation ({reading})")
-            ax.axvspan(tuned_from + 0.5, len(epochs) + 0.5, color="tab:orange", alpha=0.08, label="fine-tuning")
+        ax.plot(epochs, history[f"val_{key}"], label="validation")
         ax.axvline(best, color="grey", linestyle=":", label=f"best epoch {best}")
         ax.set_xlabel("epoch")
         ax.set_title(title)
@@ -195,9 +187,11 @@ def face_grid(
     labels: Sequence[str] | None = None,
     ages: Sequence[str] | None = None,
 ) -> Any:
-    """Faces titled with the label and P(female) (and the age group); wrong answers framed in red
-    with the true label, uncertain ones (``labels``) titled ``?`` in grey."""
+    """Faces titled with the label and P(female) (and the age group; :func:`gender_lib.predict.caption`);
+    wrong answers framed in red with the true label, uncertain ones (``labels``) titled ``?`` in grey."""
     from matplotlib.figure import Figure
+
+    from gender_lib.predict import caption
 
     rows = int(np.ceil(len(images) / columns))
     figure = Figure(figsize=(columns * 1.7, rows * 1.95))
@@ -210,7 +204,7 @@ def face_grid(
         unsure = predicted not in ("F", "M")
         wrong = not unsure and predicted != label
         ax.imshow(image)
-        title = f"{'?' if unsure else predicted} P(F)={p:.2f}" + (f" {age}" if age else "") + (f"\n(true {label})" if wrong else "")
+        title = caption(predicted, p, age) + (f"\n(true {label})" if wrong else "")
         ax.set_title(title, fontsize=8, color="red" if wrong else "grey" if unsure else "black")
         if wrong:
             for spine in ax.spines.values():
@@ -230,6 +224,7 @@ def prediction_grid(results: dict[str, Any], n: int = 30, seed: int = 0, columns
     Returns (plot, one text line per face) so notebooks can print what the picture shows.
     """
     from gender_lib.images import load_rgb
+    from gender_lib.predict import caption
 
     predictions = results["predictions"]
     root = Path(results.get("root") or ".")
@@ -244,9 +239,8 @@ def prediction_grid(results: dict[str, Any], n: int = 30, seed: int = 0, columns
     lines = []
     for i, probability, label, answer, age in zip(picks, p, true, said, ages):
         wrong = "  WRONG" if answer in ("F", "M") and answer != label else ""
-        age_text = f" age {age}" if age else ""
         name = display_path(Path(predictions["path"][i]).name)[:40]
-        lines.append(f"{name:<40} predicted {answer:<9} (P(female)={probability:.2f}){age_text} true {label}{wrong}")
+        lines.append(f"{name:<40} {caption(answer, probability, age):<22} true {label}{wrong}")
     return face_grid(images, p, true, threshold, columns, said, ages), lines
 
 
@@ -266,7 +260,7 @@ def detections(rgb: np.ndarray, faces: Sequence[Any], title: str = "") -> Plot:
         ax.text(
             left,
             max(0, top - 4),
-            f"{face.label if face.label in ('F', 'M') else '?'} P(F)={face.p_female:.2f}" + (f" {face.age_group}" if face.age_group else ""),
+            face.caption(),
             color="white",
             fontsize=11,
             va="bottom",

@@ -62,6 +62,38 @@ class PredictionError(GenderLibError, ValueError):
     """An input that cannot be predicted; the message says which and why."""
 
 
+#: The words for the labels (the CSV and the code use the letters of :data:`gender_lib.metrics.CLASSES`).
+WORDS = {"F": "female", "M": "male"}
+
+
+def _given(value: Any) -> bool:
+    return value not in ("", None) and value == value  # not missing, not NaN
+
+
+def text(
+    label: str, p_female: float, threshold: float, p_correct: Any = "", forced: str = "", reason: str = "", age_group: str = "", age_group_p: Any = ""
+) -> str:
+    """One answer as the CLI, the widget and notebook 06 print it, e.g. ``female, P(female) 0.993
+    (threshold 0.468), P(correct) 0.982, age 25-37 (P 0.541)``; ``uncertain (looks under 15; would
+    be male), ...`` below the model's confidence level. A missing P(correct) or age ('' or NaN:
+    a model without them) is left out.
+
+    The label is P(female) compared with the model's threshold (chosen on validation data), so the
+    number shown is P(female) itself, never a 'confidence' that could read below 50%; P(correct) is
+    how often answers like this one were right on validation faces."""
+    word = WORDS.get(label, label)
+    if label not in WORDS:
+        word += f" ({reason}; would be {WORDS.get(forced, forced)})" if reason else f" (would be {WORDS.get(forced, forced)})"
+    out = f"{word}, P(female) {p_female:.3f} (threshold {threshold:.3f})"
+    out += f", P(correct) {p_correct:.3f}" if _given(p_correct) else ""
+    return out + (f", age {age_group} (P {age_group_p:.3f})" if age_group else "")
+
+
+def caption(label: str, p_female: float, age_group: str = "") -> str:
+    """The short form of an answer that figures show beside a face: ``F P(F)=0.97 25-37``, ``?`` where uncertain."""
+    return f"{label if label in WORDS else '?'} P(F)={p_female:.2f}" + (f" {age_group}" if age_group else "")
+
+
 @dataclasses.dataclass
 class Face:
     """One face: box (left, top, right, bottom) in the input image's pixels, label (``"F"``, ``"M"``
@@ -78,25 +110,27 @@ class Face:
     age_group: str = ""
     age_group_p: float = float("nan")
 
-    @property
-    def word(self) -> str:
-        return {"F": "female", "M": "male"}.get(self.label, self.label)
+    def row(self) -> dict[str, Any]:
+        """The CSV's fields of this face (rounded to 4 decimals; '' where the model has no such number)."""
+        return {
+            "label": self.label,
+            "p_female": round(self.p_female, 4),
+            "threshold": round(self.threshold, 4),
+            "p_correct": round(self.p_correct, 4) if _given(self.p_correct) else "",
+            "forced_label": self.forced,
+            "reason": self.reason,
+            "age_group": self.age_group,
+            "age_group_p": round(self.age_group_p, 4) if _given(self.age_group_p) else "",
+            "box": " ".join(map(str, self.box)),
+        }
 
     def text(self) -> str:
-        """E.g. ``female, P(female) 0.97 (threshold 0.45), P(correct) 0.99, age 25-37 (P 0.48), box (16, 17, 106, 106)``;
-        ``uncertain (looks under 15; would be male), ...`` below the model's confidence level.
+        """:func:`text` of this face, with its box."""
+        said = text(self.label, self.p_female, self.threshold, self.p_correct, self.forced, self.reason, self.age_group, self.age_group_p)
+        return f"{said}, box {self.row()['box']}"
 
-        The label is P(female) compared with the head's threshold (chosen on validation data),
-        so the number shown is P(female) itself, never a 'confidence' that could read below 50%;
-        P(correct) is how often answers like this one were right on validation faces.
-        """
-        word = self.word
-        if self.label not in ("F", "M"):
-            forced = {"F": "female", "M": "male"}.get(self.forced, self.forced)
-            word += f" ({self.reason}; would be {forced})" if self.reason else f" (would be {forced})"
-        extra = "" if self.p_correct != self.p_correct else f", P(correct) {self.p_correct:.2f}"
-        extra += f", age {self.age_group} (P {self.age_group_p:.2f})" if self.age_group else ""
-        return f"{word}, P(female) {self.p_female:.2f} (threshold {self.threshold:.2f}){extra}, box {self.box}"
+    def caption(self) -> str:
+        return caption(self.label, self.p_female, self.age_group)
 
 
 def read_image(image: Any, name: str = "image", channels: str = "rgb") -> np.ndarray:
@@ -165,34 +199,27 @@ def read_image(image: Any, name: str = "image", channels: str = "rgb") -> np.nda
 
 
 class Predictor:
-    """A saved model (any kind, :func:`gender_lib.modeling.load`) plus its backbone, ready for photos.
+    """A saved model (:func:`gender_lib.modeling.load`) plus its backbone, ready for photos.
 
     The backbone is rebuilt from the model's record, so it returns exactly the output the model
-    reads (the descriptor, of the face and its mirror image with flip averaging, or dlib's
-    level-2 maps); nothing here depends on the kind."""
+    reads (the descriptor, and of the mirror image with flip averaging); ``vggface_path``: where a
+    VGG-Face model's converted network is. ``min_confidence``: see :meth:`~gender_lib.modeling.FrozenHead.answer`."""
 
     def __init__(
         self,
         head_path: str | os.PathLike[str] | None = None,
-        backbone: Any = None,
         vggface_path: str | os.PathLike[str] | None = None,
-        engine: str = "auto",
-        cache_root: str | os.PathLike[str] | None = None,
+        *,
+        backbone: Any = None,
         min_confidence: float | None = None,
     ):
-        """``engine`` (:data:`gender_lib.backbones.ENGINES`): ``onnx`` (the default where ONNX Runtime
-        is installed: the fastest, and no TensorFlow import), ``keras`` (the default without it)
-        or ``dlib`` (dlib's own code: no TensorFlow import either, slower per face). Models on
-        dlib's level-2 maps run on Keras either way."""
         from gender_lib import backbones, config, modeling
 
-        cache_root = cache_root or config.paths().cache
         self.head_path = Path(head_path) if head_path else config.paths().default_head
-        self.model = modeling.load(self.head_path, cache_root=cache_root)
+        self.model = modeling.load(self.head_path)
         self.meta = self.model.meta_
-        # Single photos: one process (worker start-up would cost more than it saves), and the onnx
-        # engine's threads spinning between forward passes (lower latency; nothing else runs beside them).
-        self.backbone = backbone or backbones.from_description(self.meta["backbone"], vggface_path, workers=1, engine=engine, cache_root=cache_root, spin=True)
+        # Single photos: ONNX Runtime's threads spin between passes (lower latency; nothing else runs beside them).
+        self.backbone = backbone or backbones.from_description(self.meta["backbone"], vggface_path, spin=True)
         if self.backbone.id != self.meta["backbone"]["id"]:
             raise PredictionError(f"{self.head_path}: trained on {self.meta['backbone']['id']} rows, not {self.backbone.id}")
         self.threshold = float(self.model.threshold_)
@@ -228,39 +255,23 @@ class Predictor:
 
     def predict_paths(self, paths: Iterable[str | os.PathLike[str]], detect: bool = True) -> list[dict[str, Any]]:
         """One row per face (or per problem) for each path; never raises for a bad file."""
-        rows = []
+        rows: list[dict[str, Any]] = []
         for path in paths:
             shown = display_path(path)
             try:
                 faces = self.predict(path, detect=detect, name=shown)
             except PredictionError as error:
-                message = str(error).removeprefix(f"{shown}: ")  # the path has its own column
-                rows.append({"path": shown, "face": "", "label": "", "p_female": "", "box": "", "message": message, "problem": True})
+                rows.append(_message_row(shown, str(error).removeprefix(f"{shown}: "), True))  # the path has its own column
                 continue
             if not faces:
-                rows.append({"path": shown, "face": "", "label": "", "p_female": "", "box": "", "message": NO_FACE, "problem": False})
-            for number, face in enumerate(faces, 1):  # numbered from 1, as the text output and the widget say it
-                rows.append(
-                    {
-                        "path": shown,
-                        "face": number,
-                        "label": face.label,
-                        "p_female": round(face.p_female, 4),
-                        "threshold": round(face.threshold, 4),
-                        "p_correct": "" if face.p_correct != face.p_correct else round(face.p_correct, 4),
-                        "forced_label": face.forced,
-                        "reason": face.reason,
-                        "age_group": face.age_group,
-                        "age_group_p": "" if face.age_group_p != face.age_group_p else round(face.age_group_p, 4),
-                        "box": " ".join(map(str, face.box)),
-                        "message": "",
-                        "problem": False,
-                    }
-                )
+                rows.append(_message_row(shown, NO_FACE, False))
+            # numbered from 1, as the text output and the widget say it
+            rows += [{"path": shown, "face": number, **face.row(), "message": "", "problem": False} for number, face in enumerate(faces, 1)]
         return rows
 
-    def close(self) -> None:
-        self.backbone.close()
+
+def _message_row(path: str, message: str, problem: bool) -> dict[str, Any]:
+    return {"path": path, "face": "", "label": "", "p_female": "", "box": "", "message": message, "problem": problem}
 
 
 CSV_COLUMNS = ["path", "face", "label", "p_female", "threshold", "p_correct", "forced_label", "reason", "age_group", "age_group_p", "box", "message"]
@@ -360,7 +371,7 @@ def expand_inputs(items: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], 
 
 def skipped_rows(skipped: Sequence[Skipped]) -> list[dict[str, Any]]:
     """CSV/text rows for :class:`Skipped` entries (the path column shown escaped where needed)."""
-    return [{"path": display_path(s.path), "face": "", "label": "", "p_female": "", "box": "", "message": s.reason, "problem": s.problem} for s in skipped]
+    return [_message_row(display_path(s.path), s.reason, s.problem) for s in skipped]
 
 
 def write_csv(rows: Sequence[dict[str, Any]], csv_path: str | os.PathLike[str]) -> Path:
@@ -378,3 +389,69 @@ def draw(rgb: np.ndarray, faces: Sequence[Face], title: str = "") -> Any:
     from gender_lib import plots
 
     return plots.detections(rgb, faces, title)
+
+
+@dataclasses.dataclass
+class PredictResult:
+    """The rows of a run of :func:`gender_lib.stages.predict` (one per face, or per file that gave
+    none) and the CSV written, with the text the CLI prints."""
+
+    rows: list[dict[str, Any]]
+    csv: Path | None = None
+
+    @property
+    def failed(self) -> list[dict[str, Any]]:
+        """Rows for files that could not be used (not an image, damaged, too large, missing, a
+        broken link, an unsupported format, too small or blank for ``--no-detect``)."""
+        return [r for r in self.rows if r.get("problem")]
+
+    @property
+    def other_files(self) -> list[dict[str, Any]]:
+        """Rows for files a folder walk left out that are not images (notes, videos): named, not failures."""
+        return [r for r in self.rows if r["message"] and not r.get("problem") and not r["message"].startswith("no face found")]
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every input was read (faces or not), 1 when any could not be read."""
+        return 1 if self.failed else 0
+
+    def lines(self) -> list[tuple[str, bool]]:
+        """(text, is_problem) per row, as :func:`text` renders an answer: faces go to stdout, problems to stderr."""
+        out = []
+        for r in self.rows:
+            if r["message"]:
+                out.append((f"{r['path']}: {r['message']}", True))
+            else:
+                said = text(r["label"], r["p_female"], r["threshold"], r["p_correct"], r["forced_label"], r["reason"], r["age_group"], r["age_group_p"])
+                out.append((f"{r['path']}: face {r['face']}: {said}, box {r['box']}", False))
+        return out
+
+    def summary(self) -> str:
+        """Images with a face + images without one + unreadable files = images; faces counted apart."""
+        faces = sum(1 for r in self.rows if not r["message"])
+        with_face = len({r["path"] for r in self.rows if not r["message"]})
+        no_face = sum(1 for r in self.rows if r["message"].startswith("no face found"))
+        images = with_face + no_face + len(self.failed)
+        summary = f"{images} images: {with_face} with a face ({faces} faces), {no_face} without a face, {len(self.failed)} could not be read"
+        others = len(self.other_files)
+        summary += f"; {others} other file{'s' if others != 1 else ''} skipped" if others else ""
+        return summary + (f"; wrote {display_path(self.csv)}" if self.csv else "")
+
+    __str__ = summary
+
+
+def example_image(path: str | os.PathLike[str] = "") -> Path:
+    """The photo notebook 06 predicts by default: ``path`` where given, else the first adult woman of
+    the embedded sample in whose crop the detector finds a face (a demo should show a box)."""
+    from gender_lib.config import paths
+    from gender_lib.errors import UserFileNotFoundError
+    from gender_lib.faces import detect_faces
+    from gender_lib.images import load_rgb
+
+    if path:
+        return Path(path).expanduser()
+    sample = paths().sample
+    for candidate in sorted(sample.glob("[3-5]?_F/nm*.jpg")) + sorted(sample.glob("*/*.jpg")):
+        if detect_faces(load_rgb(candidate)):
+            return candidate
+    raise UserFileNotFoundError(f"{sample}: no face of the embedded sample could be found; set example_image to a photo")

@@ -1,4 +1,4 @@
-"""The MatConvNet -> Keras and ONNX converter: both layouts, equivalence with a NumPy reference, bad input."""
+"""The MatConvNet -> ONNX converter: both layouts, equivalence with a NumPy reference, bad input."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from gender_lib.converters import matconvnet as mc
-from gender_lib.converters import onnx_graph
+from gender_lib.converters import onnx_graph, verified
 from gender_lib.converters import vggface as vf
 
 
@@ -37,18 +37,6 @@ def test_reader_understands_both_published_layouts(mat_file: Path):
     assert network.sha256 and len(network.sha256) == 64
 
 
-def test_keras_model_matches_numpy_reference_on_every_descriptor(mat_file: Path, images):
-    network = mc.read_network(mat_file)
-    model = vf.build_model(network)
-    errors = vf.check_equivalence(model, network, images)
-    # Tolerance: max|keras - reference| / max|reference| <= 1e-4 (float32 round-off is ~1e-6).
-    assert set(errors) == {"fc7", "fc8"}
-    assert max(errors.values()) <= vf.EQUIVALENCE_TOLERANCE
-    out = model.predict(images, verbose=0)
-    assert out["fc7"].shape == (2, 16) and out["fc8"].shape == (2, 2622)
-    np.testing.assert_allclose(np.linalg.norm(out["fc7"], axis=1), 1.0, rtol=1e-5)
-
-
 def test_reference_softmax_is_a_distribution(mat_file: Path, images):
     result = vf.reference_forward(mc.read_network(mat_file), images[:1])
     np.testing.assert_allclose(result["prob"].sum(axis=1), 1.0)
@@ -72,21 +60,20 @@ def _broken(network: mc.Network, how: str) -> mc.Network:
     "how, damaged",
     [("padding", {"fc7", "fc8"}), ("relu_on_fc8", {"fc8"}), ("no_mean_subtraction", {"fc7", "fc8"})],
 )
-@pytest.mark.parametrize("engine", ["keras", "onnx"])
-def test_equivalence_check_catches_a_wrong_pad_activation_or_mean(mat_file: Path, images, how, damaged, engine):
+def test_equivalence_check_catches_a_wrong_pad_activation_or_mean(mat_file: Path, images, how, damaged):
     network = mc.read_network(mat_file, strict=False)
-    broken = _broken(network, how)
-    model = vf.build_model(broken) if engine == "keras" else onnx_graph.Runner(onnx_graph.vggface_graph(broken).SerializeToString())
-    with pytest.raises(vf.EquivalenceError) as caught:
-        vf.check_equivalence(model, network, images)
+    runner = onnx_graph.Runner(onnx_graph.vggface_graph(_broken(network, how)).SerializeToString())
+    with pytest.raises(verified.MismatchError, match="ONNX graph of VGG-Face does not reproduce") as caught:
+        vf.check(runner, network, images)
     for key in damaged:
-        assert caught.value.errors[key] > 100 * vf.EQUIVALENCE_TOLERANCE
+        assert caught.value.figures["errors"][key] > 100 * vf.EQUIVALENCE_TOLERANCE
 
 
 def test_onnx_graph_matches_numpy_reference_on_every_descriptor(mat_file: Path, images):
     network = mc.read_network(mat_file)
     runner = onnx_graph.Runner(onnx_graph.vggface_graph(network).SerializeToString())
-    errors = vf.check_equivalence(runner, network, images)
+    errors = vf.check(runner, network, images)["errors"]
+    # Tolerance: max|graph - reference| / max|reference| <= 1e-4 (float32 round-off is ~1e-6).
     assert set(errors) == {"fc7", "fc8"} and max(errors.values()) <= vf.EQUIVALENCE_TOLERANCE
     out = runner.outputs(images)
     assert out["fc7"].shape == (2, 16) and out["fc8"].shape == (2, 2622) and out["fc7"].dtype == np.float32
@@ -94,56 +81,49 @@ def test_onnx_graph_matches_numpy_reference_on_every_descriptor(mat_file: Path, 
     np.testing.assert_array_equal(runner(images, "fc8"), out["fc8"])
 
 
-def test_convert_writes_model_and_sidecar_that_load_back(mat_file: Path, tmp_path: Path, images):
-    out = tmp_path / "checkpoints" / "vggface.keras"
+def test_convert_writes_a_graph_and_sidecar_that_load_back(mat_file: Path, tmp_path: Path, images):
+    out = tmp_path / "checkpoints" / "vggface.onnx"
     meta = vf.convert(mat_file, out)
-    model, loaded = vf.load_model(out)
-    assert loaded == json.loads(json.dumps(meta))
-    assert loaded["source_sha256"] == mc.sha256_file(mat_file)
+    runner, loaded = vf.load(out)
+    assert loaded == json.loads(json.dumps(meta)) and sorted(p.name for p in out.parent.iterdir()) == ["vggface.json", "vggface.onnx"]
+    assert loaded["source_sha256"] == mc.sha256_file(mat_file) and loaded["sha256"] == mc.sha256_file(out)
     assert loaded["normalization"]["average_image_rgb"] == [129.1863, 104.7624, 93.594]
-    assert loaded["descriptor_layers"]["fc7"]["dim"] == 16
-    network = mc.read_network(mat_file)
-    assert max(vf.check_equivalence(model, network, images).values()) <= vf.EQUIVALENCE_TOLERANCE
-    assert sorted(p.name for p in out.parent.iterdir()) == ["vggface.json", "vggface.keras", "vggface.onnx"]
-    # the ONNX graph beside it: checked against the same reference before it was saved, recorded by hash
-    record = loaded["onnx"]
-    assert record["file"] == "vggface.onnx" and record["sha256"] == mc.sha256_file(out.with_suffix(".onnx"))
-    assert max(record["equivalence_max_relative_error"].values()) <= vf.EQUIVALENCE_TOLERANCE
-    assert vf.has_onnx(out)
-    runner, _ = vf.load_onnx(out)
-    assert max(vf.check_equivalence(runner, network, images).values()) <= vf.EQUIVALENCE_TOLERANCE
-    assert "its ONNX graph (vggface.onnx) matches the NumPy reference within 0.0001 too: True" in vf.describe(meta)
+    assert loaded["descriptor_layers"]["fc7"]["dim"] == 16 and loaded["num_parameters"] == sum(c.kernel.size + c.bias.size for c in mc.read_network(mat_file).convs)
+    assert max(loaded["verification"]["errors"].values()) <= vf.EQUIVALENCE_TOLERANCE  # checked before it was saved
+    assert max(vf.check(runner, mc.read_network(mat_file), images)["errors"].values()) <= vf.EQUIVALENCE_TOLERANCE
+    assert "VGG-Face -> ONNX (" in vf.describe(meta) and "verified against a float64 NumPy forward pass of the layer list on 2 random images" in vf.describe(meta)
 
 
-def test_a_changed_or_missing_onnx_graph_is_refused_naming_the_file(mat_file: Path, tmp_path: Path):
-    out = tmp_path / "vggface.keras"
-    vf.convert(mat_file, out, check_images=0)
-    graph = out.with_suffix(".onnx")
-    with graph.open("ab") as handle:
+def test_a_changed_graph_or_sidecar_is_refused_naming_the_file(mat_file: Path, tmp_path: Path):
+    out = tmp_path / "vggface.onnx"
+    meta = vf.convert(mat_file, out, check_images=0)
+    with out.open("ab") as handle:
         handle.write(b"x")
-    with pytest.raises(vf.ConvertedModelError, match=r"vggface\.onnx: does not match its sidecar vggface\.json"):
-        vf.load_onnx(out)
-    graph.unlink()
-    assert not vf.has_onnx(out)
-    with pytest.raises(vf.ConvertedModelError, match="converted without its ONNX graph"):
-        vf.load_onnx(out)
+    with pytest.raises(verified.ConvertedModelError, match=r"vggface\.onnx: does not match its sidecar vggface\.json.*convert vgg_face\.mat again"):
+        vf.load(out)
+    (tmp_path / "vggface.json").write_text(json.dumps({**meta, "format": "gender_lib.vggface/1"}))  # 0.1's sidecar, with a .keras beside it
+    with pytest.raises(verified.ConvertedModelError, match="is not a gender_lib.vggface_onnx/1 sidecar"):
+        vf.load(out)
+    (tmp_path / "vggface.json").write_text("{not json")
+    with pytest.raises(verified.ConvertedModelError, match="cannot be read"):
+        vf.load(out)
 
 
 @pytest.mark.slow
 def test_full_size_architecture_has_vgg_face_parameter_count_and_shapes():
     network = mc.synthetic_network(mc.VGG_FACE_CONV_WIDTHS, mc.VGG_FACE_FC_WIDTHS, random_weights=False, with_dropout=True)
     mc.validate(network)
-    model = vf.build_model(network)
-    assert model.count_params() == 145_002_878
-    assert model.output["fc7"].shape[1:] == (4096,) and model.output["fc8"].shape[1:] == (2622,)
-    assert mc.output_shapes(network)[[layer.name for layer in network.layers].index("pool5")] == (7, 7, 512)
+    assert sum(c.kernel.size + c.bias.size for c in network.convs) == 145_002_878
+    shapes = mc.output_shapes(network)
+    names = [layer.name for layer in network.layers]
+    assert shapes[names.index("pool5")] == (7, 7, 512) and shapes[names.index("fc7")][-1] == 4096 and shapes[names.index("fc8")][-1] == 2622
 
 
 # --------------------------------------------------------------------------- bad input
 
 
 def _convert_fails(source: Path, tmp_path: Path, match: str) -> None:
-    out = tmp_path / "out" / "vggface.keras"
+    out = tmp_path / "out" / "vggface.onnx"
     with pytest.raises(mc.ConversionError, match=match) as caught:
         vf.convert(source, out)
     assert str(source) in str(caught.value)
@@ -260,9 +240,9 @@ def test_non_finite_weights_are_rejected_naming_the_layer(tmp_path):
 def test_imagenet_vgg16_is_rejected_unless_lenient(tmp_path):
     path = mc.write_synthetic_mat(tmp_path / "imagenet-vgg-verydeep-16.mat", num_classes=1000)
     with pytest.raises(mc.ConversionError, match="fc8 outputs 1000 classes: this is an ImageNet classifier.*not VGG-Face.*strict=False"):
-        vf.convert(path, tmp_path / "out" / "vggface.keras")
+        vf.convert(path, tmp_path / "out" / "vggface.onnx")
     assert not (tmp_path / "out").exists()
-    meta = vf.convert(path, tmp_path / "lenient" / "vggface.keras", strict=False, check_images=0)
+    meta = vf.convert(path, tmp_path / "lenient" / "vggface.onnx", strict=False, check_images=0)
     assert meta["num_classes"] == 1000 and meta["descriptor_layers"]["fc8"]["dim"] == 1000
 
 
@@ -270,46 +250,50 @@ def test_conversion_errors_are_gender_lib_errors(tmp_path):
     from gender_lib.errors import GenderLibError
 
     with pytest.raises(GenderLibError):
+        vf.convert(tmp_path / "missing.mat", tmp_path / "vggface.onnx")
+    with pytest.raises(GenderLibError, match="no converted network here"):
+        vf.load(tmp_path / "vggface.onnx")
+    with pytest.raises(GenderLibError, match="saved as .onnx"):
         vf.convert(tmp_path / "missing.mat", tmp_path / "vggface.keras")
-    with pytest.raises(GenderLibError, match="no converted VGG-Face model"):
-        vf.load_model(tmp_path / "vggface.keras")
-    with pytest.raises(GenderLibError, match="suffix"):
-        vf.convert(tmp_path / "missing.mat", tmp_path / "vggface.h5")
 
 
 def test_failed_sidecar_write_leaves_the_previous_model_and_sidecar_intact(tmp_path, monkeypatch):
-    out = tmp_path / "checkpoints" / "vggface.keras"
+    out = tmp_path / "checkpoints" / "vggface.onnx"
     first = mc.write_synthetic_mat(tmp_path / "first.mat", seed=3)
     vf.convert(first, out, check_images=0)
     before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
-    assert sorted(before) == ["vggface.json", "vggface.keras", "vggface.onnx"]
+    assert sorted(before) == ["vggface.json", "vggface.onnx"]
 
     second = mc.write_synthetic_mat(tmp_path / "second.mat", seed=4, fc_widths=(12, 12, mc.VGG_FACE_NUM_CLASSES))
 
     def disk_full(path, data):
         raise OSError(28, "No space left on device", str(path))
 
-    monkeypatch.setattr(vf, "write_json", disk_full)
+    monkeypatch.setattr(verified, "write_json", disk_full)
     with pytest.raises(OSError, match="No space left"):
         vf.convert(second, out, check_images=0)
     monkeypatch.undo()
 
     after = {p.name: p.read_bytes() for p in out.parent.iterdir()}
     assert after == before, "the old pair must be untouched, with no temp files left behind"
-    model, meta = vf.load_model(out)
-    assert meta["source_sha256"] == mc.sha256_file(first)
-    assert model.count_params() == meta["num_parameters"] and meta["descriptor_layers"]["fc7"]["dim"] == 16
+    _, meta = vf.load(out)
+    assert meta["source_sha256"] == mc.sha256_file(first) and meta["descriptor_layers"]["fc7"]["dim"] == 16
 
 
-def test_demo_conversion_writes_to_the_given_output_and_not_to_checkpoints(tmp_path, monkeypatch):
+def test_demo_conversion_writes_to_the_given_output_or_the_store_never_to_the_checkout(tmp_path, monkeypatch):
+    from gender_lib import store
+
     root = tmp_path / "root"
     monkeypatch.setenv("GENDER_LIB_ROOT", str(root))
     monkeypatch.delenv("GENDER_LIB_VGG_FACE_MAT", raising=False)
-    out = tmp_path / "elsewhere" / "demo.keras"
+    out = tmp_path / "elsewhere" / "demo.onnx"
     meta = vf.convert_or_demo(None, out)
-    assert not (root / "checkpoints").exists()
-    assert sorted(p.name for p in out.parent.iterdir()) == ["demo.json", "demo.keras", "demo.onnx"]
-    model, saved = vf.load_model(out)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["demo.json", "demo.mat", "demo.onnx"]
+    with store.using(tmp_path / "store"):
+        vf.convert_or_demo()
+    assert sorted(p.name for p in (tmp_path / "store" / "vggface_synthetic").iterdir()) == ["vggface_synthetic." + s for s in ("json", "mat", "onnx")]
+    assert not root.exists()  # nothing in the checkout: not checkpoints/, not data/interim/
+    _, saved = vf.load(out)
     assert saved["synthetic"] is True and "notice" not in saved
     assert saved["source_sha256"] == meta["source_sha256"]
     text = vf.describe(meta)

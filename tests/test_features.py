@@ -228,7 +228,7 @@ import json, sys; sys.path.insert(0, {root!r})
 from pathlib import Path
 import numpy as np
 from gender_lib import features as ft
-from gender_lib.dataset import load_rgb
+from gender_lib.images import load_rgb
 from tests.fakes import ColourBackbone
 spec = json.loads(Path({spec!r}).read_text())
 keys, b = spec["all"]["keys"], ColourBackbone()
@@ -330,18 +330,6 @@ def test_slow_extraction_killed_with_sigkill_loses_at_most_one_flush_interval(tm
         ft.extract(paths, keys, backbone, ft.cache_for(backbone, tmp_path / "c"), flush_seconds=-1, progress=False)
 
 
-def test_no_index_json_and_an_old_one_is_ignored(tmp_path):
-    paths, keys = _images(tmp_path / "img", 5)
-    backbone = ColourBackbone()
-    cache = ft.cache_for(backbone, tmp_path / "c")
-    ft.extract(paths[:3], keys[:3], backbone, cache, chunk_size=2, progress=False)
-    assert sorted(p.name for p in cache.dir.iterdir() if not p.name.startswith("chunk-")) == ["backbone.json"]
-    (cache.dir / "index.json").write_text(json.dumps({"backbone": "colour-v1", "dim": 6, "images": 99, "chunks": [{"file": "chunk-gone.npz"}]}))
-    report = ft.extract(paths, keys, backbone, ft.cache_for(backbone, tmp_path / "c"), progress=False)
-    assert (report.cached, report.embedded) == (3, 2) and len(ft.cache_for(backbone, tmp_path / "c")) == 5
-    assert not hasattr(ft.DescriptorCache, "chunks")
-
-
 def test_quarantine_is_logged_not_printed(tmp_path, capsys, caplog):
     backbone = ColourBackbone()
     cache = ft.cache_for(backbone, tmp_path / "c")
@@ -362,64 +350,32 @@ def test_cache_errors_are_user_errors(tmp_path):
         ft.cache_for(ColourBackbone(), tmp_path / "c").get(["a"])
 
 
-def test_vggface_backbone_embeds_synthetic_model_fp32_and_bf16(tmp_path):
+def test_vggface_backbone_embeds_with_its_converted_graph(tmp_path):
     from gender_lib.converters import matconvnet as mc
     from gender_lib.converters import vggface as vf
 
-    vf.convert(mc.write_synthetic_mat(tmp_path / "v.mat"), tmp_path / "vggface.keras")
-    fp32 = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras")
-    bf16 = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", precision="bfloat16")
-    fc8 = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", layer="fc8")
-    assert fp32.id != bf16.id != fc8.id and fp32.dim == 16 and fc8.dim == 2622
+    vf.convert(mc.write_synthetic_mat(tmp_path / "v.mat"), tmp_path / "vggface.onnx")
+    fc7 = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.onnx")
+    fc8 = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.onnx", layer="fc8")
+    mirrored = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.onnx", output="descriptor+mirror")
+    assert len({fc7.id, fc8.id, mirrored.id}) == 3 and (fc7.dim, fc8.dim, mirrored.dim) == (16, 2622, 32)
     rgb = np.random.default_rng(0).integers(0, 256, (3, 100, 100, 3), dtype=np.uint8)
-    batch = np.stack([fp32.prepare(image) for image in rgb])
+    batch = np.stack([fc7.prepare(image) for image in rgb])
     assert batch.shape == (3, 224, 224, 3)
-    a, b = fp32.embed(batch), bf16.embed(batch)
-    assert a.dtype == b.dtype == np.float32 and a.shape == (3, 16)
+    a = fc7.embed(batch)
+    assert a.dtype == np.float32 and a.shape == (3, 16) and fc8.embed(batch).shape == (3, 2622)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, rtol=1e-5)
-    cosine = (a * b).sum(axis=1) / np.linalg.norm(b, axis=1)
-    assert cosine.min() > 0.99 and not np.array_equal(a, b)
-    assert fp32.embed(batch[:1]).shape == (1, 16)  # a batch of one is still a batch
-    assert (fp32.engine, bf16.engine) == ("onnx", "keras")  # auto: the ONNX graph written beside it; bfloat16 is Keras' only
-
-
-def test_vggface_engines_give_the_same_descriptors_and_id(tmp_path, monkeypatch, caplog):
-    from gender_lib.converters import matconvnet as mc
-    from gender_lib.converters import onnx_graph
-    from gender_lib.converters import vggface as vf
-    from gender_lib.errors import ConfigError
-
-    vf.convert(mc.write_synthetic_mat(tmp_path / "v.mat"), tmp_path / "vggface.keras")
-    engines = {e: bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", engine=e) for e in ("onnx", "keras")}
-    batch = np.random.default_rng(1).uniform(0, 255, (4, 224, 224, 3)).astype(np.float32)
-    onnx_out, keras_out = engines["onnx"].embed(batch), engines["keras"].embed(batch)
-    assert engines["onnx"].id == engines["keras"].id and engines["onnx"].describe()["engine"] == "onnx"
-    np.testing.assert_allclose(onnx_out, keras_out, atol=1e-5)
-    mirrored = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", output="descriptor+mirror")
-    both = mirrored.embed(batch)
-    assert both.shape == (4, 32) and mirrored.engine == "onnx"
-    np.testing.assert_allclose(both[:, 16:], engines["onnx"].embed(np.ascontiguousarray(batch[:, :, ::-1])), atol=1e-6)
-    with pytest.raises(ConfigError, match="onnx engine runs in float32 only"):
-        bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", engine="onnx", precision="bfloat16")
-    # a conversion made without onnx (or by an older gender_lib): auto falls back to Keras and says so once
-    monkeypatch.setattr(onnx_graph, "can_convert", lambda: False)
-    vf.convert(mc.write_synthetic_mat(tmp_path / "v.mat"), tmp_path / "vggface.keras")
-    assert not (tmp_path / "vggface.onnx").exists()  # the earlier conversion's graph is not left beside it
-    monkeypatch.undo()
-    with caplog.at_level(logging.WARNING, logger="gender_lib.backbones"):
-        assert bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras").engine == "keras"
-        assert bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras").engine == "keras"
-    said = [r.getMessage() for r in caplog.records if "was converted without its ONNX graph" in r.getMessage()]
-    assert len(said) == 1 and said[0].startswith(str(tmp_path / "vggface.keras")) and "`gender-lib convert` again writes the graph" in said[0]
-    with pytest.raises(vf.ConvertedModelError, match="converted without its ONNX graph"):
-        bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.keras", engine="onnx")
+    np.testing.assert_allclose(a, vf.reference_forward(mc.read_network(tmp_path / "v.mat"), batch)["fc7"], atol=1e-5)
+    np.testing.assert_allclose(mirrored.embed(batch), np.hstack([a, fc7.embed(np.ascontiguousarray(batch[:, :, ::-1]))]), atol=1e-6)
+    assert fc7.embed(batch[:1]).shape == (1, 16)  # a batch of one is still a batch
+    assert bb.from_description(fc7.describe(), tmp_path / "vggface.onnx").id == fc7.id
 
 
 def test_auto_picks_dlib_without_a_converted_model(tmp_path):
-    backbone = bb.get_backbone("auto", vggface_path=tmp_path / "none.keras", workers=1)
+    backbone = bb.get_backbone("auto", vggface_path=tmp_path / "none.onnx")
     assert backbone.name == "dlib" and re.fullmatch(r"dlib-[0-9a-f]{12}", backbone.id)  # backbones.backbone_id
     with pytest.raises(FileNotFoundError, match="no converted VGG-Face model"):
-        bb.get_backbone("vggface", vggface_path=tmp_path / "none.keras")
+        bb.get_backbone("vggface", vggface_path=tmp_path / "none.onnx")
     with pytest.raises(ValueError, match="unknown backbone"):
         bb.get_backbone("resnet")
 
@@ -430,14 +386,11 @@ def test_dlib_descriptors_of_the_same_person_are_closer_than_of_different_people
     for path in sorted(real_combined.glob("*_M/nm*.jpg")) + sorted(real_combined.glob("*_F/nm*.jpg")):
         by_person.setdefault(path.name.split("_")[0], []).append(path)
     people = [files[:2] for files in by_person.values() if len(files) >= 2][:30]
-    from gender_lib.dataset import load_rgb
+    from gender_lib.images import load_rgb
 
     backbone = bb.get_backbone("dlib")
-    try:
-        chips = np.stack([backbone.prepare(load_rgb(p)) for pair in people for p in pair])
-        x = backbone.embed(chips).reshape(len(people), 2, 128)
-    finally:
-        backbone.close()
+    chips = np.stack([backbone.prepare(load_rgb(p)) for pair in people for p in pair])
+    x = backbone.embed(chips).reshape(len(people), 2, 128)
     same = np.linalg.norm(x[:, 0] - x[:, 1], axis=1)
     different = np.linalg.norm(x[:, 0] - np.roll(x[:, 1], 1, axis=0), axis=1)
     assert len(people) == 30

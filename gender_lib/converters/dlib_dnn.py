@@ -71,7 +71,7 @@ DESCRIPTOR_DIM = 128
 
 
 #: The semantics the converted models follow by default (dlib's, as this module's docstring sets
-#: out), for both builders (``dlib_keras.build_model``, ``onnx_graph.dlib_graph``). Tests pass other
+#: out), for :func:`gender_lib.converters.onnx_graph.dlib_graph` (and experiments' Keras copy). Tests pass other
 #: values to show that the check against dlib catches each wrong rule.
 DLIB_RULES: dict[str, Any] = {
     "strided_padding": "dlib",  # "same": TensorFlow's asymmetric 'same' padding on strided convs

@@ -1,12 +1,11 @@
-"""ONNX graphs of the converted networks, written from the same layer lists as the Keras models.
+"""ONNX graphs of the converted networks, written node by node from their layer lists.
 
-The ``onnx`` engine runs dlib's face ResNet and VGG-Face on ONNX Runtime: no TensorFlow import
-(4-7 s) and a leaner CPU path. The graphs are written here, node by node, from the layer lists
-that :mod:`gender_lib.converters.dlib_dnn` and :mod:`gender_lib.converters.matconvnet` read, with
-the semantics :mod:`gender_lib.converters.dlib_keras` and :mod:`gender_lib.converters.vggface`
-follow (and the same deliberately wrong ``rules`` for the tests that show the checks catch
-them); they are verified against dlib itself and against the float64 NumPy reference, as the Keras
-models are, before anything is saved.
+Inference runs dlib's face ResNet and VGG-Face on ONNX Runtime: no TensorFlow import (4-7 s) and a
+lean CPU path. The graphs are written here from the layer lists that
+:mod:`gender_lib.converters.dlib_dnn` and :mod:`gender_lib.converters.matconvnet` read, with their
+sources' semantics (and deliberately wrong ``rules`` for the tests that show the checks catch
+them); :mod:`gender_lib.converters.dlib_resnet` and :mod:`gender_lib.converters.vggface` verify
+them against dlib itself and against a float64 NumPy reference before anything is saved.
 
 * :func:`dlib_graph`: uint8 chips (n, 150, 150, 3) RGB -> ``descriptor`` float32 (n, 128), dlib's
   fc output (not normalised). Each ``affine`` layer (batch norm folded by dlib into a per-channel
@@ -15,60 +14,38 @@ models are, before anything is saved.
 * :func:`vggface_graph`: float32 (n, 224, 224, 3) RGB 0-255 -> ``fc7`` (n, 4096, after relu7,
   L2-normalised) and ``fc8`` (n, 2622, before the softmax).
 
-Both graphs take NHWC images as the other engines do and work in NCHW inside (ONNX's order).
-:class:`Runner` loads a graph into an ONNX Runtime session with a set number of threads. ``onnx``
-is needed to write graphs, ``onnxruntime`` to run them; neither is imported by this module until
-used, and :func:`available` says whether the runtime is installed.
+Both graphs take NHWC images and work in NCHW inside (ONNX's order). :class:`Runner` loads a
+graph into an ONNX Runtime session with a set number of threads. ``onnx`` (to write graphs) and
+``onnxruntime`` (to run them) are imported only when used.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from gender_lib.errors import GenderLibError
-
 #: The ONNX operator set the graphs are written for (ONNX Runtime 1.14 and later run it).
 OPSET = 17
-#: What installs the engine (both are dependencies of the package).
-INSTALL_HINT = "pip install onnx onnxruntime (make setup installs both)"
-
-
-class OnnxNotInstalledError(GenderLibError, ImportError):
-    """The onnx engine was asked for where ``onnx`` or ``onnxruntime`` is not installed."""
-
-
-def available() -> bool:
-    """Whether ONNX Runtime is installed (without importing it: ~40 ms)."""
-    return importlib.util.find_spec("onnxruntime") is not None
-
-
-def can_convert() -> bool:
-    """Whether graphs can be written and checked here: ``onnx`` and ONNX Runtime both installed."""
-    return available() and importlib.util.find_spec("onnx") is not None
 
 
 def versions() -> dict[str, str]:
     """``{"onnx_version": ..., "onnxruntime_version": ...}`` for a conversion's sidecar."""
-    return {"onnx_version": _import("onnx").__version__, "onnxruntime_version": _import("onnxruntime").__version__}
+    import onnx
+    import onnxruntime
 
-
-def _import(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError as error:
-        raise OnnxNotInstalledError(f"the onnx engine needs {name}, which is not installed ({error}): {INSTALL_HINT}") from None
+    return {"onnx_version": onnx.__version__, "onnxruntime_version": onnxruntime.__version__}
 
 
 class _Graph:
     """Nodes and initializers of one graph, with unique names (a thin layer over ``onnx.helper``)."""
 
     def __init__(self) -> None:
-        self.onnx = _import("onnx")
+        import onnx
+
+        self.onnx = onnx
         self.nodes: list[Any] = []
         self.initializers: list[Any] = []
         self._names: set[str] = set()
@@ -252,7 +229,7 @@ def _add_zero_extended(
 def vggface_graph(network: Any) -> Any:
     """VGG-Face (a :class:`gender_lib.converters.matconvnet.Network`) as an ``onnx.ModelProto``:
     float32 ``rgb_0_255`` (n, H, W, 3) at the network's input size -> ``fc7`` (n, C7; after relu7,
-    L2-normalised) and ``fc8`` (n, C8; before the softmax), as :func:`gender_lib.converters.vggface.build_model`.
+    L2-normalised) and ``fc8`` (n, C8; before the softmax), as :func:`gender_lib.converters.vggface.reference_forward` computes them.
 
     MatConvNet's semantics: the file's ``averageImage`` is subtracted; convolutions pad
     (top, bottom, left, right) zeros; max pools pad with -inf (ONNX's MaxPool ignores its
@@ -320,7 +297,8 @@ class Runner:
     medians of 3 on 2 cores)."""
 
     def __init__(self, model: str | os.PathLike[str] | bytes, threads: int | None = None, spin: bool = False):
-        ort = _import("onnxruntime")
+        import onnxruntime as ort
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(threads or default_threads())
         options.inter_op_num_threads = 1
@@ -340,4 +318,4 @@ class Runner:
         return self.session.run([output or self.names[0]], {self.input: x})[0]
 
 
-__all__ = ["OPSET", "OnnxNotInstalledError", "Runner", "available", "can_convert", "default_threads", "dlib_graph", "versions", "vggface_graph"]
+__all__ = ["OPSET", "Runner", "default_threads", "dlib_graph", "versions", "vggface_graph"]

@@ -1,10 +1,11 @@
-"""The gender estimators, one class per model kind, in scikit-learn's style.
+"""The gender estimator, in scikit-learn's style: an MLP on the backbone's frozen descriptor.
 
-Each reads one backbone output (``input_kind``; :data:`gender_lib.backbones.OUTPUTS`), learns on
-the train split and chooses ``threshold_`` on the validation split in :meth:`~Estimator.fit`, and
-ends in the same MLP (:mod:`gender_lib.modeling.mlp`). Flip averaging (``flip_tta``) is an option of
-every kind. Saved as ``<name>.npz`` (arrays) and ``<name>.json`` (``kind``, backbone record,
-threshold, config, history, the npz's sha256); :func:`gender_lib.modeling.load` reads the kind there.
+:class:`FrozenHead` learns on the train split and chooses ``threshold_`` on the validation split
+in :meth:`~FrozenHead.fit`; with flip averaging (``flip_tta``) each face is read twice, as it is
+and mirrored (the backbone's ``descriptor+mirror`` rows), trained on both and P(female) averaged.
+:meth:`~FrozenHead.fit_answers` adds the age groups and P(correct) (:mod:`gender_lib.modeling.answers`).
+Saved as ``<name>.npz`` (arrays) and ``<name>.json`` (``kind``, backbone record, threshold, config,
+history, the npz's sha256); :func:`gender_lib.modeling.load` reads the kind there.
 """
 
 from __future__ import annotations
@@ -29,33 +30,29 @@ from gender_lib.modeling.mlp import MLP, HeadError
 FORMAT = "gender_lib.model/1"
 
 
-class Estimator:
-    """What every model kind shares: the flip option, the threshold, the MLP, save and summary.
+class FrozenHead:
+    """The MLP on the frozen descriptor of any backbone: rows (n, dim), or (n, 2 * dim) with flip
+    averaging (the descriptor of the face, then of its mirror image).
 
     Fitted attributes: ``head_`` (:class:`~gender_lib.modeling.mlp.MLP`), ``threshold_`` (float,
     chosen on validation to maximise balanced accuracy), ``history_`` (per-epoch losses and
     accuracies, ``best_epoch``), ``train_seconds_``; after :meth:`fit_answers` also ``age_``
     (:class:`~gender_lib.modeling.answers.AgeGroups` or None) and ``confidence_``
     (:class:`~gender_lib.modeling.answers.Correctness`); after :func:`~gender_lib.modeling.load`
-    also ``meta_`` (the sidecar). Models saved without the last two answer every face, without an age.
+    also ``meta_`` (the sidecar). A model saved without the last two answers every face, without an age.
     """
 
+    kind: ClassVar[str] = "frozen"
+    classes_ = CLASSES
     age_: answers.AgeGroups | None = None
     confidence_: answers.Correctness | None = None
 
-    kind: ClassVar[str]
-    #: The backbone output the estimator reads (:data:`gender_lib.backbones.OUTPUTS`).
-    input_kind: ClassVar[str]
-    head_dtype: ClassVar[str] = "float32"
-    classes_ = CLASSES
-
-    def __init__(self, config: HeadConfig | None = None, *, seed: int = 0, cache_root: str | os.PathLike[str] | None = None):
+    def __init__(self, config: HeadConfig | None = None, *, seed: int = 0):
         self.config = config or HeadConfig()
         self.seed = int(seed)
-        self.cache_root = cache_root
 
     def get_params(self) -> dict[str, Any]:
-        return {"config": self.config, "seed": self.seed, "cache_root": self.cache_root}
+        return {"config": self.config, "seed": self.seed}
 
     @property
     def flip(self) -> bool:
@@ -64,46 +61,33 @@ class Estimator:
 
     @property
     def backbone_output(self) -> str:
-        """The :data:`gender_lib.backbones.OUTPUTS` entry whose rows :meth:`fit` and :meth:`predict_proba` take."""
-        return self.input_kind
-
-    # ---- what a kind defines: its per-view features (n, views, d) of the backbone output
+        """The backbone output whose rows :meth:`fit` and :meth:`predict_proba` take (:data:`gender_lib.backbones.OUTPUTS`)."""
+        return "descriptor+mirror" if self.flip else "descriptor"
 
     def _views(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """(n, views, dim) float64: the descriptor of each face (and of its mirror image with flip averaging)."""
+        x = np.asarray(x, np.float64)
+        views = 2 if self.flip else 1
+        if x.ndim != 2 or x.shape[1] % views:
+            raise HeadError(f"expected descriptor rows (n, {views} x dim), got {x.shape}")
+        return x.reshape(len(x), views, x.shape[1] // views)
 
     def descriptors(self, x: np.ndarray) -> np.ndarray:
-        """The (n, 128) frozen descriptors of the faces (not mirrored) in rows of ``input_kind``:
-        what the logistic-regression baseline reads."""
-        raise NotImplementedError
+        """The (n, dim) descriptors of the faces, not mirrored: what the logistic-regression baseline reads."""
+        return self._views(x)[:, 0]
 
-    def descriptor_views(self, x: np.ndarray) -> np.ndarray:
-        """(n, views, 128): the frozen descriptors the rows hold (face, and mirror image where
-        there): what the age-group model reads."""
-        return self.descriptors(x)[:, None]
-
-    # ---- the shared part
-
-    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *, progress: bool = True) -> Estimator:
+    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *, progress: bool = True) -> FrozenHead:
         """Train the MLP on every view of the train faces (early stopping on the val faces as they
-        are), then choose ``threshold_`` on val. ``x_*``: rows of ``input_kind``; ``y_*``: 0 (M) / 1 (F)."""
+        are), then choose ``threshold_`` on val. ``x_*``: rows of :attr:`backbone_output`; ``y_*``:
+        0 (M) / 1 (F). Raises :class:`~gender_lib.modeling.mlp.HeadError` for splits it cannot use."""
         started = time.perf_counter()
         f_train, f_val = self._views(x_train), self._views(x_val)
-        self._fit_head(f_train, y_train, f_val[:, 0], y_val)
-        self._finish(self._p_from_views(f_val), y_val, started)
-        return self
-
-    def _fit_head(self, f_train: np.ndarray, y_train: np.ndarray, f_val: np.ndarray, y_val: np.ndarray) -> Any:
         views = f_train.shape[1]
-        model, self.history_ = mlp.train_keras(
-            f_train.reshape(-1, f_train.shape[-1]), np.repeat(y_train, views), f_val, y_val, self.config, self.seed, self.head_dtype
-        )
+        model, self.history_ = mlp.train_keras(f_train.reshape(-1, f_train.shape[-1]), np.repeat(y_train, views), f_val[:, 0], y_val, self.config, self.seed)
         self.head_ = MLP.from_keras(model)
-        return model
-
-    def _finish(self, p_val: np.ndarray, y_val: np.ndarray, started: float) -> None:
-        self.threshold_ = mlp.choose_threshold(y_val, p_val)
+        self.threshold_ = mlp.choose_threshold(y_val, self._p_from_views(f_val))
         self.train_seconds_ = time.perf_counter() - started
+        return self
 
     def _p_from_views(self, f: np.ndarray) -> np.ndarray:
         p = self.head_(f.reshape(-1, f.shape[-1])).reshape(f.shape[0], f.shape[1])
@@ -119,7 +103,7 @@ class Estimator:
             raise HeadError(f"this {type(self).__name__} is not fitted yet: call fit(...) or load a saved model")
 
     def p_female(self, x: np.ndarray) -> np.ndarray:
-        """P(female), float64 (n,), for rows of ``backbone_output``: averaged over the views with flip averaging."""
+        """P(female), float64 (n,), averaged over the views with flip averaging."""
         self._check_fitted()
         return self._p_from_views(self._views(x)) if len(x) else np.zeros(0)
 
@@ -132,7 +116,7 @@ class Estimator:
         """Labels ``"M"`` / ``"F"``: P(female) compared with ``threshold_``."""
         return np.where(self.p_female(x) >= self.threshold_, CLASSES[1], CLASSES[0])
 
-    def fit_answers(self, x_train: np.ndarray, age_train: Any, x_val: np.ndarray, y_val: np.ndarray, people_val: Any, target: float = 0.985) -> Estimator:
+    def fit_answers(self, x_train: np.ndarray, age_train: Any, x_val: np.ndarray, y_val: np.ndarray, people_val: Any, target: float = 0.985) -> FrozenHead:
         """After :meth:`fit`: the age-group model on the train faces (``age_train``: their
         :data:`~gender_lib.modeling.answers.AGE_GROUPS` names; none where fewer than two groups are
         known), then P(correct) and its level for ``target`` accuracy on the val faces (``people_val``:
@@ -140,7 +124,7 @@ class Estimator:
         self._check_fitted()
         groups = np.asarray(age_train).astype(str)
         known = set(groups[np.isin(groups, answers.AGE_GROUPS)])
-        self.age_ = answers.AgeGroups(seed=self.seed).fit(self.descriptor_views(x_train), groups) if len(known) >= 2 else None
+        self.age_ = answers.AgeGroups(seed=self.seed).fit(self._views(x_train), groups) if len(known) >= 2 else None
         p = self.p_female(x_val)
         correct = (p >= self.threshold_).astype(int) == np.asarray(y_val).astype(int)
         features = answers.correctness_features(answers.margin(p, self.threshold_), self._age_p(x_val))
@@ -148,7 +132,7 @@ class Estimator:
         return self
 
     def _age_p(self, x: np.ndarray) -> np.ndarray | None:
-        return None if self.age_ is None else self.age_.full_proba(self.age_.predict_proba(self.descriptor_views(x)))
+        return None if self.age_ is None else self.age_.full_proba(self.age_.predict_proba(self._views(x)))
 
     def answer(self, x: np.ndarray, min_confidence: float | None = None) -> answers.Answers:
         """Gender label or ``uncertain``, P(female), P(correct) and the age group of each row.
@@ -166,17 +150,13 @@ class Estimator:
 
     @property
     def n_parameters_(self) -> int:
-        """Trained parameters saved: the MLP's weights (and tuned levels', the age and correctness
-        models'), not input statistics."""
+        """Trained parameters saved: the MLP's weights, the age and correctness models', not input statistics."""
         return int(sum(a.size for k, a in self._arrays().items() if not k.endswith(("/mean", "/variance", "/scale", "/groups"))))
 
     # ---- save / load
 
     def _arrays(self) -> dict[str, np.ndarray]:
-        return self.head_.arrays() | self._answer_arrays()
-
-    def _answer_arrays(self) -> dict[str, np.ndarray]:
-        return (self.age_.arrays() if self.age_ else {}) | (self.confidence_.arrays() if self.confidence_ else {})
+        return self.head_.arrays() | (self.age_.arrays() if self.age_ else {}) | (self.confidence_.arrays() if self.confidence_ else {})
 
     def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
         """``<path>`` (.npz, the arrays) and ``<path>.json`` (``meta`` plus what the model is), published together."""
@@ -193,7 +173,6 @@ class Estimator:
             **(meta or {}),
             "format": FORMAT,
             "kind": self.kind,
-            "input_kind": self.input_kind,
             "classes": list(CLASSES),
             "output": "P(female)",
             "threshold": float(self.threshold_),
@@ -212,15 +191,16 @@ class Estimator:
         return path
 
     @classmethod
-    def from_saved(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], cache_root: Any = None, source: Path | None = None) -> Estimator:
+    def from_saved(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray], source: Path | None = None) -> FrozenHead:
         """The fitted estimator a sidecar and its arrays describe (see :func:`gender_lib.modeling.load`);
-        :class:`HeadError` where the backbone record is not the output this kind reads."""
+        :class:`HeadError` where the backbone record is not the output it reads."""
         from gender_lib.backbones import output_of
 
         known = {f.name for f in dataclasses.fields(HeadConfig)}
         settings = {k: v for k, v in meta.get("config", {}).items() if k in known}
-        config = dataclasses.replace(HeadConfig(), **(settings | {"widths": tuple(settings.get("widths", HeadConfig().widths))}))
-        model = cls(config, seed=int(meta.get("seed", 0)), cache_root=cache_root)
+        model = cls(
+            dataclasses.replace(HeadConfig(), **(settings | {"widths": tuple(settings.get("widths", HeadConfig().widths))})), seed=int(meta.get("seed", 0))
+        )
         try:
             model.head_ = MLP.from_arrays(arrays)
         except KeyError as error:  # an npz of something else, with a sidecar that matches it
@@ -238,7 +218,7 @@ class Estimator:
         return model
 
     def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        """Kinds with more than the MLP rebuild the rest here."""
+        """Subclasses (experiments/) with more than the MLP rebuild the rest here."""
 
     def summary(self) -> str:
         """Rounded, stable summary of a saved model (what notebooks print), from its record ``meta_``."""
@@ -246,23 +226,18 @@ class Estimator:
         if not meta or "val_metrics" not in meta:
             raise HeadError("summary() reads the record the train stage saves: train with gender_lib.stages.train, or load such a model")
         history = meta.get("history", {})
-        val, counts, manifest = meta["val_metrics"], meta["counts"], meta["manifest"]
-        epochs = f"best epoch {int(history.get('best_epoch', [0])[0])} of {len(history.get('loss', []))}"
-        if history.get("finetune_from"):
-            epochs += f" (head epochs 1-{history['finetune_from']}, fine-tuning after)"
+        val, counts, manifest, baseline = meta["val_metrics"], meta["counts"], meta["manifest"], meta["baseline_val_metrics"]
         return "\n".join(
             [
-                f"model: {self.kind} ({type(self).__name__}) on the {self.backbone_output} output"
-                + (f" ({meta['fitted_as']})" if meta.get("fitted_as") else ""),
+                f"model: {self.kind} head on the {self.backbone_output} output" + (f" ({meta['fitted_as']})" if meta.get("fitted_as") else ""),
                 f"backbone: {meta['backbone']['id']} ({meta['backbone']['dim']}-d)",
                 f"split ({manifest['protocol']}{', LEAKY' if manifest.get('leaky') else ''}): "
                 f"train {counts['train']}, val {counts['val']}, test {counts['test']}",
                 f"head: widths {list(self.config.widths)}, dropout {self.config.dropout}, l2 {self.config.l2}, seed {self.seed}; "
                 f"flip averaging {'on' if self.flip else 'off'}",
-                f"{epochs}; threshold (chosen on val) {self.threshold_:.3f}",
+                f"best epoch {int(history.get('best_epoch', [0])[0])} of {len(history.get('loss', []))}; threshold (chosen on val) {self.threshold_:.3f}",
                 f"val: accuracy {val['accuracy']:.3f}, macro F1 {val['macro_f1']:.3f}, ROC-AUC {val['roc_auc']:.3f}",
-                f"logistic-regression baseline val: accuracy {meta['baseline_val_metrics']['accuracy']:.3f}, "
-                f"ROC-AUC {meta['baseline_val_metrics']['roc_auc']:.3f}",
+                f"logistic-regression baseline val: accuracy {baseline['accuracy']:.3f}, ROC-AUC {baseline['roc_auc']:.3f}",
                 f"trained parameters: {self.n_parameters_}",
                 self.answers_line(),
             ]
@@ -273,144 +248,11 @@ class Estimator:
         age = f"age groups: {len(self.age_.groups_)} ({self.age_.groups_[0]} ... {self.age_.groups_[-1]})" if self.age_ else "age groups: none"
         c = self.confidence_
         if c is None:
-            return f"{age}; no P(correct): every face answered (trained before selective answers; `gender-lib answers` adds them)"
+            return f"{age}; no P(correct): every face answered (`gender-lib answers` adds it)"
         return (
             f"{age}; answers where P(correct) >= {c.min_confidence_:.3f} (chosen on val for {c.target_:.1%} accuracy: "
             f"out-of-fold val coverage {c.val_coverage_:.3f})"
         )
-
-
-class FrozenHead(Estimator):
-    """The MLP on the frozen descriptor of any backbone: rows (n, dim), or (n, 2 * dim) with flip
-    averaging (the descriptor of the face, then of its mirror image)."""
-
-    kind = "frozen"
-    input_kind = "descriptor"
-    head_dtype = "float64"
-
-    def _views(self, x: np.ndarray) -> np.ndarray:
-        x = np.asarray(x, self.head_dtype)
-        views = 2 if self.flip else 1
-        if x.ndim != 2 or x.shape[1] % views:
-            raise HeadError(f"expected descriptor rows (n, {views} x dim), got {x.shape}")
-        return x.reshape(len(x), views, x.shape[1] // views)
-
-    @property
-    def backbone_output(self) -> str:
-        return "descriptor+mirror" if self.flip else "descriptor"
-
-    def descriptors(self, x: np.ndarray) -> np.ndarray:
-        return self._views(x)[:, 0]
-
-    def descriptor_views(self, x: np.ndarray) -> np.ndarray:
-        return self._views(x)
-
-
-class _Level2Estimator(Estimator):
-    """Kinds that read dlib's level-2 maps (both views always there) through a Keras trunk."""
-
-    input_kind = "level2"
-
-    def _trunk(self) -> Any:
-        raise NotImplementedError
-
-    def _views(self, x: np.ndarray) -> np.ndarray:
-        from gender_lib.modeling import finetune
-
-        if not hasattr(self, "trunk_"):
-            self.trunk_ = self._trunk()
-        return finetune.per_view(self.trunk_, x)
-
-    def descriptors(self, x: np.ndarray) -> np.ndarray:
-        from gender_lib.modeling import finetune
-
-        if not hasattr(self, "top_"):
-            self.top_ = finetune.top_levels(self.cache_root)
-        return finetune.apply(self.top_, finetune.views(x)[:, 0])
-
-
-class FeaturesHead(_Level2Estimator):
-    """The MLP on frozen multi-level features: the descriptor plus the global-average-pooled
-    outputs of dlib's last three residual levels (768-d), from the level-2 map."""
-
-    kind = "features"
-
-    def _trunk(self) -> Any:
-        from gender_lib.modeling import finetune
-
-        return finetune.features_model(finetune.dlib_model(self.cache_root))
-
-
-class FinetunedNetwork(_Level2Estimator):
-    """dlib's top ``finetune_levels`` residual level(s) and fc layer, fine-tuned with the MLP.
-
-    Fitted attributes besides the shared ones: ``tuned_kept_`` (whether any fine-tuning epoch
-    lowered the validation loss; if not, :meth:`save` writes a :class:`FrozenHead`).
-    """
-
-    kind = "finetune"
-
-    def _trunk(self) -> Any:
-        from gender_lib.modeling import finetune
-
-        fixed, tuned = finetune.tuned_split(finetune.dlib_model(self.cache_root), self.config.finetune_levels)
-        self.tuned_ = tuned
-        return finetune.chain(fixed, tuned) if fixed is not None else tuned
-
-    def fit(self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, *, progress: bool = True) -> Estimator:
-        from gender_lib.modeling import finetune
-
-        started = time.perf_counter()
-        y_train, y_val = np.asarray(y_train, np.float32), np.asarray(y_val, np.float32)
-        fixed, tuned = finetune.tuned_split(finetune.dlib_model(self.cache_root), self.config.finetune_levels)
-        z_train, z_val = (finetune.per_view(fixed, x) if fixed is not None else finetune.views(x) for x in (x_train, x_val))
-        d_train = finetune.apply(tuned, z_train.reshape(-1, *z_train.shape[2:])).reshape(len(z_train), 2, -1)
-        d_val = finetune.apply(tuned, z_val[:, 0])
-        head = self._fit_head(d_train, y_train, d_val, y_val)
-        tuned_history = finetune.finetune(tuned, head, z_train, y_train, z_val, y_val, self.config, self.seed, progress)
-        self.history_ = finetune.join_histories(self.history_, tuned_history)
-        self.head_ = mlp.MLP.from_keras(head)
-        self.tuned_kept_ = tuned_history["best_epoch"] > 0  # else dlib's weights stay as they were
-        if self.tuned_kept_:
-            finetune.round_to_float16(tuned)  # what is saved is float16: evaluate exactly that
-        self.tuned_ = tuned
-        self.trunk_ = finetune.chain(fixed, tuned) if fixed is not None else tuned
-        self._finish(self._p_from_views(finetune.per_view(self.trunk_, x_val)), y_val, started)
-        return self
-
-    def _arrays(self) -> dict[str, np.ndarray]:
-        from gender_lib.modeling import finetune
-
-        return self.head_.arrays() | self._answer_arrays() | (finetune.tuned_arrays(self.tuned_) if getattr(self, "tuned_kept_", True) else {})
-
-    def _restore(self, arrays: dict[str, np.ndarray]) -> None:
-        from gender_lib.modeling import finetune
-
-        self.tuned_kept_ = True
-        self.trunk_ = self._trunk()
-        finetune.restore_tuned(self.tuned_, arrays)
-
-    def as_head(self) -> FrozenHead:
-        """The fitted MLP as the :class:`FrozenHead` it is when dlib's weights were kept unchanged."""
-        head = FrozenHead(self.config, seed=self.seed, cache_root=self.cache_root)
-        for name in ("head_", "threshold_", "history_", "train_seconds_", "age_", "confidence_"):
-            setattr(head, name, getattr(self, name))
-        return head
-
-    def save(self, path: str | os.PathLike[str], meta: dict[str, Any] | None = None) -> Path:
-        """As :meth:`Estimator.save`; a fine-tuning that kept no epoch is saved as a :class:`FrozenHead`
-        on the descriptor output (of face and mirror image with flip averaging) of the same network."""
-        if self.tuned_kept_:
-            return super().save(path, meta)
-        from gender_lib import backbones
-
-        meta = dict(meta or {})
-        if "backbone" in meta:
-            net = backbones.from_description(meta["backbone"], output=self.as_head().backbone_output, cache_root=self.cache_root)
-            meta["backbone"], meta["descriptor_dim"] = net.describe(), net.dim
-            net.close()
-        meta["fitted_as"] = "fine-tuned, no epoch kept: dlib's weights unchanged"
-        return self.as_head().save(path, meta)
 
 
 def read_saved(path: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:

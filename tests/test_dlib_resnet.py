@@ -1,8 +1,7 @@
-"""dlib's face recognition ResNet: the pure-Python reader, the Keras model and the ONNX graph, and
-their check against dlib.
+"""dlib's face recognition ResNet: the pure-Python reader, the ONNX graph, and its check against dlib.
 
-One conversion per engine (on 64 real chips); each deliberately wrong rule is one more build and
-forward pass against the same dlib reference (cached), so the module takes about a minute.
+One conversion (on 64 real chips); each deliberately wrong rule is one more graph and forward pass
+against the same dlib reference (remembered), so the module takes about half a minute.
 """
 
 from __future__ import annotations
@@ -16,11 +15,10 @@ import numpy as np
 import pytest
 
 from gender_lib import config
-from gender_lib.converters import dlib_dnn, dlib_keras
+from gender_lib.converters import dlib_dnn, dlib_resnet, verified
 from gender_lib.converters.dlib_dnn import DlibModelError
 from gender_lib.errors import GenderLibError
 
-EXPECTED_KERAS_PARAMETERS = 5_621_696  # 5,614,592 learned numbers + 2 x 3,552 fixed BN statistics
 EXPECTED_FILE_PARAMETERS = 5_614_592
 
 
@@ -44,21 +42,19 @@ def chips() -> np.ndarray:
     """64 real chips: data/sample where present, else the shared combined/aligned folder."""
     p = config.paths()
     try:
-        paths = dlib_keras.real_face_paths(roots=[p.sample, p.datasets / "combined" / "aligned"])
-    except dlib_keras.NoRealFacesError as error:
+        paths = dlib_resnet.real_face_paths(roots=[p.sample, p.datasets / "combined" / "aligned"])
+    except dlib_resnet.NoRealFacesError as error:
         if os.environ.get("GENDER_LIB_REQUIRE_REAL_DATA") == "1":
             pytest.fail(str(error))
         pytest.skip(str(error))
-    return dlib_keras.face_chips(paths)
+    return dlib_resnet.face_chips(paths)
 
 
-@pytest.fixture(scope="module", params=["keras", "onnx"])
-def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, chips: np.ndarray) -> tuple[Path, dict]:
-    """The verified conversion for each engine: the Keras model and the ONNX graph."""
-    cache_root = tmp_path_factory.mktemp(f"cache-{request.param}")
-    output = dlib_keras.default_path(cache_root, engine=request.param)
-    meta = dlib_keras.convert(output=output, chips=chips, engine=request.param)
-    return output, meta
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory, chips: np.ndarray) -> tuple[Path, dict]:
+    """The verified conversion, in a store of its own."""
+    output = dlib_resnet.default_path(tmp_path_factory.mktemp("store"))
+    return output, dlib_resnet.convert(output=output, chips=chips)
 
 
 # --------------------------------------------------------------------------- (d) structure
@@ -103,13 +99,11 @@ def test_add_prev_joins_different_shapes(network: dlib_dnn.Network) -> None:
     assert shapes[-2] == (256, 1, 1) and shapes[-1] == (128, 1, 1)
 
 
-@pytest.mark.realdata
 def test_parameter_count(converted: tuple[Path, dict]) -> None:
-    output, meta = converted
-    # ONNX: the affine layers' gamma and beta are folded into the convolutions' weights and biases
+    _, meta = converted
+    # the affine layers' gamma and beta are folded into the convolutions' weights and biases
     # (every con already has a bias), and the input's means and divisor into the first convolution
-    expected = EXPECTED_KERAS_PARAMETERS if output.suffix == ".keras" else EXPECTED_FILE_PARAMETERS - 2 * 3_552
-    assert meta["num_parameters"] == expected
+    assert meta["num_parameters"] == EXPECTED_FILE_PARAMETERS - 2 * 3_552
     assert meta["file_parameters"] == EXPECTED_FILE_PARAMETERS
     assert meta["layer_counts"]["con"] == 29 and meta["layer_counts"]["affine"] == 29
 
@@ -125,71 +119,63 @@ def test_packed_values() -> None:
 # --------------------------------------------------------------------------- (a) verified conversion
 
 
-@pytest.mark.realdata
 def test_conversion_reproduces_dlib(converted: tuple[Path, dict]) -> None:
     output, meta = converted
     v = meta["verification"]
-    engine = dlib_keras.engine_of(output)
-    print("\n" + dlib_keras.describe(meta))
-    assert v["n_chips"] >= 50
-    assert v["max_abs_diff"] <= 1e-5 and v["tolerance"] == 1e-5
-    assert v["min_cosine"] >= 0.99999
+    print("\n" + verified.describe(meta))
+    assert v["inputs"] == "64 given face chips" and v["tolerance"] == 1e-5
+    assert v["errors"]["max |diff|"] <= 1e-5 and v["min_cosine"] >= 0.99999
     assert v["reference"] == "dlib.face_recognition_model_v1.compute_face_descriptor"
     assert meta["descriptor"]["l2_normalised"] is False
     assert meta["source_sha256"] == dlib_dnn.read_network().sha256
-    assert output.name == meta["source_sha256"][:12] + output.suffix and output.parent.name == f"dlib_{engine}"
-    assert json.loads(dlib_keras.sidecar_path(output).read_text())[f"{engine}_sha256"] == meta[f"{engine}_sha256"]
-    assert f"dlib ResNet -> {'ONNX' if engine == 'onnx' else 'Keras'}" in dlib_keras.describe(meta) and "max |diff|" in dlib_keras.describe(meta)
+    assert output.name == meta["source_sha256"][:12] + ".onnx" and output.parent.name == "dlib_onnx"
+    assert json.loads(verified.sidecar_path(output).read_text())["sha256"] == meta["sha256"] == dlib_dnn.sha256_file(output)
+    assert "dlib's face recognition ResNet -> ONNX (5,607,488 weights)" in verified.describe(meta) and "max |diff|" in verified.describe(meta)
 
 
-@pytest.mark.realdata
-def test_loaded_model_matches_dlib(converted: tuple[Path, dict], chips: np.ndarray) -> None:
+def test_loaded_graph_matches_dlib(converted: tuple[Path, dict], chips: np.ndarray) -> None:
     output, meta = converted
-    model, loaded_meta = dlib_keras.load(output)
+    runner, loaded_meta = dlib_resnet.load(output)
     assert loaded_meta == meta
-    sample = chips[:8]
-    ours = dlib_keras.embed(model, sample)  # uint8 straight in: the model subtracts and divides itself
-    ref = dlib_keras.dlib_descriptors(sample)
-    assert ours.shape == (8, 128)
-    assert np.abs(ours - ref).max() <= 1e-5
-    assert np.linalg.norm(ref, axis=1) == pytest.approx(np.linalg.norm(ours, axis=1), abs=1e-4)
+    ours = dlib_resnet.embed(runner, chips[:8])  # uint8 straight in: the graph subtracts and divides itself
+    ref = dlib_resnet.dlib_descriptors(chips[:8])
+    assert ours.shape == (8, 128) and np.abs(ours - ref).max() <= 1e-5
 
 
-@pytest.mark.realdata
 def test_ensure_converted_reuses(converted: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
     output, _ = converted
-    cache_root, engine = output.parent.parent, dlib_keras.engine_of(output)
+    root = output.parent.parent
 
     def no_convert(*args: object, **kwargs: object) -> None:
         raise AssertionError("ensure_converted converted again")
 
-    monkeypatch.setattr(dlib_keras, "convert", no_convert)
-    assert dlib_keras.ensure_converted(cache_root, engine=engine) == output
-    key = f"{engine}_sha256"
-    assert dlib_keras.cached_conversion(cache_root, engine=engine)[key] == dlib_keras.read_sidecar(output)[key]
-    assert dlib_keras.cached_conversion(output.parent / "elsewhere", engine=engine) is None
+    monkeypatch.setattr(dlib_resnet, "convert", no_convert)
+    assert dlib_resnet.ensure_converted(root) == output
+    assert dlib_resnet.cached_conversion(root)["sha256"] == verified.read(output, dlib_resnet.FORMAT, "")["sha256"]
+    assert dlib_resnet.cached_conversion(output.parent / "elsewhere") is None
 
 
-@pytest.mark.realdata
-def test_load_rejects_missing_or_mismatched_sidecar(converted: tuple[Path, dict], tmp_path: Path) -> None:
-    output, _ = converted
+def test_load_rejects_a_missing_mismatched_or_foreign_sidecar(converted: tuple[Path, dict], tmp_path: Path) -> None:
+    output, meta = converted
     copy = tmp_path / output.name
     shutil.copy(output, copy)
-    with pytest.raises(DlibModelError, match="sidecar .* is missing"):
-        dlib_keras.load(copy)
-    shutil.copy(dlib_keras.sidecar_path(output), dlib_keras.sidecar_path(copy))
+    with pytest.raises(verified.ConvertedModelError, match=f"{copy.name}: its sidecar .* is missing; `gender-lib convert --dlib --force`"):
+        dlib_resnet.load(copy)
+    verified.sidecar_path(copy).write_text(json.dumps({**meta, "format": "gender_lib.dlib_onnx/1"}))
+    with pytest.raises(verified.ConvertedModelError, match="is not a gender_lib.dlib_onnx/2 sidecar"):
+        dlib_resnet.load(copy)
+    shutil.copy(verified.sidecar_path(output), verified.sidecar_path(copy))
     with copy.open("ab") as handle:
         handle.write(b"x")
-    with pytest.raises(DlibModelError, match="does not match its sidecar"):
-        dlib_keras.load(copy)
-    with pytest.raises(DlibModelError, match="no converted dlib model"):
-        dlib_keras.load(tmp_path / f"absent{output.suffix}")
+    with pytest.raises(verified.ConvertedModelError, match="does not match its sidecar"):
+        dlib_resnet.load(copy)
+    with pytest.raises(FileNotFoundError, match="no converted network here"):
+        dlib_resnet.load(tmp_path / "absent.onnx")
 
 
 # --------------------------------------------------------------------------- (b) the check has teeth
 
 
-@pytest.mark.realdata
 @pytest.mark.parametrize(
     "rules",
     [
@@ -200,18 +186,16 @@ def test_load_rejects_missing_or_mismatched_sidecar(converted: tuple[Path, dict]
     ],
     ids=lambda r: next(iter(r)),
 )
-@pytest.mark.parametrize("suffix", [".keras", ".onnx"])
-def test_wrong_rule_fails_and_writes_nothing(rules: dict, suffix: str, chips: np.ndarray, tmp_path: Path) -> None:
-    output = tmp_path / "out" / f"dlib{suffix}"
-    with pytest.raises(dlib_keras.VerificationError, match="nothing was saved") as info:
-        dlib_keras.convert(output=output, chips=chips, build_rules=rules)
-    assert info.value.figures["max_abs_diff"] > 1e-4
+def test_wrong_rule_fails_and_writes_nothing(rules: dict, chips: np.ndarray, tmp_path: Path) -> None:
+    output = tmp_path / "out" / "dlib.onnx"
+    with pytest.raises(verified.MismatchError, match="does not reproduce dlib.face_recognition_model_v1.*nothing was saved") as info:
+        dlib_resnet.convert(output=output, chips=chips, build_rules=rules)
+    assert info.value.figures["errors"]["max |diff|"] > 1e-4
     assert isinstance(info.value, GenderLibError)
-    assert not output.exists() and not dlib_keras.sidecar_path(output).exists()
+    assert not output.exists() and not verified.sidecar_path(output).exists()
     assert not output.parent.exists() or not any(output.parent.iterdir())
 
 
-@pytest.mark.realdata
 def test_folding_the_affine_layers_and_the_input_into_the_convolutions_changes_nothing(network: dlib_dnn.Network, chips: np.ndarray) -> None:
     """The ONNX graph folds each affine layer, and the input's mean and divisor, into a convolution;
     written without either fold it computes the same descriptors (to float32 round-off) and dlib's."""
@@ -223,21 +207,21 @@ def test_folding_the_affine_layers_and_the_input_into_the_convolutions_changes_n
     }
     for folds, out in outputs.items():
         assert np.abs(out - outputs[(True, True)]).max() <= 1e-6, folds
-        assert np.abs(out - dlib_keras.dlib_descriptors(chips[:16])).max() <= 1e-5, folds
+        assert np.abs(out - dlib_resnet.dlib_descriptors(chips[:16])).max() <= 1e-5, folds
     ops = {folds: [node.op_type for node in onnx_graph.dlib_graph(network, fold_affine=folds[0], fold_input=folds[1]).graph.node] for folds in outputs}
     assert ops[(True, True)].count("Mul") == 0 and ops[(False, False)].count("Mul") == 29  # the affine layers' scales
     assert "Sub" not in ops[(True, True)] and "Sub" in ops[(True, False)]  # the input's mean
 
 
 def test_too_few_chips(tmp_path: Path) -> None:
-    with pytest.raises(dlib_keras.NoRealFacesError, match="at least 50"):
-        dlib_keras.convert(output=tmp_path / "m.keras", chips=np.zeros((3, 150, 150, 3), np.uint8))
+    with pytest.raises(dlib_resnet.NoRealFacesError, match="at least 50"):
+        dlib_resnet.convert(output=tmp_path / "m.onnx", chips=np.zeros((3, 150, 150, 3), np.uint8))
     assert not any(tmp_path.iterdir())
 
 
 def test_no_real_faces(tmp_path: Path) -> None:
-    with pytest.raises(dlib_keras.NoRealFacesError, match="no real face images"):
-        dlib_keras.real_face_paths(roots=[tmp_path / "none", tmp_path])
+    with pytest.raises(dlib_resnet.NoRealFacesError, match="no real face images"):
+        dlib_resnet.real_face_paths(roots=[tmp_path / "none", tmp_path])
 
 
 # --------------------------------------------------------------------------- (c) bad files
@@ -279,10 +263,9 @@ def test_bad_files(kind: str, message: str, tmp_path: Path) -> None:
         dlib_dnn.read_network(source)
     assert str(source) in str(info.value)
     assert isinstance(info.value, GenderLibError) and isinstance(info.value, ValueError)
-    for output in (tmp_path / "out" / "m.keras", tmp_path / "out" / "m.onnx"):
-        with pytest.raises(DlibModelError):
-            dlib_keras.convert(source, output, chips=np.zeros((64, 150, 150, 3), np.uint8))
-        assert not output.parent.exists()
+    with pytest.raises(DlibModelError):
+        dlib_resnet.convert(source, tmp_path / "out" / "m.onnx", chips=np.zeros((64, 150, 150, 3), np.uint8))
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_file(tmp_path: Path) -> None:
