@@ -13,10 +13,10 @@ setup:  ## fresh machine -> .venv with the package, test tools and Chromium for 
 	@if [ "$$(id -u)" = 0 ] && ! command -v chromium >/dev/null; then \
 	  (apt-get update -qq && apt-get install -y -qq chromium >/dev/null) || echo "chromium not installed: the browser test will skip"; fi
 
-test:   ## lint, then all tests, notebooks included (nbval); writes only to a temporary folder
+test:   ## lint, then the notebooks under nbval (the chain, once) and every test (which reuse its work folder); writes only to a temporary folder
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/python -m pytest -ra --durations=15 --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg tests notebooks
+	$(BIN)/python -m pytest -ra --durations=15 --nbval --nbval-current-env --nbval-sanitize-with notebooks/sanitize.cfg notebooks tests
 
 run:    ## the whole notebook chain with papermill into runs/<name>/ (parameters: pipeline.yml)
 	$(BIN)/gender-lib run --config pipeline.yml
@@ -26,10 +26,10 @@ notebooks:  ## re-execute the committed notebooks in place (the default run on t
 
 FULL ?= $(abspath ../shared/datasets/combined/aligned)
 #: make results BACKBONE=vggface: the same recipe on VGG-Face descriptors (needs your converted vgg_face.mat);
-#: the comparison of model kinds and the shipped model read dlib's inner levels, so they run for dlib only.
+#: for dlib it also trains the shipped model (the frozen head, flip-averaged).
 BACKBONE ?= dlib
 
-results:  ## the README's real-data results: all 29k faces, person-disjoint vs the original leaky split (BACKBONE=dlib|vggface); for dlib also the model kinds and the shipped model
+results:  ## the README's real-data results: all 29k faces, person-disjoint vs the original leaky split (BACKBONE=dlib|vggface); for dlib also the shipped model
 	$(BIN)/gender-lib extract --data-root $(FULL) --workdir runs/full-person-$(BACKBONE) --protocol person --backbone $(BACKBONE) --quiet
 	$(BIN)/gender-lib train --workdir runs/full-person-$(BACKBONE) -o checkpoints/$(BACKBONE)_gender_head.npz
 	$(BIN)/gender-lib evaluate --workdir runs/full-person-$(BACKBONE) --head checkpoints/$(BACKBONE)_gender_head.npz
@@ -37,12 +37,11 @@ results:  ## the README's real-data results: all 29k faces, person-disjoint vs t
 	$(BIN)/gender-lib train --workdir runs/full-original-$(BACKBONE)
 	$(BIN)/gender-lib evaluate --workdir runs/full-original-$(BACKBONE)
 ifeq ($(BACKBONE),dlib)
-	$(MAKE) compare
-	$(BIN)/gender-lib train --workdir runs/levels-person --mode finetune --flip-tta true -o checkpoints/dlib_gender_model.npz
-	$(BIN)/gender-lib evaluate --workdir runs/levels-person --head checkpoints/dlib_gender_model.npz
+	$(BIN)/gender-lib train --workdir runs/full-person-dlib --flip-tta true -o checkpoints/dlib_gender_model.npz
+	$(BIN)/gender-lib evaluate --workdir runs/full-person-dlib --head checkpoints/dlib_gender_model.npz
 endif
 
-compare:  ## model kinds on the full data (README's comparison table and 5-fold CV; ~1 h on 2 cores, ~13 min of it extracting level-2 maps once)
+compare:  ## research: the retired model kinds on the full data (docs/results.md; ~1 h on 2 cores, ~13 min of it extracting level-2 maps once)
 	$(BIN)/gender-lib manifest --data-root $(FULL) --workdir runs/levels-person --protocol person --quiet
 	$(BIN)/python -m experiments.comparison --workdir runs/levels-person
 
@@ -50,11 +49,11 @@ benchmarks:  ## speed benchmarks (medians and ratios; JSON under benchmarks/resu
 	$(BIN)/python benchmarks/dataset.py
 	$(BIN)/python benchmarks/dlib_align.py
 	$(BIN)/python benchmarks/extract.py
-	$(BIN)/python benchmarks/engines.py
+	$(BIN)/python benchmarks/descriptor.py
 	$(BIN)/python benchmarks/predict_latency.py
 	$(BIN)/python benchmarks/predict_latency.py --head checkpoints/dlib_gender_model.npz
 	$(BIN)/python benchmarks/head_modes.py
 	$(BIN)/python benchmarks/detect.py --small
 
-test-fast:  ## unit tests only
-	$(BIN)/python -m pytest -ra -m "not slow and not browser and not notebooks" tests
+test-fast:  ## unit tests only: no notebooks, Ray, browser or shared data
+	$(BIN)/python -m pytest -ra -m "not slow and not browser and not notebooks and not ray and not realdata" tests

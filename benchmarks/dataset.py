@@ -18,6 +18,7 @@ from pathlib import Path
 from gender_lib import config
 from gender_lib import dataset as ds
 from gender_lib.fileio import write_json
+from gender_lib.readers import subject_from_combined_name
 
 
 def naive(root: Path) -> int:
@@ -29,7 +30,7 @@ def naive(root: Path) -> int:
         for path in sorted(folder.iterdir()):
             paths.append(path)
             genders.append(folder.name[-1])
-            parsed = ds.subject_from_combined_name(path.name)
+            parsed = subject_from_combined_name(path.name)
             groups.append(parsed[0] if parsed else path.name)
     digests = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
     for path in paths:

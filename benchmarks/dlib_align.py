@@ -52,7 +52,6 @@ def main() -> None:
         start = time.perf_counter()
         x = backbone.embed(np.stack([backbone.prepare(im) for im in images]))
         seconds = (time.perf_counter() - start) / len(paths)
-        backbone.close()
         pairs = x.reshape(len(rows), 2, -1)
         same = np.linalg.norm(pairs[:, 0] - pairs[:, 1], axis=1)
         other = np.linalg.norm(pairs[:, 0] - np.roll(pairs[:, 1], 1, axis=0), axis=1)

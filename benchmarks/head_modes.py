@@ -1,6 +1,6 @@
 """Inference speed of the two committed models, from aligned 150x150 chips to P(female).
 
-* frozen: ``checkpoints/dlib_gender_head.npz`` -- dlib's network (Keras engine) to the 128-d
+* frozen: ``checkpoints/dlib_gender_head.npz`` -- dlib's network (its ONNX graph) to the 128-d
   descriptor of each chip, then the MLP's NumPy forward pass;
 * shipped (the default, flip-averaged): ``checkpoints/dlib_gender_model.npz`` -- the descriptors of
   each chip and of its mirror image (the ``descriptor+mirror`` output), the MLP on both, averaged.
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(config.paths().root / "benchmarks" / "results" / "head_modes.json"))
     args = parser.parse_args()
     p = config.paths()
-    models = {"frozen": modeling.load(p.frozen_head), "shipped": modeling.load(p.default_head)}
+    models = {"frozen": modeling.load(p.checkpoints / "dlib_gender_head.npz"), "shipped": modeling.load(p.default_head)}
     nets = {name: backbones.from_description(m.meta_["backbone"]) for name, m in models.items()}
     faces = sorted(p.sample.glob("*/*.jpg"))
     chips = np.stack([nets["frozen"].prepare(load_rgb(faces[i % len(faces)])) for i in range(args.n)])

@@ -1,16 +1,15 @@
 """Prediction latency: one face, warm (in a live Predictor) and cold (``gender-lib predict`` in a fresh process).
 
-* warm: ``gender_lib.predict.Predictor`` (the model, its backbone rebuilt on each engine: onnx, the
-  default, dlib and keras, in that order) on a 128 px face crop of data/sample, detection on (as the
-  CLI runs it); median of 20 after 3 warm-up calls. Target <= 10 ms (onnx). The onnx engine's parts
-  (detect, chip, embed, head) are timed alone too, and the same with ``detect=False``.
-* cold: ``gender-lib predict PHOTO`` as a subprocess on the default engine (onnx), and with
-  ``--engine dlib`` (what the last release ran for a few photos) and ``--engine keras``; median of
-  ``--cold-repeats``, interleaved. Target <= 0.5 s. For scale, the cold ``import tensorflow`` alone, and
-  ``import numpy`` alone (a yardstick of the shared machine's speed during the run).
+* warm: ``gender_lib.predict.Predictor`` (the model, its backbone rebuilt from its record) on a
+  128 px face crop of data/sample, detection on (as the CLI runs it); median of 20 after 3 warm-up
+  calls. Target <= 10 ms. Its parts (detect, chip, embed, head) are timed alone too, and the same
+  with ``detect=False``.
+* cold: ``gender-lib predict PHOTO`` as a subprocess; median of ``--cold-repeats``, interleaved with
+  the yardsticks of the shared machine's speed during the run: a bare Python process importing numpy,
+  Pillow and dlib (the floor of any dlib-based tool), and ``import numpy`` alone. Target <= 0.5 s.
 
-The converted models are made first where absent (one-off, not timed: the default descriptor
-cache, data/cache/descriptors or $GENDER_LIB_CACHE). Writes ``benchmarks/results/predict_latency.json``
+dlib's network is converted first where absent (one-off, not timed: the default store,
+data/cache/descriptors or $GENDER_LIB_CACHE). Writes ``benchmarks/results/predict_latency.json``
 (``predict_latency_<model>.json`` for another ``--head``).
 
     .venv/bin/python benchmarks/predict_latency.py [--head checkpoints/dlib_gender_model.npz] [--repeats 20] [--cold-repeats 5]
@@ -32,7 +31,6 @@ from gender_lib import config
 
 TARGET_WARM_MS = 10.0
 TARGET_COLD_S = 0.5
-ENGINES = ("onnx", "keras", "dlib")
 
 
 def sample_face() -> Path:
@@ -60,39 +58,32 @@ def timed(fn, repeats: int) -> tuple[float, list[float], object]:
 
 
 def warm(photo: Path, repeats: int, head: Path) -> dict:
-    """Each engine in turn, onnx first and keras last: TensorFlow's thread pools, once started, keep
-    spinning beside whatever runs next in the process, so interleaving the engines would time the
-    onnx engine next to them, which no user's process does."""
     from gender_lib.faces import detect_faces
     from gender_lib.predict import Predictor, read_image
 
     rgb = read_image(photo)
-    out: dict = {"photo": str(photo), "size": list(rgb.shape[:2]), "setup_s": {}, "detect_ms": {}, "p_female": {}}
-    for engine in ("onnx", "dlib", "keras"):
-        start = time.perf_counter()
-        predictor = Predictor(head, engine=engine)
-        predictor.backbone.embed(np.zeros((1, 150, 150, 3), np.uint8))  # converts once where absent, loads, traces
-        out["setup_s"][engine] = time.perf_counter() - start
-        for _ in range(3):
-            predictor.predict(rgb)
-        out["detect_ms"][engine] = 1000 * timed(lambda p=predictor: p.predict(rgb), repeats)[0]
-        out["p_female"][engine] = predictor.predict(rgb)[0].p_female
-        if engine == "onnx":
-            out["faces"] = len(predictor.predict(rgb))
-            out["no_detect_ms"] = 1000 * timed(lambda p=predictor: p.predict(rgb, detect=False), repeats)[0]
-            box = detect_faces(rgb)[0]
-            chip = predictor.backbone.prepare_face(rgb, box)[None]
-            x = predictor.backbone.embed(chip)
-            parts = {
-                "detect": lambda: detect_faces(rgb),
-                "chip": lambda p=predictor, b=box: p.backbone.prepare_face(rgb, b),
-                "embed": lambda p=predictor, c=chip: p.backbone.embed(c),
-                "head": lambda p=predictor, x=x: p.model.answer(x),
-            }
-            out["parts_ms"] = {name: 1000 * timed(fn, repeats)[0] for name, fn in parts.items()}
-            output = predictor.backbone.output
-            out["embedding"] = f"{output}: {2 if output == 'descriptor+mirror' else 1} view(s) per face, one forward pass"
-        predictor.close()
+    out: dict = {"photo": str(photo), "size": list(rgb.shape[:2])}
+    start = time.perf_counter()
+    predictor = Predictor(head)
+    predictor.backbone.embed(np.zeros((1, 150, 150, 3), np.uint8))  # converts once where absent, loads
+    out["setup_s"] = time.perf_counter() - start
+    for _ in range(3):
+        predictor.predict(rgb)
+    out["detect_ms"] = 1000 * timed(lambda: predictor.predict(rgb), repeats)[0]
+    out["p_female"], out["faces"] = predictor.predict(rgb)[0].p_female, len(predictor.predict(rgb))
+    out["no_detect_ms"] = 1000 * timed(lambda: predictor.predict(rgb, detect=False), repeats)[0]
+    box = detect_faces(rgb)[0]
+    chip = predictor.backbone.prepare_face(rgb, box)[None]
+    x = predictor.backbone.embed(chip)
+    parts = {
+        "detect": lambda: detect_faces(rgb),
+        "chip": lambda: predictor.backbone.prepare_face(rgb, box),
+        "embed": lambda: predictor.backbone.embed(chip),
+        "head": lambda: predictor.model.answer(x),
+    }
+    out["parts_ms"] = {name: 1000 * timed(fn, repeats)[0] for name, fn in parts.items()}
+    output = predictor.backbone.output
+    out["embedding"] = f"{output}: {2 if output == 'descriptor+mirror' else 1} view(s) per face, one forward pass"
     return out
 
 
@@ -104,9 +95,7 @@ def cold(photo: Path, repeats: int, head: Path) -> dict:
     cli = [str(Path(sys.executable).with_name("gender-lib")), "predict", "--head", str(head), str(photo)]
     runs: dict[str, list[str]] = {
         "gender_lib_predict": cli,
-        "gender_lib_predict_engine_dlib": [*cli, "--engine", "dlib"],
-        "gender_lib_predict_engine_keras": [*cli, "--engine", "keras"],
-        "import_tensorflow": [sys.executable, "-c", "import tensorflow"],
+        "import_numpy_pillow_dlib": [sys.executable, "-c", "import numpy, PIL.Image, dlib"],  # the floor of a dlib-based tool
         "import_numpy": [sys.executable, "-c", "import numpy"],  # a yardstick of this machine's speed at the time
     }
     seconds: dict[str, list[float]] = {name: [] for name in runs}
@@ -119,9 +108,6 @@ def cold(photo: Path, repeats: int, head: Path) -> dict:
             if done.returncode:
                 raise RuntimeError(f"{' '.join(command)} failed ({done.returncode}): {done.stderr[-2000:]}")
             outputs[name] = done.stdout
-    texts = {name: outputs[name].strip() for name in runs if name.startswith("gender_lib")}
-    if len(set(texts.values())) != 1:
-        raise RuntimeError(f"the engines printed different answers: {texts}")
     return {
         "seconds": seconds,
         "median_s": {name: statistics.median(s) for name, s in seconds.items()},
@@ -135,33 +121,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--cold-repeats", type=int, default=5)
     parser.add_argument("--photo", default=None, help="default: a 128 px face crop of data/sample")
-    parser.add_argument("--head", default=str(config.paths().frozen_head), help="the model to time (default: the frozen head)")
+    frozen_head = config.paths().checkpoints / "dlib_gender_head.npz"
+    parser.add_argument("--head", default=str(frozen_head), help="the model to time (default: the frozen head)")
     parser.add_argument("--out", default=None, help="default: benchmarks/results/predict_latency[_<head>].json")
     args = parser.parse_args()
     head = Path(args.head)
-    frozen = head.resolve() == config.paths().frozen_head.resolve()
+    frozen = head.resolve() == frozen_head.resolve()
     out = args.out or str(config.paths().root / "benchmarks" / "results" / ("predict_latency.json" if frozen else f"predict_latency_{head.stem}.json"))
     photo = Path(args.photo) if args.photo else sample_face()
     w = warm(photo, args.repeats, head)
-    d = w["detect_ms"]
     print(
-        f"warm Predictor on {photo.name} ({w['size'][0]} px), median of {args.repeats}, detection on: "
-        + ", ".join(f"{engine} {ms:.1f} ms" for engine, ms in d.items())
-        + f" (onnx {d['keras'] / d['onnx']:.2f}x keras, {d['dlib'] / d['onnx']:.2f}x dlib); onnx without detection {w['no_detect_ms']:.1f} ms; "
-        + "onnx parts: "
-        + ", ".join(f"{k} {v:.1f} ms" for k, v in w["parts_ms"].items())
-        + f" ({w['embedding']})"
+        f"warm Predictor on {photo.name} ({w['size'][0]} px), median of {args.repeats}: {w['detect_ms']:.1f} ms with detection, "
+        f"{w['no_detect_ms']:.1f} ms without; parts: " + ", ".join(f"{k} {v:.1f} ms" for k, v in w["parts_ms"].items()) + f" ({w['embedding']})"
     )
     c = cold(photo, args.cold_repeats, head)
     m = c["median_s"]
     print(
-        f"cold ({head.name}), median of {args.cold_repeats}: gender-lib predict {m['gender_lib_predict']:.2f} s (onnx); --engine dlib "
-        f"{m['gender_lib_predict_engine_dlib']:.2f} s; --engine keras {m['gender_lib_predict_engine_keras']:.2f} s; import tensorflow alone "
-        f"{m['import_tensorflow']:.2f} s; import numpy alone {m['import_numpy']:.2f} s; every engine printed the same answer"
+        f"cold ({head.name}), median of {args.cold_repeats}: gender-lib predict {m['gender_lib_predict']:.2f} s "
+        f"({m['gender_lib_predict'] / m['import_numpy_pillow_dlib']:.2f}x a bare Python importing numpy, Pillow and dlib, "
+        f"{m['import_numpy_pillow_dlib']:.2f} s); import numpy alone {m['import_numpy']:.2f} s"
     )
     verdicts = []
     for what, value, target, unit in (
-        ("warm single face (onnx)", d["onnx"], TARGET_WARM_MS, " ms"),
+        ("warm single face", w["detect_ms"], TARGET_WARM_MS, " ms"),
         ("cold gender-lib predict", m["gender_lib_predict"], TARGET_COLD_S, " s"),
     ):
         verdicts.append(f"{what}: {value:.2f}{unit} vs target <= {target:g}{unit}: " + ("met" if value <= target else f"MISSED by {value - target:.2f}{unit}"))

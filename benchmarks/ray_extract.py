@@ -1,24 +1,24 @@
 """Descriptor extraction on a local Ray instance (gender_lib.distributed.extract_ray) vs the
-single-machine engine (gender_lib.features.extract), on the same real faces, on this machine.
+single-machine extraction (gender_lib.features.extract), on the same real faces, on this machine.
 
 The faces: ``--images`` (default 1000) spread evenly over the sorted shared ``combined/aligned``
 folder; where it is absent, the 300 faces of data/sample (noted in the results). The backbone:
-``DlibBackbone(align="chip")`` (the default engine: onnx where installed; converted model from the default cache root).
+``DlibBackbone(align="chip")`` (dlib's network on ONNX Runtime; converted once into the default store).
 
 Each measurement runs in a fresh Python process with an empty descriptor cache (a new temp
-folder), so each pays what a real run pays: TensorFlow's import and the model's load (in the
-process, or in Ray's actor), and for Ray its import and start-up. Three ways, interleaved
+folder), so each pays what a real run pays: the network's load (in the process, or in Ray's
+actor), and for Ray its import and start-up. Three ways, interleaved
 (single, ray, ray-running, single, ...) for ``--repeats`` rounds; medians reported:
 
 * ``single``: ``features.extract`` (decode in a prefetch thread, embed in batches of 32);
 * ``ray``: ``extract_ray`` starting its own local Ray (``num_cpus`` = all cores) and shutting
-  it down: end to end, as ``gender-lib extract --engine ray`` without an address;
+  it down: end to end, as ``gender-lib extract --ray-address local``;
 * ``ray_running``: ``extract_ray`` joining a Ray instance already running (as on a cluster,
   where Ray is up before a job), timed from the call; Ray's import + ``ray.init`` are timed
   separately as the start-up cost.
 
 Overhead = Ray's seconds / single's seconds - 1 (target <= 20%). Per-worker rates (what sizes a
-cluster): decode + 5-point chip per CPU core, and embedding per actor (TensorFlow on this
+cluster): decode + 5-point chip per CPU core, and embedding per actor (ONNX Runtime on this
 machine's cores), each measured alone in one process. Writes ``benchmarks/results/ray_extract.json``.
 
     .venv/bin/python benchmarks/ray_extract.py [--images 1000] [--repeats 3]
@@ -155,14 +155,12 @@ def main() -> None:
         print(json.dumps(_rates(args.listing) if args.one == "rates" else _one(args.one, args.listing)))
         return
 
-    from gender_lib import backbones
-    from gender_lib.converters import dlib_keras
+    from gender_lib.converters import dlib_resnet
     from gender_lib.fileio import write_json
 
-    engine = backbones.resolve_engine("auto")
     paths, source = choose_faces(args.images)
     start = time.perf_counter()
-    dlib_keras.ensure_converted(engine=engine)  # the one-off conversion is no part of either engine's time
+    dlib_resnet.ensure_converted()  # the one-off conversion is no part of either way's time
     print(f"{len(paths)} faces from {source}; converted model ready ({time.perf_counter() - start:.1f} s)", file=sys.stderr)
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as handle:
         json.dump([{"path": str(p), "key": hashlib.sha256(p.read_bytes()).hexdigest()} for p in paths], handle)
@@ -191,7 +189,7 @@ def main() -> None:
         "benchmark": "benchmarks/ray_extract.py",
         "images": len(paths),
         "source": source,
-        "backbone": f"DlibBackbone(align='chip'), {engine} engine",
+        "backbone": "DlibBackbone(align='chip'), ONNX Runtime",
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
         "repeats": args.repeats,
         "seconds_median": median,

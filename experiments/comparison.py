@@ -1,6 +1,6 @@
 """Which model kind to ship: frozen, features and finetune compared on the person-disjoint split.
 
-Research code, outside the package (``make compare``)::
+Research code, outside the package (``make compare``); the retired kinds live in :mod:`experiments.kinds`::
 
     python -m experiments.comparison --workdir runs/levels-person [--methods NAME ...] [--folds 5]
 
@@ -61,24 +61,26 @@ class Trained:
 
 def train_method(name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray, config: Config, progress: bool = False) -> Trained:
     """Train one row of :data:`METHODS` with ``config``'s head settings and seed (its estimator
-    from :data:`gender_lib.modeling.KINDS`, flip averaging on where it reads both views)."""
-    from gender_lib import modeling
-    from gender_lib.modeling import finetune
+    from :data:`experiments.kinds.KINDS`, or the package's frozen head; flip averaging on where it reads both views)."""
+    from experiments import kinds
+    from gender_lib.modeling import FrozenHead
 
     mode, levels = METHODS[name]
     started = time.perf_counter()
-    estimator = modeling.KINDS[mode](dataclasses.replace(config.head, finetune_levels=levels, flip_tta=True), seed=config.seed, cache_root=config.cache_dir())
-    if estimator.input_kind == "level2":
+    head = dataclasses.replace(config.head, flip_tta=True)
+    if mode != "frozen":
+        extra = {"levels": levels} if mode == "finetune" else {}
+        estimator = kinds.KINDS[mode](head, seed=config.seed, **extra)
         estimator.fit(x_train, y_train, x_val, y_val, progress=progress)
         return Trained(name, estimator.p_female_views, time.perf_counter() - started, {"history": estimator.history_})
-    # The frozen descriptor, from the same maps by dlib's frozen top (equal to the descriptor output to 1e-5, tested):
+    # The frozen descriptor, from the same maps by dlib's frozen top (equal to the descriptor output to 1e-5):
     # the head as shipped before flip averaging, trained on the face's descriptor only.
-    top = finetune.top_levels(config.cache_dir())
-    estimator = modeling.KINDS[mode](dataclasses.replace(config.head, flip_tta=False), seed=config.seed)
-    estimator.fit(finetune.per_view(top, x_train)[:, 0], y_train, finetune.per_view(top, x_val)[:, 0], y_val)
+    top = kinds.top_levels()
+    estimator = FrozenHead(dataclasses.replace(config.head, flip_tta=False), seed=config.seed)
+    estimator.fit(kinds.per_view(top, x_train)[:, 0], y_train, kinds.per_view(top, x_val)[:, 0], y_val)
 
     def per_view(x: np.ndarray) -> np.ndarray:
-        d = finetune.per_view(top, x)
+        d = kinds.per_view(top, x)
         return np.stack([estimator.p_female(d[:, v]) for v in (0, 1)], axis=1)
 
     return Trained(name, per_view, time.perf_counter() - started, {"history": estimator.history_})
@@ -103,16 +105,14 @@ def compare(
 ) -> dict[str, Any]:
     """Run the comparison on a work folder with a manifest (its level-2 maps are extracted first
     where missing); returns the results (also written to ``<workdir>/reports/methods.json`` and ``methods.md``)."""
-    from gender_lib import backbones, metrics, stages
+    from experiments import kinds
+    from gender_lib import metrics, stages
     from gender_lib.fileio import write_json, write_text
     from gender_lib.modeling.mlp import choose_threshold
 
     work = config.workdir() if workdir is None else Path(workdir)
-    net = backbones.from_config(config, output="level2")
-    try:  # the level-2 maps every method reads (cached: a rerun only reads them)
-        stages.extract(config, work, progress=progress, backbone=net)
-    finally:
-        net.close()
+    # the level-2 maps every method reads (cached: a rerun only reads them)
+    stages.extract(config, work, progress=progress, backbone=kinds.Level2Backbone(config.backbone.dlib_align))
     data = stages.load_descriptors(config, work, "level2")
     table, x, info, manifest_meta = data.table, data.x, data.record, data.manifest_meta
     if folds:  # before an hour of training, not after
@@ -202,11 +202,11 @@ def inference_rate(trained: Trained, config: Config, n: int = 128) -> float:
     """Images/s from aligned 150x150 chips to P(female) (backbone output plus the method), on this machine.
 
     The decode, detection and 5-point alignment before it cost the same for every method."""
-    from gender_lib import backbones
+    from experiments import kinds
     from gender_lib.config import paths
     from gender_lib.images import load_rgb
 
-    net = backbones.DlibBackbone(output="level2", cache_root=config.cache_dir())
+    net = kinds.Level2Backbone()
     chips = np.stack([net.prepare(load_rgb(p)) for p in sorted(paths().sample.glob("*/*.jpg"))[:n]])
     trained.per_view(net.embed(chips[:8]))  # warm-up: load, trace
     started = time.perf_counter()

@@ -71,3 +71,17 @@ def sample_faces() -> Path:
     if not path.is_dir():
         pytest.fail(f"{path} is missing: it is part of the repository")
     return path
+
+
+@pytest.fixture(scope="session")
+def chain_work() -> Path:
+    """The work folder of this test run's notebook chain (01-06 on the embedded sample, default
+    parameters): the one ``pytest --nbval ... notebooks tests`` (``make test``) executed before the
+    tests, or, where the notebooks were not collected, a papermill run of the chain made here once.
+    Its store is the run's ``$GENDER_LIB_CACHE``. Read it, or copy it before changing anything."""
+    from gender_lib import pipeline
+
+    work = Path(os.environ["GENDER_LIB_WORKDIR"])
+    if not (work / "reports" / "figures" / "face_grid.png").is_file():  # nbval did not run 01-05 in this session
+        work = pipeline.run(Path(__file__).resolve().parents[1] / "pipeline.yml", out=Path(os.environ["TMPDIR"]).parent / "chain")
+    return work

@@ -156,7 +156,7 @@ def test_an_uncertain_answer_reads_as_such_with_the_forced_label():
     from gender_lib.predict import Face
 
     face = Face((0, 0, 9, 9), "uncertain", 0.55, 0.5, True, 0.6, "F", "close to the threshold", "3-7", 0.7)
-    assert face.text().startswith("uncertain (close to the threshold; would be female), P(female) 0.55 (threshold 0.50), P(correct) 0.60, age 3-7")
+    assert face.text().startswith("uncertain (close to the threshold; would be female), P(female) 0.550 (threshold 0.500), P(correct) 0.600, age 3-7")
 
 
 def test_the_committed_model_says_uncertain_for_young_children_and_answers_adults(sample_faces):
@@ -164,12 +164,9 @@ def test_the_committed_model_says_uncertain_for_young_children_and_answers_adult
     behaviour, the README's figures come from the test split)."""
     from gender_lib.predict import Predictor
 
-    predictor = Predictor(engine="dlib")
-    try:
-        toddlers = [f for path in sorted(sample_faces.glob("0[12]_*/*.jpg"))[:12] for f in predictor.predict(path, detect=False)]
-        adults = [f for path in sorted(sample_faces.glob("[345]?_*/*.jpg"))[::3] for f in predictor.predict(path, detect=False)]
-    finally:
-        predictor.close()
+    predictor = Predictor()
+    toddlers = [f for path in sorted(sample_faces.glob("0[12]_*/*.jpg"))[:12] for f in predictor.predict(path, detect=False)]
+    adults = [f for path in sorted(sample_faces.glob("[345]?_*/*.jpg"))[::3] for f in predictor.predict(path, detect=False)]
     assert sum(f.label == "uncertain" for f in toddlers) >= 8
     assert sum(f.label in ("F", "M") for f in adults) >= 0.8 * len(adults) and len(adults) >= 20
     assert all(f.age_group for f in toddlers + adults) and all(0 <= f.p_correct <= 1 for f in toddlers + adults)

@@ -134,7 +134,6 @@ def test_read_equals_kept_plus_excluded_with_every_kind_of_problem(combined: Pat
     summary = ds.cleaning_summary(meta["n_read"], dataset.table, dataset.excluded)
     read, kept, excluded = _first_line_numbers(summary)
     assert (read, kept, excluded) == (15, 10, 5) and read == kept + excluded
-    assert summary == ds.cleaning_summary(dataset)
     assert "skipped 2 files, folders or metadata rows" in summary and "  not an image: 1" in summary
     assert "notes on kept images\n  unparsed name (kept): 2" in summary
 
@@ -148,16 +147,21 @@ def test_summary_does_not_count_kept_notes_or_non_images_as_exclusions(combined:
     assert dataset.meta["n_excluded"] == 0 and dataset.meta["n_skipped"] == 1 and dataset.meta["n_notes"] == 1
 
 
-def test_summary_of_an_old_report_without_kinds_and_of_later_extraction_failures():
+def test_summary_counts_each_kind_and_the_failures_extraction_adds():
     table = pd.DataFrame({"note": ["", "", "L converted to RGB"]})
-    old = pd.DataFrame(
-        {"path": list("abcd"), "reason": ["duplicate", "not an image", "unparsed name (kept)", "failed to decode at extraction"], "detail": [""] * 4}
+    report = pd.DataFrame(
+        {
+            "path": list("abcd"),
+            "reason": ["duplicate", "not an image", "unparsed name (kept)", "failed to decode at extraction"],
+            "detail": [""] * 4,
+            "kind": ["excluded", "skipped", "note", "extraction"],
+        }
     )
-    summary = ds.cleaning_summary(4, table, old)
+    summary = ds.cleaning_summary(4, table, report)
     assert summary.splitlines()[0] == "read 4 images; kept 3; excluded 1"
     assert "  converted to RGB on load (kept): 1" in summary and "descriptor extraction (still in the manifest): 1" in summary
     assert "does not" not in summary and "not the whole" not in summary
-    assert "not the whole cleaned dataset" in ds.cleaning_summary(10, table, old)
+    assert "not the whole cleaned dataset" in ds.cleaning_summary(10, table, report)
 
 
 # --------------------------------------------------------------------------- official folds
@@ -232,27 +236,10 @@ def test_sample_keeps_proportions_and_is_seeded():
     assert abs(len(a.table) - 200) <= 6 and a.table.equals(b.table)
     assert abs((a.table["split"] == "test").mean() - (table["split"] == "test").mean()) < 0.03
     assert ds.sample(full, 0).table is table
-    assert _first_line_numbers(ds.cleaning_summary(a)) == (len(table), len(table), 0)  # counts describe the whole folder
+    assert a.meta["n_read"] == len(table) and a.meta["n_images"] == len(a.table)  # the counts describe the whole folder
 
 
 # --------------------------------------------------------------------------- module layout
-
-
-def test_old_names_stay_importable_from_dataset():
-    from gender_lib.dataset import (  # noqa: F401
-        IMAGE_EXTENSIONS,
-        LAYOUTS,
-        Dataset,
-        DatasetError,
-        absolute_paths,
-        age_group,
-        load_rgb,
-        read_manifest,
-        subject_from_combined_name,
-        write_manifest,
-    )
-
-    assert load_rgb is images.load_rgb and Dataset is manifest.Dataset
 
 
 def test_image_module_does_not_import_pandas():

@@ -1,8 +1,8 @@
-"""The ray extraction engine (gender_lib.distributed) on a local 2-CPU Ray instance, with real faces.
+"""Extraction on Ray (gender_lib.distributed) on a local 2-CPU Ray instance, with real faces.
 
-About two minutes on 2 cores: Ray's start-up (~20 s here) is paid twice, once by extract_ray
-itself (start and shut down) and once by the shared ``local_ray`` instance; every run starts its
-embedding actor, which imports TensorFlow and loads the converted dlib model.
+About a minute on 2 cores: Ray's start-up is paid twice, once by extract_ray itself (start and
+shut down) and once by the shared ``local_ray`` instance; every run starts its embedding actor,
+which loads the converted dlib network on ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -61,17 +61,15 @@ def _embed_actor_pids() -> list[int]:
 
 @pytest.fixture(scope="module")
 def dlib() -> bb.DlibBackbone:
-    """The real dlib backbone, default (keras) engine; its converted model lives under the test cache root."""
-    backbone = bb.DlibBackbone(align="chip")
-    yield backbone
-    backbone.close()
+    """The real dlib backbone; its converted network lives in the test run's store."""
+    return bb.DlibBackbone(align="chip")
 
 
 @pytest.fixture(scope="module")
 def both_engines(dlib, tmp_path_factory):
     """The same real faces (of data/sample, as the ``sample_faces`` fixture gives them; module-scoped
-    here, as the runs are shared) embedded by the single-machine engine and by extract_ray (which
-    starts and shuts down its own local Ray)."""
+    here, as the runs are shared) embedded here and by extract_ray (which starts and shuts down its
+    own local Ray)."""
     ray = pytest.importorskip("ray")
     sample = gl_config.paths().sample
     if not sample.is_dir():
@@ -238,13 +236,13 @@ def test_a_corrupt_image_is_reported_and_the_rest_kept(local_ray, both_engines, 
 
 
 @pytest.mark.ray
-def test_the_extract_stage_with_engine_ray_fills_the_same_cache(sample_faces, tmp_path):
-    """`gender-lib extract --engine ray` (the stage API): same manifest, same descriptors as the keras engine."""
+def test_the_extract_stage_on_ray_fills_the_same_cache(sample_faces, tmp_path):
+    """`gender-lib extract --ray-address local` (the stage API): same manifest, same descriptors as extraction here."""
     from gender_lib import config, stages
 
     base = dict(sample_size=40, cache_dir=str(tmp_path / "cache"))
     local = config.DEFAULT.replace(base, workdir=str(tmp_path / "local"))
-    ray_cfg = config.DEFAULT.replace(base, workdir=str(tmp_path / "ray"), cache_dir=str(tmp_path / "ray_cache"), engine="ray")
+    ray_cfg = config.DEFAULT.replace(base, workdir=str(tmp_path / "ray"), cache_dir=str(tmp_path / "ray_cache"), ray_address="local")
     for cfg in (local, ray_cfg):
         stages.manifest(cfg, progress=False)
     stages.extract(local, progress=False)

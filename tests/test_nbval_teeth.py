@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from gender_lib import config, stages
 from tests.notebook_checks import nbval
+from tests.test_machine_independence import copy_chain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,16 +27,12 @@ def _set_parameters(notebook: Path, **values: object) -> None:
 
 
 @pytest.mark.notebooks
-def test_changing_the_head_width_of_the_committed_03_makes_nbval_fail(tmp_path):
-    # The default run's data: the embedded sample's manifest and descriptors, as notebook 02 makes them.
-    work = tmp_path / "work"
-    cfg = config.DEFAULT.replace(workdir=str(work))
-    stages.manifest(cfg, progress=False)
-    stages.extract(cfg, progress=False)
+def test_changing_the_head_width_of_the_committed_03_makes_nbval_fail(chain_work, tmp_path):
+    work, cache = copy_chain(chain_work, tmp_path)  # the default run's manifest and descriptors, as notebook 02 makes them
     notebook = tmp_path / "03_train.ipynb"
     notebook.write_text((ROOT / "notebooks" / "03_train.ipynb").read_text())
     _set_parameters(notebook, widths=[64, 64, 64])
-    env = {**os.environ, "GENDER_LIB_WORKDIR": str(work), "IPYTHONDIR": str(ROOT / ".ipython")}
+    env = {**os.environ, "GENDER_LIB_WORKDIR": str(work), "GENDER_LIB_CACHE": str(cache), "IPYTHONDIR": str(ROOT / ".ipython")}
     changed = nbval([notebook], env, tmp_path)
     assert changed.returncode != 0, changed.stdout[-3000:]
     assert "widths [16, 16]" in changed.stdout and "widths [64, 64, 64]" in changed.stdout, changed.stdout[-3000:]

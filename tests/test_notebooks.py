@@ -1,5 +1,6 @@
-"""The notebooks as a person sees them: committed with the default run's outputs and figures as images,
-and the whole chain runs on a machine without the shared data (the embedded sample is the default)."""
+"""The notebooks as a person sees them: committed with the default run's outputs and figures as
+images; the chain (run once per test session, :func:`tests.conftest.chain_work`) works on the
+embedded sample alone and leaves its figures; papermill runs notebooks headless."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gender_lib import pipeline
+from gender_lib import config, pipeline
 from tests.notebook_checks import images, problems
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,23 +38,28 @@ def test_the_check_catches_a_cell_without_output_or_image(tmp_path):
 
 
 @pytest.mark.notebooks
-def test_the_chain_runs_on_a_fresh_machine_without_the_shared_data(tmp_path, monkeypatch):
-    """`make run`'s chain with the shared data unreachable: every notebook runs on the embedded
-    sample, every plotting cell stores an image, and the figures are written."""
-    empty = tmp_path / "no_datasets"
-    empty.mkdir()
-    monkeypatch.setenv("GENDER_LIB_DATASETS", str(empty))
-    monkeypatch.setenv("GENDER_LIB_VGG_FACE_MAT", str(empty / "vgg_face.mat"))
-    run_dir = pipeline.run(ROOT / "pipeline.yml", out=tmp_path / "run")
-    for name in pipeline.NOTEBOOKS:
-        executed = run_dir / f"{name}.ipynb"
-        assert executed.is_file() and problems(executed) == [], name
-        assert images(executed) >= FIGURES.get(name, 0), name
-    figures = {p.name for p in (run_dir / "reports" / "figures").glob("*.png")}
+def test_the_chain_runs_on_the_embedded_sample_alone_and_writes_its_figures(chain_work):
+    """The default chain reads nothing of the shared data (a fresh machine has none): the manifest is
+    the embedded sample's, dlib's network was verified on sample faces, and no file of the chain
+    names the shared data's folder; every figure is written."""
+    figures = {p.name for p in (chain_work / "reports" / "figures").glob("*.png")}
     assert figures == {"training_curves.png", "confusion.png", "roc.png", "reliability.png", "risk_coverage.png", "age_confusion.png", "face_grid.png"}
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert Path(manifest["root"]).name == "sample" and manifest["n_images"] >= 280
-    assert os.environ["GENDER_LIB_DATASETS"] == str(empty)
+    manifest = json.loads((chain_work / "manifest.json").read_text())
+    assert Path(manifest["root"]) == config.paths().sample and manifest["n_images"] >= 280
+    (sidecar,) = (Path(os.environ["GENDER_LIB_CACHE"]) / "dlib_onnx").glob("*.json")
+    assert json.loads(sidecar.read_text())["verification"]["inputs"].endswith("real face chips from sample/")
+    shared = str(config.paths().datasets)
+    assert not [p for p in chain_work.rglob("*") if p.is_file() and p.suffix in (".json", ".csv", ".md") and shared in p.read_text(errors="replace")]
+
+
+@pytest.mark.notebooks
+def test_papermill_runs_a_notebook_headless_into_the_run_folder(tmp_path):
+    """`make run`'s path (papermill, one YAML of parameters) on notebook 01, which needs no earlier one."""
+    run_dir = pipeline.run(ROOT / "pipeline.yml", out=tmp_path / "run", only=["01_convert"])
+    executed = run_dir / "01_convert.ipynb"
+    assert executed.is_file() and problems(executed) == []
+    text = "".join("".join(o.get("text", "")) for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", []))
+    assert "VGG-Face (synthetic) -> ONNX" in text and "The real VGG-Face weights are not at" in text
 
 
 @pytest.mark.notebooks
@@ -77,31 +83,6 @@ def test_notebook_02_and_the_cli_write_identical_artefacts(tmp_path):
         assert (notebook_dir / name).read_bytes() == (cli_dir / name).read_bytes(), name
     record = json.loads((cli_dir / "extractions" / "descriptor.json").read_text())
     assert record["manifest_sha256"] and record["images"] == json.loads((cli_dir / "manifest.json").read_text())["n_images"]
-
-
-@pytest.mark.notebooks
-def test_notebook_03_fine_tunes_headless_with_papermill(tmp_path):
-    """Notebook 03 with mode finetune, as papermill runs it: level-2 maps extracted, the head then
-    the top level trained, model.npz saved, its curves drawn (a minute on the sample)."""
-    import papermill as pm
-
-    from gender_lib import cli
-
-    assert cli.main(["extract", "--sample-size", "120", "--workdir", str(tmp_path), "--quiet"]) == 0
-    out = tmp_path / "03_finetune.ipynb"
-    pm.execute_notebook(
-        str(ROOT / "notebooks" / "03_train.ipynb"),
-        str(out),
-        kernel_name="python3",
-        parameters={"mode": "finetune", "flip_tta": True, "epochs": 10, "finetune_epochs": 1, "workdir": str(tmp_path)},
-        progress_bar=False,
-        cwd=str(ROOT / "notebooks"),
-    )
-    assert problems(out) == [] and images(out) >= 1
-    text = "".join("".join(o.get("text", "")) for c in json.loads(out.read_text())["cells"] for o in c.get("outputs", []))
-    assert "flip averaging on" in text and ("model: finetune (FinetunedNetwork)" in text or "fine-tuned, no epoch kept" in text)
-    meta = json.loads((tmp_path / "model.json").read_text())
-    assert meta["config"]["mode"] == "finetune" and meta["history"]["finetune_from"] >= 1
 
 
 def test_notebook_06_names_the_model_it_really_uses():

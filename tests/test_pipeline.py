@@ -4,6 +4,7 @@ against Config, and a failing notebook stops the run with its name and error."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import papermill as pm
@@ -50,9 +51,16 @@ def test_a_parameter_no_notebook_declares_is_refused_not_dropped(tmp_path):
         pipeline.run(run, out=tmp_path / "out")
 
 
-def test_every_config_field_has_one_flat_name():
-    names = config.Config.field_sections()
-    assert len(names) == len(config.DEFAULT.flat()) and "seed" in names and "cache_dir" in names
+def test_every_config_field_has_one_flat_name_and_retired_names_say_what_replaced_them():
+    import dataclasses
+
+    fields = [f.name for section in config.SECTIONS for f in dataclasses.fields(getattr(config.DEFAULT, section))]
+    assert len(fields) == len(set(fields))  # a flat name is unique across sections
+    assert set(config.Config.field_sections()) == {"seed", *fields}
+    assert not set(config.RETIRED) & set(fields)
+    for name, why in config.RETIRED.items():
+        with pytest.raises(ConfigError, match=f"'{name}' was retired in gender_lib 0.2: {re.escape(why)}"):
+            config.DEFAULT.replace({name: "x"})
 
 
 def _declared(name: str) -> dict:

@@ -14,10 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-try:  # the readers may move out of dataset.py
-    from gender_lib.readers import age_group, read_combined, subject_from_combined_name
-except ImportError:
-    from gender_lib.dataset import age_group, read_combined, subject_from_combined_name
+from gender_lib.readers import age_group, read_combined, subject_from_combined_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "data" / "sample"
