@@ -149,6 +149,6 @@ def test_upload_widget_labels_a_real_face_in_jupyterlab(jupyterlab, sample_faces
             browser.close()
     # "female, " cannot be matched by "male, ": the label is checked exactly, with its probability.
     assert text.startswith(f"{face.name}: face 1: female, P(female) 0.") or text.startswith(f"{face.name}: face 1: female, P(female) 1.")
-    assert "(threshold " in text and ", P(correct) 0." in text and ", age " in text and ", box (" in text
+    assert "(threshold " in text and ", P(correct) 0." in text and ", age " in text and ", box " in text
     assert "static view of the notebook cannot run it" not in body  # live, the widget shows, not its static fallback
     assert screenshot.stat().st_size > 10_000

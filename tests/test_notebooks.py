@@ -53,13 +53,17 @@ def test_the_chain_runs_on_the_embedded_sample_alone_and_writes_its_figures(chai
 
 
 @pytest.mark.notebooks
-def test_papermill_runs_a_notebook_headless_into_the_run_folder(tmp_path):
-    """`make run`'s path (papermill, one YAML of parameters) on notebook 01, which needs no earlier one."""
-    run_dir = pipeline.run(ROOT / "pipeline.yml", out=tmp_path / "run", only=["01_convert"])
-    executed = run_dir / "01_convert.ipynb"
-    assert executed.is_file() and problems(executed) == []
-    text = "".join("".join(o.get("text", "")) for c in json.loads(executed.read_text())["cells"] for o in c.get("outputs", []))
-    assert "VGG-Face (synthetic) -> ONNX" in text and "The real VGG-Face weights are not at" in text
+def test_papermill_runs_a_notebook_headless_with_a_list_given_as_text(chain_work, tmp_path):
+    """`make run`'s path (papermill, parameters from a YAML) on notebook 03 in a copy of the chain's
+    work folder; `widths` given as text, as `papermill -p widths '[8, 8]'` passes it."""
+    import shutil
+
+    run = tmp_path / "run.yml"
+    run.write_text("name: x\nnotebooks: [03_train]\nparameters:\n  widths: '[8, 8]'\n  epochs: 2\n")
+    run_dir = pipeline.run(run, out=shutil.copytree(chain_work, tmp_path / "work"))
+    executed = run_dir / "03_train.ipynb"
+    assert executed.is_file() and problems(executed) == [] and images(executed) >= 1
+    assert json.loads((run_dir / "model.json").read_text())["config"]["widths"] == [8, 8]
 
 
 @pytest.mark.notebooks

@@ -278,3 +278,14 @@ def test_the_detector_read_from_its_saved_copy_finds_what_dlibs_own_finds(sample
         again = faces.frontal_face_detector()
     assert len(again(load_rgb(sorted(sample_faces.glob("4*_F/nm*.jpg"))[0]), 1)) == 1
     assert copy.stat().st_size > 100_000  # written again
+
+
+def test_the_readme_example_prints_what_the_readme_shows(capsys, monkeypatch):
+    """The committed default model on the README's three example faces: the README's text, to the printed digit."""
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    block = (root / "README.md").read_text().split("$ .venv/bin/gender-lib ", 1)[1].split("```", 1)[0].strip().splitlines()
+    monkeypatch.chdir(root)
+    assert cli.main(shlex.split(block[0])) == 0
+    assert capsys.readouterr().out.strip().splitlines() == block[1:]
