@@ -85,8 +85,8 @@ def main() -> None:
     keys = [sha256_file(p) for p in paths]
     print(f"{len(paths)} images from {args.root}; building full-size VGG-Face with random weights ...")
     scratch_model = tempfile.TemporaryDirectory()
-    mat = mc.write_mat(mc.synthetic_network(mc.VGG_FACE_CONV_WIDTHS, mc.VGG_FACE_FC_WIDTHS, seed=0), Path(scratch_model.name) / "vgg_face.mat")
-    vf.convert(mat, Path(scratch_model.name) / "vggface.onnx", check_images=0)  # a 580 MB graph; checked against the reference in the tests
+    network = mc.synthetic_network(mc.VGG_FACE_CONV_WIDTHS, mc.VGG_FACE_FC_WIDTHS, seed=0)
+    vf.convert(network, Path(scratch_model.name) / "vggface.onnx", check_images=0)  # a 580 MB graph; checked against the reference in the tests
     fp32 = VGGFaceBackbone.from_checkpoint(Path(scratch_model.name) / "vggface.onnx")
     roof = matmul_roof()
     print(f"float32 matmul roof: {roof:.0f} GFLOP/s")

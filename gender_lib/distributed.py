@@ -58,14 +58,6 @@ class IncompleteExtractionError(GenderLibError, RuntimeError):
     """Images that came back from the cluster with neither a descriptor nor a decode failure."""
 
 
-def _check_ray() -> None:
-    """Fail early, without importing Ray (seconds), where it is not installed at all."""
-    import importlib.util
-
-    if importlib.util.find_spec("ray") is None:
-        raise RayNotInstalledError(f"extraction on Ray (ray_address) needs Ray Data, which is not installed: {INSTALL_HINT}")
-
-
 def _import_ray() -> Any:
     try:
         import ray
@@ -195,7 +187,6 @@ def extract_ray(
     backbone_id, dim = backbone_description.get("id"), int(backbone_description.get("dim", -1))
     if cache.backbone_id != backbone_id or cache.dim != dim:
         raise features.CacheMismatchError(f"cache {cache.dir} is for {cache.backbone_id} ({cache.dim}-d), not {backbone_id} ({dim}-d)")
-    _check_ray()
     start = time.perf_counter()
     requested, work = features.todo(paths, keys, cache)
     todo = [(os.path.abspath(path), key, str(path)) for path, key in work]  # (for the workers, as the caller gave it)

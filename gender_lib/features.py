@@ -22,14 +22,13 @@ removes only temp files that are provably abandoned (see :func:`_stale_temp`).
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
 import os
-import queue
 import re
 import socket
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -281,13 +280,14 @@ class ExtractReport:
 
 
 def _batches(
-    items: Sequence[tuple[Path, str]], backbone: Any, batch_size: int, failures: list[dict[str, str]], workers: int = 1
+    items: Sequence[tuple[Path, str]], backbone: Any, batch_size: int, failures: list[dict[str, str]], workers: int = 1, ahead: int = 2
 ) -> Iterator[tuple[list[str], np.ndarray]]:
-    """Decoded and prepared faces, ``batch_size`` at a time, in the order of ``items``; each batch
-    prepared by ``workers`` threads. Decoding and dlib's HOG detection (each thread has its own
-    detector) release the GIL, so they run on every core; dlib's landmarks and chip hold it, so the
-    threads take turns there (the shared landmark model is never run by two at once)."""
-    from concurrent.futures import ThreadPoolExecutor
+    """Decoded and prepared faces, ``batch_size`` at a time, in the order of ``items``, prepared by
+    ``workers`` threads up to ``ahead`` batches ahead of the one the caller embeds (so decoding
+    overlaps the model, in bounded memory). Decoding and dlib's HOG detection (each thread has its
+    own detector) release the GIL, so they run on every core; dlib's landmarks and chip hold it, so
+    the threads take turns there."""
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     from gender_lib.images import load_rgb
 
@@ -298,48 +298,21 @@ def _batches(
         except Exception as error:  # noqa: BLE001 - one bad image must not sink its batch
             return key, None, {"path": display_path(path), "reason": "failed to decode at extraction", "detail": f"{type(error).__name__}: {error}"}
 
+    def finished(batch: list[Future]) -> Iterator[tuple[list[str], np.ndarray]]:
+        done = [f.result() for f in batch]
+        failures.extend(failure for _, _, failure in done if failure)
+        kept = [(key, face) for key, face, failure in done if not failure]
+        if kept:
+            yield [key for key, _ in kept], np.stack([face for _, face in kept])
+
+    queued: collections.deque[list[Future]] = collections.deque()
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="gender_lib-prepare") as pool:
         for start in range(0, len(items), batch_size):
-            done = list(pool.map(prepare, items[start : start + batch_size]))
-            failures.extend(failure for _, _, failure in done if failure)
-            kept = [(key, face) for key, face, failure in done if not failure]
-            if kept:
-                yield [key for key, _ in kept], np.stack([face for _, face in kept])
-
-
-def _prefetch(iterator: Iterator[Any], depth: int) -> Iterator[Any]:
-    """Run ``iterator`` in a thread, ``depth`` items ahead, so decoding overlaps the model."""
-    box: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in iterator:
-                while not stop.is_set():
-                    try:
-                        box.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            box.put(done)
-        except BaseException as error:  # noqa: BLE001 - re-raised in the consumer
-            box.put(error)
-
-    thread = threading.Thread(target=produce, daemon=True, name="gender_lib-decode")
-    thread.start()
-    try:
-        while True:
-            item = box.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
+            queued.append([pool.submit(prepare, item) for item in items[start : start + batch_size]])
+            if len(queued) > ahead:
+                yield from finished(queued.popleft())
+        while queued:
+            yield from finished(queued.popleft())
 
 
 def todo(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str], cache: DescriptorCache) -> tuple[int, list[tuple[Path, str]]]:
@@ -419,7 +392,7 @@ def extract(
     bar = tqdm(total=len(work), desc=f"embed {backbone.name}", unit="img", disable=not progress or not work, mininterval=1.0)
     try:
         threads = prepare_threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-        for batch_keys, batch in _prefetch(_batches(work, backbone, batch_size, failures, threads), prefetch):
+        for batch_keys, batch in _batches(work, backbone, batch_size, failures, threads, prefetch):
             writer.add(batch_keys, backbone.embed(batch))
             bar.update(len(batch_keys))
         writer.flush()

@@ -12,25 +12,13 @@ from pathlib import Path
 from typing import Any
 
 
-def atomic_write(path: str | os.PathLike[str], writer: Callable[[str], Any], suffix: str | None = None) -> Path:
-    """Call ``writer(tmp_path)`` then rename the temp file onto ``path``.
+def atomic_write(path: str | os.PathLike[str], writer: Callable[[str], Any]) -> Path:
+    """Call ``writer(tmp_path)`` then rename the temp file onto ``path`` (:func:`publish_together` of one file).
 
-    The temp file lives in the same folder (so the rename is atomic on one filesystem) and
-    keeps the target's suffix (Keras and NumPy insist on theirs). If ``writer`` fails or the
-    process is killed, ``path`` still holds its previous content or does not exist.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or path.suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        writer(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give outputs the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    The temp file lives in the same folder (so the rename is atomic on one filesystem) and keeps
+    the target's suffix (Keras and NumPy insist on theirs). If ``writer`` fails or the process is
+    killed, ``path`` still holds its previous content or does not exist."""
+    return publish_together([(path, writer)])[0]
 
 
 def publish_together(writes: list[tuple[str | os.PathLike[str], Callable[[str], Any]]]) -> list[Path]:
@@ -45,7 +33,7 @@ def publish_together(writes: list[tuple[str | os.PathLike[str], Callable[[str], 
             os.close(fd)
             staged.append((tmp, target))
             writer(tmp)
-            os.chmod(tmp, 0o666 & ~_umask())
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give outputs the usual permissions
         for tmp, target in staged:
             os.replace(tmp, target)
     except BaseException:

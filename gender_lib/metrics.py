@@ -70,33 +70,23 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
 
 
 def bootstrap_intervals(
-    y: np.ndarray,
-    p: np.ndarray,
-    threshold: float,
-    groups: Sequence[str] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    level: float = 0.95,
+    y: np.ndarray, p: np.ndarray, threshold: float, groups: Sequence[str] | None = None, n_boot: int = 1000, seed: int = 0
 ) -> dict[str, list[float]]:
-    """Percentile intervals for accuracy, macro F1 and ROC-AUC, resampling people (``groups``)."""
+    """95% percentile intervals for accuracy, macro F1 and ROC-AUC, resampling people (``groups``)."""
     from sklearn.metrics import f1_score, roc_auc_score
 
     y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
-    groups = np.asarray(groups if groups is not None else np.arange(len(y)))
-    unique, inverse = np.unique(groups, return_inverse=True)
-    members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
-    rng = np.random.default_rng(seed)
-    scores: dict[str, list[float]] = {"accuracy": [], "macro_f1": [], "roc_auc": []}
-    for _ in range(n_boot):
-        idx = np.concatenate([members[g] for g in rng.integers(0, len(unique), len(unique))])
+
+    def stats(idx: np.ndarray) -> dict[str, float]:
         yb, pb = y[idx], p[idx]
         pred = (pb >= threshold).astype(int)
-        scores["accuracy"].append(float((pred == yb).mean()))
-        scores["macro_f1"].append(float(f1_score(yb, pred, average="macro", labels=[0, 1], zero_division=0)))
-        if len(np.unique(yb)) == 2:
-            scores["roc_auc"].append(float(roc_auc_score(yb, pb)))
-    tail = (1 - level) / 2 * 100
-    return {k: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))] for k, v in scores.items() if v}
+        return {
+            "accuracy": float((pred == yb).mean()),
+            "macro_f1": float(f1_score(yb, pred, average="macro", labels=[0, 1], zero_division=0)),
+            "roc_auc": float(roc_auc_score(yb, pb)) if len(np.unique(yb)) == 2 else float("nan"),
+        }
+
+    return _person_bootstrap(stats, len(y), groups, n_boot, seed)
 
 
 def breakdown(y: np.ndarray, p: np.ndarray, threshold: float, by: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -138,17 +128,10 @@ def evaluate(y: np.ndarray, p: np.ndarray, threshold: float, table: Any | None =
 def summary_lines(report: dict[str, Any], name: str = "head") -> list[str]:
     """The rounded headline numbers, as printed beside the plots."""
     ci = report.get("intervals_95", {})
-
-    def with_ci(key: str, value: float | None) -> str:
-        if value is None:
-            return "n/a"
-        low_high = ci.get(key)
-        return f"{value:.3f}" + (f" [{low_high[0]:.3f}, {low_high[1]:.3f}]" if low_high else "")
-
     return [
         f"{name}: n={report['n']}, threshold={report['threshold']:.3f}",
-        f"  accuracy {with_ci('accuracy', report['accuracy'])}, macro F1 {with_ci('macro_f1', report['macro']['f1'])}, "
-        f"ROC-AUC {with_ci('roc_auc', report['roc_auc'])}",
+        f"  accuracy {_ci(report['accuracy'], ci, 'accuracy')}, macro F1 {_ci(report['macro']['f1'], ci, 'macro_f1')}, "
+        f"ROC-AUC {_ci(report['roc_auc'], ci, 'roc_auc')}",
         f"  F1 male {report['per_class']['M']['f1']:.3f}, F1 female {report['per_class']['F']['f1']:.3f}; ECE {report['ece']:.3f}; Brier {report['brier']:.3f}",
     ]
 
@@ -232,9 +215,16 @@ def labels_from_genders(genders: Sequence[str]) -> np.ndarray:
 # --------------------------------------------------------------------------- selective answers and age groups
 
 
+def _ci(value: float | None, ci: dict[str, list[float]], key: str) -> str:
+    """``value [low, high]`` to 3 decimals (its 95% interval where ``ci`` has one; n/a for None or NaN)."""
+    if value is None or value != value:
+        return "n/a"
+    return f"{value:.3f}" + (f" [{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if key in ci else "")
+
+
 def _person_bootstrap(statistics: Any, n: int, groups: Sequence[str] | None, n_boot: int, seed: int, level: float = 0.95) -> dict[str, list[float]]:
-    """Percentile intervals of ``statistics(index) -> {name: value}`` over resampled people."""
-    groups = np.asarray(groups if groups is not None else np.arange(n)).astype(str)
+    """Percentile intervals of ``statistics(index) -> {name: value}`` over resampled people (each row its own without ``groups``)."""
+    groups = np.asarray(groups).astype(str) if groups is not None else np.arange(n)
     unique, inverse = np.unique(groups, return_inverse=True)
     members = [np.flatnonzero(inverse == g) for g in range(len(unique))]
     rng = np.random.default_rng(seed)
@@ -334,17 +324,11 @@ def _rate(value: float, digits: int) -> str:
 def selective_lines(report: dict[str, Any]) -> list[str]:
     """Both protocols side by side, rounded (what evaluate prints)."""
     ci = report.get("intervals_95", {})
-
-    def with_ci(key: str) -> str:
-        value = report[key]
-        if value != value:
-            return "n/a"
-        return f"{value:.3f}" + (f" [{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if key in ci else "")
-
     ece = report.get("ece_p_correct")
     lines = [
         f"every face answered: accuracy {report['accuracy_all']:.3f} (n={report['n']})",
-        f"selective (P(correct) >= {report['min_confidence']:.3f}): coverage {with_ci('coverage')}, accuracy on answered {with_ci('accuracy')}"
+        f"selective (P(correct) >= {report['min_confidence']:.3f}): coverage {_ci(report['coverage'], ci, 'coverage')}, "
+        f"accuracy on answered {_ci(report['accuracy'], ci, 'accuracy')}"
         + (f"; ECE of P(correct) {ece:.3f}" if ece is not None else ""),
     ]
     by_age = report.get("by", {}).get("age_group", {})
@@ -359,14 +343,10 @@ def age_lines(report: dict[str, Any]) -> list[str]:
     if not report.get("n"):
         return ["age group: no faces with a known age group"]
     ci = report.get("intervals_95", {})
-
-    def with_ci(key: str) -> str:
-        return f"{report[key]:.3f}" + (f" [{ci[key][0]:.3f}, {ci[key][1]:.3f}]" if key in ci else "")
-
     child = (
         f"under 15 recall {report['child_recall']:.3f}, precision {report['child_precision']:.3f}"
         if report.get("child_recall") is not None and report.get("child_precision") is not None
         else "under 15: n/a"
     )
     mae = f"; MAE {report['mae_years']:.1f} years" if report.get("mae_years") is not None else ""
-    return [f"age group (n={report['n']}): exact {with_ci('exact')}, one-off {with_ci('one_off')}; {child}{mae}"]
+    return [f"age group (n={report['n']}): exact {_ci(report['exact'], ci, 'exact')}, one-off {_ci(report['one_off'], ci, 'one_off')}; {child}{mae}"]

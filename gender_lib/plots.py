@@ -42,12 +42,6 @@ class Plot:
         return self
 
 
-def save(plot: Plot, path: str | os.PathLike[str]) -> Path:
-    """Write ``plot`` to ``path`` (PNG) atomically."""
-    plot.save(path)
-    return Path(path)
-
-
 def training_curves(history: dict[str, list[float]]) -> Any:
     """Accuracy and loss per epoch for train and validation, best epoch marked."""
     from matplotlib.figure import Figure

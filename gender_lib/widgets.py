@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import html
-import io
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,15 +43,6 @@ def handle_upload(files: Sequence[dict[str, Any]], predictor: Predictor, detect:
             continue
         results.append(UploadResult(name, faces, "" if faces else "no face found (try a larger, frontal photo)", rgb))
     return results
-
-
-def _png(figure: Any) -> bytes:
-    """PNG bytes of what :func:`draw` returns: a :class:`gender_lib.plots.Plot` or a matplotlib figure."""
-    if hasattr(figure, "png"):
-        return figure.png()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    return buffer.getvalue()
 
 
 #: What a static render of the notebook (nbconvert HTML, a repository viewer) shows in place of
@@ -97,7 +87,7 @@ def upload_and_predict(predictor: Predictor | None = None, detect: bool = True) 
             if result.rgb is not None:
                 # A '$' in the name would start matplotlib mathtext (and can raise): show it literally.
                 title = result.name.replace("$", r"\$")
-                children.append(w.VBox([label, w.Image(value=_png(draw(result.rgb, result.faces, title)), format="png", width=360)]))
+                children.append(w.VBox([label, w.Image(value=draw(result.rgb, result.faces, title).png(), format="png", width=360)]))
             else:
                 children.append(label)
         output.children = children or [w.HTML("<i>No files.</i>")]

@@ -11,6 +11,7 @@ import pytest
 from gender_lib.converters import matconvnet as mc
 from gender_lib.converters import onnx_graph, verified
 from gender_lib.converters import vggface as vf
+from tests.mat_files import write_mat, write_synthetic_mat
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +21,7 @@ def images() -> np.ndarray:
 
 @pytest.fixture(scope="module", params=["2015", "tidy"])
 def mat_file(request, tmp_path_factory) -> Path:
-    return mc.write_synthetic_mat(tmp_path_factory.mktemp(request.param) / "vgg_face.mat", layout=request.param, seed=3)
+    return write_synthetic_mat(tmp_path_factory.mktemp(request.param) / "vgg_face.mat", layout=request.param, seed=3)
 
 
 def test_reader_understands_both_published_layouts(mat_file: Path):
@@ -194,14 +195,14 @@ def test_other_network_architecture_is_rejected(tmp_path):
     network.layers = network.layers[5:]  # drop the first block: 14 convs, 4 pools
     network.convs[0].kernel = network.convs[0].kernel[:, :, :3]
     network.image_size = (112, 112, 3)
-    path = mc.write_mat(network, tmp_path / "vgg_face.mat")
+    path = write_mat(network, tmp_path / "vgg_face.mat")
     _convert_fails(path, tmp_path, "is not the VGG-Face network")
 
 
 def test_missing_field_is_rejected(tmp_path):
     import scipy.io
 
-    path = mc.write_synthetic_mat(tmp_path / "vgg_face.mat")
+    path = write_synthetic_mat(tmp_path / "vgg_face.mat")
     contents = scipy.io.loadmat(path)
     net = contents["net"][0, 0]
     scipy.io.savemat(path, {"net": {"layers": net["layers"], "classes": net["classes"]}})
@@ -211,21 +212,21 @@ def test_missing_field_is_rejected(tmp_path):
 def test_wrong_kernel_shape_is_rejected(tmp_path):
     network = mc.synthetic_network()
     network.convs[2].kernel = network.convs[2].kernel[:, :, :2, :]  # expects 2 inputs, receives 4
-    path = mc.write_mat(network, tmp_path / "vgg_face.mat")
+    path = write_mat(network, tmp_path / "vgg_face.mat")
     _convert_fails(path, tmp_path, "conv2_1.*expects 2 input channels but receives 4")
 
 
 def test_bias_of_wrong_length_is_rejected(tmp_path):
     network = mc.synthetic_network()
     network.convs[0].bias = network.convs[0].bias[:3]
-    path = mc.write_mat(network, tmp_path / "vgg_face.mat")
+    path = write_mat(network, tmp_path / "vgg_face.mat")
     _convert_fails(path, tmp_path, "conv1_1.*bias has 3 values")
 
 
 def test_class_names_must_match_fc8(tmp_path):
     network = mc.synthetic_network()
     network.class_names = network.class_names[:10]
-    path = mc.write_mat(network, tmp_path / "vgg_face.mat")
+    path = write_mat(network, tmp_path / "vgg_face.mat")
     _convert_fails(path, tmp_path, "10 class names but fc8 outputs 2622")
 
 
@@ -235,12 +236,12 @@ def test_non_finite_weights_are_rejected_naming_the_layer(tmp_path):
     assert conv3_2.name == "conv3_2"
     conv3_2.kernel.reshape(-1)[:10] = np.nan
     conv3_2.bias[:2] = np.inf
-    path = mc.write_mat(network, tmp_path / "vgg_face.mat")
+    path = write_mat(network, tmp_path / "vgg_face.mat")
     _convert_fails(path, tmp_path, "vgg_face.mat: layer conv3_2 has 12 NaN/inf values in its weights")
 
 
 def test_imagenet_vgg16_is_rejected_unless_lenient(tmp_path):
-    path = mc.write_synthetic_mat(tmp_path / "imagenet-vgg-verydeep-16.mat", num_classes=1000)
+    path = write_synthetic_mat(tmp_path / "imagenet-vgg-verydeep-16.mat", num_classes=1000)
     with pytest.raises(mc.ConversionError, match="fc8 outputs 1000 classes: this is an ImageNet classifier.*not VGG-Face.*strict=False"):
         vf.convert(path, tmp_path / "out" / "vggface.onnx")
     assert not (tmp_path / "out").exists()
@@ -261,12 +262,12 @@ def test_conversion_errors_are_gender_lib_errors(tmp_path):
 
 def test_failed_sidecar_write_leaves_the_previous_model_and_sidecar_intact(tmp_path, monkeypatch):
     out = tmp_path / "checkpoints" / "vggface.onnx"
-    first = mc.write_synthetic_mat(tmp_path / "first.mat", seed=3)
+    first = write_synthetic_mat(tmp_path / "first.mat", seed=3)
     vf.convert(first, out, check_images=0)
     before = {p.name: p.read_bytes() for p in out.parent.iterdir()}
     assert sorted(before) == ["vggface.json", "vggface.onnx"]
 
-    second = mc.write_synthetic_mat(tmp_path / "second.mat", seed=4, fc_widths=(12, 12, mc.VGG_FACE_NUM_CLASSES))
+    second = write_synthetic_mat(tmp_path / "second.mat", seed=4, fc_widths=(12, 12, mc.VGG_FACE_NUM_CLASSES))
 
     def disk_full(path, data):
         raise OSError(28, "No space left on device", str(path))
@@ -290,14 +291,14 @@ def test_demo_conversion_writes_to_the_given_output_or_the_store_never_to_the_ch
     monkeypatch.delenv("GENDER_LIB_VGG_FACE_MAT", raising=False)
     out = tmp_path / "elsewhere" / "demo.onnx"
     meta = vf.convert_or_demo(None, out)
-    assert sorted(p.name for p in out.parent.iterdir()) == ["demo.json", "demo.mat", "demo.onnx"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["demo.json", "demo.onnx"]
     with store.using(tmp_path / "store"):
         vf.convert_or_demo()
-    assert sorted(p.name for p in (tmp_path / "store" / "vggface_synthetic").iterdir()) == ["vggface_synthetic." + s for s in ("json", "mat", "onnx")]
+    assert sorted(p.name for p in (tmp_path / "store").iterdir()) == ["vggface_synthetic.json", "vggface_synthetic.onnx"]
     assert not root.exists()  # nothing in the checkout: not checkpoints/, not data/interim/
     _, saved = vf.load(out)
     assert saved["synthetic"] is True and "notice" not in saved
     assert saved["source_sha256"] == meta["source_sha256"]
     text = vf.describe(meta)
     assert text.startswith("The real VGG-Face weights are not at data/external/vgg_face.mat.\n")
-    assert "layout: 2015 (synthetic)" in text
+    assert "layout: memory (synthetic)" in text

@@ -21,6 +21,7 @@ from PIL import Image
 from gender_lib import backbones as bb
 from gender_lib import features as ft
 from tests.fakes import ColourBackbone
+from tests.mat_files import write_synthetic_mat
 
 
 def _images(folder: Path, n: int, start: int = 0) -> tuple[list[Path], list[str]]:
@@ -354,7 +355,7 @@ def test_vggface_backbone_embeds_with_its_converted_graph(tmp_path):
     from gender_lib.converters import matconvnet as mc
     from gender_lib.converters import vggface as vf
 
-    vf.convert(mc.write_synthetic_mat(tmp_path / "v.mat"), tmp_path / "vggface.onnx")
+    vf.convert(write_synthetic_mat(tmp_path / "v.mat"), tmp_path / "vggface.onnx")
     fc7 = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.onnx")
     fc8 = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.onnx", layer="fc8")
     mirrored = bb.get_backbone("vggface", vggface_path=tmp_path / "vggface.onnx", output="descriptor+mirror")

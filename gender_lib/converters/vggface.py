@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from gender_lib.converters import verified
-from gender_lib.converters.matconvnet import Network, descriptor_indices, read_network
+from gender_lib.converters.matconvnet import Network, descriptor_indices, read_network, validate
 
 logger = logging.getLogger(__name__)
 
@@ -119,9 +119,16 @@ def check(runner: Any, network: Network, images: np.ndarray, tolerance: float = 
 
 
 def convert(
-    source: str | os.PathLike[str], output: str | os.PathLike[str], *, check_images: int = 2, seed: int = 0, strict: bool = True, synthetic: bool = False
+    source: str | os.PathLike[str] | Network,
+    output: str | os.PathLike[str],
+    *,
+    check_images: int = 2,
+    seed: int = 0,
+    strict: bool = True,
+    synthetic: bool = False,
 ) -> dict[str, Any]:
-    """Convert a MatConvNet ``.mat`` into the ONNX graph ``output`` (``.onnx``) and its sidecar.
+    """Convert a MatConvNet ``.mat`` (or a :class:`~gender_lib.converters.matconvnet.Network` already
+    in memory) into the ONNX graph ``output`` (``.onnx``) and its sidecar.
 
     The graph is checked against the NumPy reference on ``check_images`` seeded random images
     before anything is written (0: unchecked, for tests of other things). ``strict=False`` accepts
@@ -134,7 +141,11 @@ def convert(
     output = Path(output)
     if output.suffix != ".onnx":
         raise verified.ConvertedModelError(output, "the converted VGG-Face is saved as .onnx (its .json sidecar beside it)")
-    network = read_network(source, strict=strict)
+    if isinstance(source, Network):
+        network = source
+        validate(network, strict=strict)
+    else:
+        network = read_network(source, strict=strict)
     serialized = onnx_graph.vggface_graph(network).SerializeToString()
     runner = onnx_graph.Runner(serialized)
     rng = np.random.default_rng(seed)
@@ -175,13 +186,14 @@ def load(path: str | os.PathLike[str], threads: int | None = None) -> tuple[Any,
 def convert_or_demo(source: str | os.PathLike[str] | None = None, output: str | os.PathLike[str] | None = None) -> dict[str, Any]:
     """Convert the user's ``vgg_face.mat``; where it is absent, say so and convert a synthetic one.
 
-    The real network goes to ``output`` (default ``checkpoints/vggface.onnx``). The synthetic one,
-    and its ``.mat``, go to ``output`` where given, else into the store (``<store>/vggface_synthetic/``),
-    never into the checkout; its sidecar says ``"synthetic": true``. The returned metadata of a
+    The real network goes to ``output`` (default ``checkpoints/vggface.onnx``). The synthetic one
+    (:func:`~gender_lib.converters.matconvnet.synthetic_network`, in memory) goes to ``output`` where
+    given, else into the store (``<store>/vggface_synthetic.onnx``), never into the checkout; its
+    sidecar says ``"synthetic": true``. The returned metadata of a
     synthetic conversion carries a ``notice`` (logged, and shown first by :func:`describe`).
     """
     from gender_lib import config, store
-    from gender_lib.converters.matconvnet import write_synthetic_mat
+    from gender_lib.converters.matconvnet import synthetic_network
 
     p = config.paths()
     source = Path(source) if source else p.vgg_face_mat
@@ -190,13 +202,12 @@ def convert_or_demo(source: str | os.PathLike[str] | None = None, output: str | 
     shown = source.relative_to(p.root) if source.is_relative_to(p.root) else source
     notice = (
         f"The real VGG-Face weights are not at {shown}.\n"
-        "Converting a small synthetic file with the same layout instead, so the notebook still runs.\n"
+        "Converting a small synthetic network of the same shape instead, so the notebook still runs.\n"
         "To use the real network, place vgg_face.mat there (see docs/backbones.md, 'The VGG-Face weights')."
     )
     logger.info(notice)
-    target = Path(output) if output else store.root() / "vggface_synthetic" / "vggface_synthetic.onnx"
-    demo = write_synthetic_mat(target.with_suffix(".mat"))
-    return {**convert(demo, target, synthetic=True), "notice": notice}
+    target = Path(output) if output else store.root() / "vggface_synthetic.onnx"
+    return {**convert(synthetic_network(), target, synthetic=True), "notice": notice}
 
 
 def describe(meta: dict[str, Any]) -> str:
