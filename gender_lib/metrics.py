@@ -328,8 +328,7 @@ def selective_lines(report: dict[str, Any]) -> list[str]:
     lines = [
         f"every face answered: accuracy {report['accuracy_all']:.3f} (n={report['n']})",
         f"selective (P(correct) >= {report['min_confidence']:.3f}): coverage {_ci(report['coverage'], ci, 'coverage')}, "
-        f"accuracy on answered {_ci(report['accuracy'], ci, 'accuracy')}"
-        + (f"; ECE of P(correct) {ece:.3f}" if ece is not None else ""),
+        f"accuracy on answered {_ci(report['accuracy'], ci, 'accuracy')}" + (f"; ECE of P(correct) {ece:.3f}" if ece is not None else ""),
     ]
     by_age = report.get("by", {}).get("age_group", {})
     if by_age:
