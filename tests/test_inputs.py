@@ -114,7 +114,7 @@ def test_detection_from_several_threads_at_once_gives_each_the_right_faces(women
 
 
 def test_a_process_forked_after_a_photo_was_detected_can_detect_too(women):
-    photo = _scene((4032, 3024), [(_face(women[0], 125), (900, 1100))])
+    photo = _scene((2000, 1500), [(_face(women[0], 125), (900, 700))])  # over 1600 px: the second pass runs, in tile threads
     assert len(face_detection.detect_faces(photo)) == 1  # starts the tile threads in this process
     code = (
         "import multiprocessing as mp, numpy as np\n"
