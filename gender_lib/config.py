@@ -37,12 +37,9 @@ from typing import Any, Literal, get_args
 
 from gender_lib.errors import ConfigError
 
-#: The model every reader uses unless another is named: the winner of the README's comparison of
-#: model kinds (a frozen head on dlib's descriptors of the face and its mirror image, flip-averaged:
-#: the fine-tuning run of ``make results`` kept no epoch).
+#: The model every reader uses unless another is named: a frozen head on dlib's descriptors of the
+#: face and of its mirror image, flip-averaged (docs/results.md, "The shipped model").
 DEFAULT_HEAD_NAME = "dlib_gender_model.npz"
-#: The frozen-descriptor head without flip averaging (a few KB; trained by ``make results``).
-FROZEN_HEAD_NAME = "dlib_gender_head.npz"
 
 
 def project_root() -> Path:
@@ -63,7 +60,6 @@ class Paths:
     root: Path
     data: Path
     sample: Path
-    external: Path
     workdir: Path
     cache: Path
     checkpoints: Path
@@ -75,11 +71,6 @@ class Paths:
     def default_head(self) -> Path:
         """The committed default model: predict, the widget and cross-dataset evaluation use it by default."""
         return self.checkpoints / DEFAULT_HEAD_NAME
-
-    @property
-    def frozen_head(self) -> Path:
-        """The committed frozen-descriptor head (NumPy forward pass: no TensorFlow at prediction)."""
-        return self.checkpoints / FROZEN_HEAD_NAME
 
     @property
     def vggface_model(self) -> Path:
@@ -99,7 +90,6 @@ def paths(root: str | os.PathLike[str] | None = None) -> Paths:
         root=base,
         data=data,
         sample=data / "sample",
-        external=data / "external",
         workdir=_env_path("GENDER_LIB_WORKDIR", data / "processed"),
         cache=_env_path("GENDER_LIB_CACHE", data / "cache" / "descriptors"),
         checkpoints=base / "checkpoints",
