@@ -21,6 +21,7 @@ TensorFlow is never imported. Each returns one of :data:`OUTPUTS` per face.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +31,8 @@ import numpy as np
 from gender_lib.errors import ConfigError, GenderLibError, UserFileNotFoundError
 from gender_lib.faces import Box, dlib_chip, dlib_model_paths
 from gender_lib.fileio import sha256_bytes, sha256_file_cached
+
+log = logging.getLogger(__name__)
 
 #: What a backbone returns per face: ``descriptor`` (dlib's 128-d, VGG-Face's fc7/fc8) or
 #: ``descriptor+mirror`` (the descriptor of the face, then of its mirror image: flip averaging).
@@ -163,8 +166,19 @@ class DlibBackbone:
         if self._runner is None:
             from gender_lib.converters import dlib_resnet
 
-            self.model_path = dlib_resnet.ensure_converted(self.store)
-            self._runner = dlib_resnet.load(self.model_path, self.threads, self.spin)[0]
+            try:
+                self.model_path = dlib_resnet.ensure_converted(self.store)
+                self._runner = dlib_resnet.load(self.model_path, self.threads, self.spin)[0]
+            except OSError as error:  # a read-only or full store: answers still come, a few seconds later each run
+                from gender_lib.converters.onnx_graph import Runner
+
+                log.warning(
+                    "%s: dlib's converted network cannot be saved there (%s); converted and verified in memory for this run "
+                    "(set GENDER_LIB_CACHE or --cache-dir to a writable folder to keep it)",
+                    self.store,
+                    error.strerror or error,
+                )
+                self._runner = Runner(dlib_resnet.verified_graph()[0], self.threads, self.spin)
         return self
 
     def embed(self, batch: np.ndarray) -> np.ndarray:
@@ -332,8 +346,9 @@ def from_description(
     mine = backbone.describe()
     if (backbone.id != description.get("id")) if output is None else not same_network(mine, description):
         differ = sorted(k for k in set(mine) | set(description) if k not in OUTPUT_KEYS and mine.get(k) != description.get(k))
+        old = "; it is a VGG-Face record of gender_lib 0.1 (Keras engine): retrain the head" if name == "vggface" and "precision" in description else ""
         raise BackboneError(
             f"the head was trained on {description.get('id')} but this machine's {name} is {backbone.id} "
-            f"(they differ in {', '.join(differ) or 'id'}); its predictions would be meaningless"
+            f"(they differ in {', '.join(differ) or 'id'}); its predictions would be meaningless{old}"
         )
     return backbone

@@ -13,11 +13,15 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import re
+import signal
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from gender_lib.config import DEFAULT, BackboneConfig, Config, DataConfig, HeadConfig
+from gender_lib import store
+from gender_lib.config import DEFAULT, RETIRED, BackboneConfig, Config, DataConfig, HeadConfig
 
 ALIASES = {"ray_address": ["--address"]}
 #: Each stage's flag groups: a Config section's fields (the work folder's two paths for "where").
@@ -56,7 +60,7 @@ def _config(args: argparse.Namespace) -> Config:
         from gender_lib.config import load_yaml_parameters
 
         config = config.replace(load_yaml_parameters(args.config_file)["parameters"], source=args.config_file)
-    given = {k: v for k, v in vars(args).items() if k in Config.field_sections() and v is not None}
+    given = {k: v for k, v in vars(args).items() if (k in Config.field_sections() or k in RETIRED) and v is not None}  # a retired one: its error
     return config.replace(given, source="command line")
 
 
@@ -66,10 +70,16 @@ def _progress(args: argparse.Namespace) -> bool:
 
 def _convert(args: argparse.Namespace) -> int:
     """VGG-Face's ``.mat``, or with ``--dlib`` dlib's network, to a verified ONNX graph."""
+
+    config = _config(args)
+    with store.using(config.cache_dir()):  # the detector copy and the file hashes too
+        return _convert_in_store(args, config)
+
+
+def _convert_in_store(args: argparse.Namespace, config: Config) -> int:
     from gender_lib.converters import dlib_resnet, verified, vggface
     from gender_lib.errors import ConfigError
 
-    config = _config(args)
     if not args.dlib:
         if args.force:
             raise ConfigError("--force goes with --dlib (the VGG-Face conversion always runs)")
@@ -147,14 +157,24 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from gender_lib import stages
+    """Each file's lines as soon as it is done (and its CSV rows: see :func:`gender_lib.stages.predict`)."""
+    from gender_lib import predict, stages
 
-    result = stages.predict(_config(args), args.images, head=args.head_path, detect=not args.no_detect, csv=args.csv)
-    for text, problem in result.lines():
-        print(text, file=sys.stderr if problem else sys.stdout)
+    def show(rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            text, problem = predict.line(row)
+            print(terminal_text(text), file=sys.stderr if problem else sys.stdout, flush=True)
+
+    result = stages.predict(_config(args), args.images, head=args.head_path, detect=not args.no_detect, csv=args.csv, on_rows=show)
     if args.csv or len(result.rows) > 1:
-        print(result.summary(), file=sys.stderr if result.exit_code else sys.stdout)
+        print(terminal_text(result.summary()), file=sys.stderr if result.exit_code else sys.stdout)
     return result.exit_code
+
+
+def terminal_text(text: str) -> str:
+    """``text`` with control characters (a file name's newline, carriage return or ANSI escape) shown
+    as ``\\xNN``, so a name cannot break a line or steer the terminal."""
+    return re.sub(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]|\n(?!$)", lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -176,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_: str, description: str, *flag_groups: str, func: Any) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=description)
         sp.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help="also show log lines")
+        for name in RETIRED:  # gender_lib 0.1's flags: accepted, then refused saying what replaced them
+            sp.add_argument("--" + name.replace("_", "-"), dest=name, default=None, help=argparse.SUPPRESS)
         for group in flag_groups:
             _add_config_flags(sp, STAGE_FLAGS[group])
         if flag_groups:
@@ -333,7 +355,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gender_lib.errors import GenderLibError
     from gender_lib.fileio import display_path
 
-    parser = build_parser()
+    try:
+        parser = build_parser()
+    except GenderLibError as error:  # an environment variable naming a file where a folder is meant
+        print(f"gender-lib: error: {terminal_text(str(error))}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     verbose = bool(getattr(args, "verbose", False))
     for stream in (sys.stdout, sys.stderr):  # a file name that is not valid UTF-8 never ends the run in an encoding error
@@ -344,14 +370,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr, force=True)
         if not verbose:
             logging.getLogger("papermill").setLevel(logging.WARNING)
+        stop = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() else None
         try:
             return int(args.func(args) or 0)
         except GenderLibError as error:
-            print(f"gender-lib {args.command}: error: {display_path(str(error))}", file=sys.stderr)  # names escaped where not UTF-8
+            print(f"gender-lib {args.command}: error: {terminal_text(display_path(str(error)))}", file=sys.stderr)  # names escaped
             return 2
         except KeyboardInterrupt:
-            print(f"gender-lib {args.command}: interrupted (finished work is kept; run it again to resume)", file=sys.stderr)
+            print(f"gender-lib {args.command}: interrupted ({INTERRUPTED.get(args.command, INTERRUPTED[''])})", file=sys.stderr)
             return 130
+        except BrokenPipeError:  # the reader went away (| head -1): stop quietly, as command-line tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
+        finally:
+            if stop is not None:
+                signal.signal(signal.SIGTERM, stop)
+
+
+#: What an interrupted command (Ctrl-C, or SIGTERM, handled alike) kept, by command.
+INTERRUPTED = {
+    "": "nothing partial was saved; run it again",
+    "extract": "the descriptors finished are cached: run it again to resume",
+    "predict": "every answer printed above is kept, and in the CSV where one was given; a new run starts over",
+}
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

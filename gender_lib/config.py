@@ -77,9 +77,14 @@ class Paths:
         return self.checkpoints / "vggface.onnx"
 
 
-def _env_path(name: str, default: Path) -> Path:
+def _env_path(name: str, default: Path, folder: bool = True) -> Path:
+    """``$name`` as a path (where set), else ``default``; a variable naming a file where a folder is
+    meant is a :class:`ConfigError` saying so."""
     value = os.environ.get(name)
-    return Path(value).expanduser().resolve() if value else default
+    path = Path(value).expanduser().resolve() if value else default
+    if value and folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{name}={value}: is a file, not a folder; point it at a folder (or unset it)")
+    return path
 
 
 def paths(root: str | os.PathLike[str] | None = None) -> Paths:
@@ -95,7 +100,7 @@ def paths(root: str | os.PathLike[str] | None = None) -> Paths:
         checkpoints=base / "checkpoints",
         runs=base / "runs",
         datasets=_env_path("GENDER_LIB_DATASETS", (base.parent / "shared" / "datasets").resolve()),
-        vgg_face_mat=_env_path("GENDER_LIB_VGG_FACE_MAT", data / "external" / "vgg_face.mat"),
+        vgg_face_mat=_env_path("GENDER_LIB_VGG_FACE_MAT", data / "external" / "vgg_face.mat", folder=False),
     )
 
 
@@ -339,8 +344,25 @@ class Config:
 
 def from_namespace(namespace: Mapping[str, Any], source: str = "notebook parameters") -> Config:
     """The config of a notebook: :data:`DEFAULT` with every parameter the namespace defines
-    (its ``parameters`` cell, as papermill may have overridden it)."""
+    (its ``parameters`` cell, as papermill may have overridden it).
+
+    A parameter papermill injected (``-p NAME VALUE``: the cell it runs, headed ``# Parameters``,
+    is in the kernel's input history ``In``) that is no Config field, or not one this notebook
+    declares, is a :class:`ConfigError` naming it and the nearest known one: papermill itself would
+    only log it, and the run would go on without it."""
+    import ast
+
+    def assigned(cell: str) -> list[str]:
+        return [t.id for node in ast.parse(cell).body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)]
+
     known = Config.field_sections()
+    cells = [cell for cell in namespace.get("In", []) if isinstance(cell, str)]
+    declared = {name for cell in cells if cell.startswith("# Parameters (") for name in assigned(cell)}  # the notebook's own parameters cell
+    for name in (name for cell in cells if cell.startswith("# Parameters\n") for name in assigned(cell)):  # what papermill injected
+        if name not in known:
+            DEFAULT.replace({name: None}, source=f"{source} (papermill -p)")  # unknown or retired: the error names the nearest
+        if declared and name not in declared:
+            raise ConfigError(f"{source} (papermill -p): this notebook does not declare {name!r}; it declares {', '.join(sorted(declared))}")
     return DEFAULT.replace({k: v for k, v in namespace.items() if k in known}, source=source)
 
 

@@ -132,9 +132,14 @@ def clean(table: pd.DataFrame, workers: int | None = None, progress: bool = True
 # --------------------------------------------------------------------------- reports
 
 
+def _kinds(excluded: pd.DataFrame) -> pd.Series:
+    """Each report line's ``kind`` (empty where a line has none: a report of an older version, counted under no kind)."""
+    return excluded["kind"].fillna("").astype(str) if "kind" in excluded else pd.Series("", index=excluded.index)
+
+
 def cleaning_counts(excluded: pd.DataFrame) -> dict[str, int]:
     """Report lines by ``kind``: ``excluded``, ``skipped``, ``note`` (and ``extraction``, the failures the extract stage adds)."""
-    counts = excluded["kind"].value_counts() if len(excluded) else pd.Series(dtype=int)
+    counts = _kinds(excluded).value_counts() if len(excluded) else pd.Series(dtype=int)
     return {kind: int(counts.get(kind, 0)) for kind in (EXCLUDED, SKIPPED, NOTE, "extraction")}
 
 
@@ -142,7 +147,7 @@ def cleaning_summary(n_read: int, table: pd.DataFrame, excluded: pd.DataFrame) -
     """How many images were read (``meta["n_read"]``), kept (``table``) and excluded (by reason),
     then what was skipped and noted (``excluded``, the report). The first line's numbers add up:
     read = kept + excluded. Skipped files and notes are listed apart."""
-    kinds = excluded["kind"] if len(excluded) else pd.Series(dtype=str)
+    kinds = _kinds(excluded) if len(excluded) else pd.Series(dtype=str)
     counts = cleaning_counts(excluded)
     lines = [f"read {n_read} images; kept {len(table)}; excluded {counts[EXCLUDED]}"]
     lines += _reason_lines(excluded[kinds == EXCLUDED]) if len(excluded) else []

@@ -73,20 +73,20 @@ def _import_ray() -> Any:
 _BACKBONES: dict[str, Any] = {}
 
 
-def _backbone(description: dict[str, Any], root: str) -> Any:
+def _backbone(description: dict[str, Any], root: str, vggface_path: str | None = None) -> Any:
     key = f"{description['id']}@{root}"
     if key not in _BACKBONES:
         with store.using(root):
-            _BACKBONES[key] = backbones.from_description(description)
+            _BACKBONES[key] = backbones.from_description(description, vggface_path)
     return _BACKBONES[key]
 
 
-def _prepare_batch(batch: dict[str, np.ndarray], description: dict[str, Any], root: str) -> dict[str, np.ndarray]:
+def _prepare_batch(batch: dict[str, np.ndarray], description: dict[str, Any], root: str, vggface_path: str | None = None) -> dict[str, np.ndarray]:
     """Decode and prepare one batch of (path, key) rows; a row that fails keeps its place with an
     ``error`` and a zero face, so a bad file costs only itself. ``root``: the driver's store."""
     from gender_lib.images import load_rgb
 
-    backbone = _backbone(description, root)
+    backbone = _backbone(description, root, vggface_path)
     faces: list[np.ndarray | None] = []
     errors: list[str] = []
     with store.using(root):  # dlib's detector copy is read from it
@@ -107,9 +107,8 @@ def _prepare_batch(batch: dict[str, np.ndarray], description: dict[str, Any], ro
 class _Embed:
     """An embedding actor: the backbone's network is loaded once, in the constructor."""
 
-    def __init__(self, description: dict[str, Any], root: str):
-        with store.using(root):
-            self.backbone = backbones.from_description(description).load()
+    def __init__(self, description: dict[str, Any], root: str, vggface_path: str | None = None):
+        self.backbone = _backbone(description, root, vggface_path).load()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         errors = batch["error"]
@@ -132,9 +131,35 @@ def _start_ray(ray: Any, address: str, num_cpus: int | None) -> bool:
     quiet = {"log_to_driver": False, "logging_level": logging.ERROR, "configure_logging": True}
     if address == "local":
         ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
-    else:
+        return True
+    _check_reachable(address)
+    try:
         ray.init(address=address, **quiet)
+    except ConnectionError as error:
+        raise RayUnreachableError(f"ray_address {address}: no Ray cluster answers there ({error}); --ray-address local starts one here") from None
     return True
+
+
+class RayUnreachableError(GenderLibError, ConnectionError):
+    """``ray_address`` names a cluster that does not answer."""
+
+
+def _check_reachable(address: str, timeout: float = 10.0) -> None:
+    """Fail in seconds, naming the address, where nothing listens at ``host:port``: ``ray.init``
+    would wait for minutes, deaf to Ctrl-C. ``auto`` (this machine's running cluster) is left to Ray."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        if address != "auto":
+            raise RayUnreachableError(f"ray_address {address}: expected local, auto, host:port or ray://host:port")
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise RayUnreachableError(
+            f"ray_address {address}: cannot connect ({error.strerror or error}); is the cluster running? (--ray-address local starts one here)"
+        ) from None
 
 
 def _pool(ray: Any, actors: int | None) -> tuple[int, float, float]:
@@ -164,6 +189,7 @@ def extract_ray(
     num_cpus: int | None = None,
     actors: int | None = None,
     progress: bool = True,
+    vggface_path: str | os.PathLike[str] | None = None,
     chunk_size: int = 256,
     flush_seconds: float | None = 30.0,
 ) -> features.ExtractReport:
@@ -172,7 +198,8 @@ def extract_ray(
     ``backbone_description``: the backbone's ``describe()``; each worker rebuilds it with
     :func:`gender_lib.backbones.from_description`, in this process's store (:func:`gender_lib.store.root`).
     ``address``: ``local`` starts a local instance with ``num_cpus`` CPUs (default all) and shuts
-    it down at the end; otherwise a running cluster (``auto``, ``ray://host:10001``). ``actors``: embedding actors (default one per GPU, or
+    it down at the end; otherwise a running cluster (``auto``, ``ray://host:10001``). ``vggface_path``:
+    where the workers find a VGG-Face backbone's converted network (default ``checkpoints/vggface.onnx``). ``actors``: embedding actors (default one per GPU, or
     one per node without GPUs). A chunk is stored every ``chunk_size`` descriptors, or after
     ``flush_seconds``, as in :func:`gender_lib.features.extract`.
 
@@ -211,7 +238,7 @@ def extract_ray(
             ray,
             todo,
             backbone_description,
-            root,
+            {"root": root, "vggface_path": str(vggface_path) if vggface_path else None},
             cache,
             batch_size=batch_size,
             actors=actors,
@@ -238,7 +265,7 @@ def _run(
     ray: Any,
     todo: list[tuple[str, str, str]],
     description: dict[str, Any],
-    root: str,
+    where: dict[str, Any],
     cache: features.DescriptorCache,
     *,
     batch_size: int,
@@ -268,14 +295,14 @@ def _run(
             # One input block (about batch_size rows) per decode task. The different remote args keep Ray Data
             # from fusing decoding into the actors, where it would run one batch at a time, next to the model.
             ds = ds.map_batches(
-                _prepare_batch, batch_size=None, batch_format="numpy", fn_kwargs={"description": description, "root": root}, num_cpus=1, max_retries=RETRIES
+                _prepare_batch, batch_size=None, batch_format="numpy", fn_kwargs={"description": description, **where}, num_cpus=1, max_retries=RETRIES
             )
             ds = ds.map_batches(
                 _Embed,
                 batch_size=batch_size,
                 batch_format="numpy",
                 compute=ActorPoolStrategy(size=size),
-                fn_constructor_kwargs={"description": description, "root": root},
+                fn_constructor_kwargs={"description": description, **where},
                 num_cpus=cpus,
                 num_gpus=gpus,
                 max_restarts=RETRIES,

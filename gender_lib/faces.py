@@ -135,7 +135,7 @@ def detect_faces(rgb: np.ndarray, min_face: int | None = None, max_side: int = D
     min_face = MIN_FACE_SIDE if min_face is None else int(min_face)
     height, width = rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))
-    small = rgb if scale == 1.0 else np.asarray(Image.fromarray(rgb).resize((round(width * scale), round(height * scale)), Image.BILINEAR))
+    small = rgb if scale == 1.0 else np.asarray(Image.fromarray(rgb).resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR))
     upsample = 1 if max(small.shape[:2]) < 800 else 0
     found: list[tuple[float, Box]] = []
     rects, scores, _ = _thread_detector().run(np.ascontiguousarray(small), upsample, 0.0)
@@ -143,7 +143,8 @@ def detect_faces(rgb: np.ndarray, min_face: int | None = None, max_side: int = D
         found.append((float(score), _box((r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale), width, height, clip)))
     smallest_seen = 80.0 / (scale * 2**upsample)  # the smallest face pass 1 can find, in rgb's pixels
     if smallest_seen > min_face * 1.05:
-        overlap = int(np.ceil(smallest_seen * 1.25))
+        # a face is no wider than the image's short side: a 40000x12 strip must not get 2,000 px of overlap (1 px steps)
+        overlap = min(int(np.ceil(min(smallest_seen, height, width) * 1.25)), DETECT_TILE // 2)
         step = max(DETECT_TILE - overlap, 1)
         corners = [(top, left) for top in range(0, max(height - overlap, 1), step) for left in range(0, max(width - overlap, 1), step)]
         times = max(0, int(np.ceil(np.log2(80.0 / max(min_face, 1)))))  # upsamplings: once for 40 px faces

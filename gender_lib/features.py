@@ -306,13 +306,16 @@ def _batches(
             yield [key for key, _ in kept], np.stack([face for _, face in kept])
 
     queued: collections.deque[list[Future]] = collections.deque()
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="gender_lib-prepare") as pool:
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="gender_lib-prepare")
+    try:
         for start in range(0, len(items), batch_size):
             queued.append([pool.submit(prepare, item) for item in items[start : start + batch_size]])
             if len(queued) > ahead:
                 yield from finished(queued.popleft())
         while queued:
             yield from finished(queued.popleft())
+    finally:  # an error or Ctrl-C in the caller: the batches queued ahead are dropped, not waited for
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def todo(paths: Sequence[str | os.PathLike[str]], keys: Sequence[str], cache: DescriptorCache) -> tuple[int, list[tuple[Path, str]]]:

@@ -16,7 +16,7 @@ def atomic_write(path: str | os.PathLike[str], writer: Callable[[str], Any]) -> 
     """Call ``writer(tmp_path)`` then rename the temp file onto ``path`` (:func:`publish_together` of one file).
 
     The temp file lives in the same folder (so the rename is atomic on one filesystem) and keeps
-    the target's suffix (Keras and NumPy insist on theirs). If ``writer`` fails or the process is
+    the target's suffix (NumPy and Matplotlib insist on theirs). If ``writer`` fails or the process is
     killed, ``path`` still holds its previous content or does not exist."""
     return publish_together([(path, writer)])[0]
 

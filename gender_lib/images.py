@@ -16,7 +16,7 @@ import numpy as np
 
 #: HEIC/HEIF (the iPhone's default), decoded by pillow-heif (a dependency, registered on first use).
 HEIF_EXTENSIONS = {".heic", ".heif"}
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"} | HEIF_EXTENSIONS
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jpe", ".jfif", ".mpo", ".png", ".apng", ".bmp", ".gif", ".webp", ".avif", ".tif", ".tiff", ".tga"} | HEIF_EXTENSIONS
 #: Smallest face, in pixels of width and height, that anything here labels: a dataset image or a
 #: ``--no-detect`` crop below it is refused, and detection searches down to faces this wide
 #: (dlib's HOG window is 80 px, so 40 px faces need the image upsampled once, to twice its size).
@@ -110,7 +110,8 @@ def to_rgb(image: Any) -> np.ndarray:
     * ``I;16*`` (16-bit, as Pillow opens 16-bit PNGs): values taken as 0-65535 and scaled by that
       range, as for a uint16 array.
     * ``I`` (32-bit integers): values taken as 0-255, as for an int32 array (a clear error outside).
-    * ``F`` (32-bit float): values taken as 0-1, as for a float array.
+    * ``F`` (32-bit float, as in scientific TIFFs): values 0-1 as for a float array, or else 0-255;
+      a file says nothing of its range, so both are read (a clear error outside them).
 
     Raises :class:`ImageContractError` for NaN, infinite or out-of-range values.
     """
@@ -119,6 +120,14 @@ def to_rgb(image: Any) -> np.ndarray:
     image = ImageOps.exif_transpose(image)
     if image.mode in WIDE_MODES:
         values = np.asarray(image)
+        if (
+            image.mode == "F"
+            and np.isfinite(values).all()
+            and values.size
+            and 1 + FLOAT_SLACK < values.max() <= 255 + FLOAT_SLACK
+            and values.min() >= -FLOAT_SLACK
+        ):
+            values = values / 255.0  # a float image holding 0-255
         if WIDE_MODES[image.mode] == "uint16":
             if values.size and (values.min() < 0 or values.max() > 65535):
                 raise ImageContractError(f"a PIL image in mode {image.mode} must hold 0-65535, got {values.min()} to {values.max()}")
@@ -179,8 +188,8 @@ def array_to_rgb(array: np.ndarray, channels: str = "rgb") -> np.ndarray:
     elif kind in "ui":
         low, high = int(array.min()), int(array.max())
         if array.dtype != np.uint8 and (low < 0 or high > 255):
-            range_text = "0-65535 (pass it as uint16)" if 0 <= low and high <= 65535 else f"{low} to {high}"
-            raise ImageContractError(f"an integer image array ({array.dtype}) must hold 0-255, got {range_text}")
+            hint = "for a 16-bit image pass uint16 (read as 0-65535), else clip to 0-255" if high > 1023 and low >= 0 else "clip it to 0-255"
+            raise ImageContractError(f"an integer image array ({array.dtype}) must hold 0-255, got {low} to {high}: {hint}")
         scaled = None
     else:
         raise ImageContractError(f"an image array must be uint8, uint16, another integer type or float, got {array.dtype}")

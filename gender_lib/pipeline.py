@@ -64,7 +64,8 @@ def run(
         raise ConfigError(
             f"{config_path}: {', '.join(unused)} would be ignored: no notebook of this run declares it (set it through the CLI or the stage API instead)"
         )
-    env = {"IPYTHONDIR": str(paths.root / ".ipython"), "GENDER_LIB_ROOT": str(paths.root)}
+    # the project's IPython profile keeps TF's C++ log lines out of cell outputs (one given in the environment is used as it is)
+    env = {"IPYTHONDIR": os.environ.get("IPYTHONDIR") or str(paths.root / ".ipython"), "GENDER_LIB_ROOT": str(paths.root)}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the kernel inherits it: TF's C++ logs stay out of cell outputs
     try:

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
+import re
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,9 @@ MIN_CONTRAST = 2.0
 #: 300 sample faces and of every 20th face of the full shared data has a candidate (lowest scores
 #: -1.21 and -1.18); a gradient, a checkerboard, uniform noise and flat grey with noise have none.
 FACE_CANDIDATE_THRESHOLD = -1.5
+#: ``--no-detect`` reads the whole image as one face: meant for tight crops, it refuses photos larger
+#: than this (a 19 MP photo took 25 s and 2.4 GB, and labelled one face of three).
+NO_DETECT_MAX_PIXELS = 4_000_000
 
 
 def check_face_crop(rgb: np.ndarray, name: str = "image") -> None:
@@ -47,6 +53,11 @@ def check_face_crop(rgb: np.ndarray, name: str = "image") -> None:
     from gender_lib.images import MIN_FACE_SIDE
 
     height, width = rgb.shape[:2]
+    if height * width > NO_DETECT_MAX_PIXELS:
+        raise PredictionError(
+            f"{name}: {width}x{height} is a photo, not a face crop: --no-detect (detect=False) reads the whole image as one face, "
+            f"for tight crops up to {NO_DETECT_MAX_PIXELS / 1e6:.0f} MP; leave it out and detection finds the faces"
+        )
     if min(height, width) < MIN_FACE_SIDE:
         raise PredictionError(f"{name}: too small to be a face ({width}x{height}; a face needs at least {MIN_FACE_SIDE}x{MIN_FACE_SIDE} pixels)")
     grey = rgb[height // 4 : height - height // 4, width // 4 : width - width // 4].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
@@ -125,9 +136,8 @@ class Face:
         }
 
     def text(self) -> str:
-        """:func:`text` of this face, with its box."""
-        said = text(self.label, self.p_female, self.threshold, self.p_correct, self.forced, self.reason, self.age_group, self.age_group_p)
-        return f"{said}, box {self.row()['box']}"
+        """The answer and box as the CLI prints them (:func:`row_text` of its CSV fields)."""
+        return row_text(self.row())
 
     def caption(self) -> str:
         return caption(self.label, self.p_female, self.age_group)
@@ -167,7 +177,7 @@ def read_image(image: Any, name: str = "image", channels: str = "rgb") -> np.nda
         name = display_path(path)
         if path.is_dir():
             raise PredictionError(f"{name}: is a folder, not an image (give folders to predict_paths / the CLI)")
-        if not path.is_file():
+        if not path.exists():  # a pipe (-, /dev/stdin) is no regular file, and is read like one
             raise PredictionError(f"{name}: no such file")
         try:
             image = path.read_bytes()
@@ -193,9 +203,16 @@ def read_image(image: Any, name: str = "image", channels: str = "rgb") -> np.nda
             f"{name}: image too large ({width}x{height} = {width * height / 1e6:.0f} megapixels; the limit is {MAX_PIXELS / 1e6:.0f}). Downscale it first."
         )
     try:
-        return load_rgb(data)
+        with warnings.catch_warnings(record=True) as said:  # Pillow's warnings (broken EXIF) name no file
+            warnings.simplefilter("always")
+            rgb = load_rgb(data)
+    except ImageContractError as error:  # decoded, but its values are not a picture's
+        raise PredictionError(f"{name}: {error}") from None
     except Exception as error:  # noqa: BLE001 - truncated or corrupt files
         raise PredictionError(f"{name}: the image is damaged and cannot be decoded ({error})") from None
+    for warning in said:
+        logging.getLogger(__name__).warning("%s: %s", name, warning.message)
+    return rgb
 
 
 class Predictor:
@@ -203,7 +220,8 @@ class Predictor:
 
     The backbone is rebuilt from the model's record, so it returns exactly the output the model
     reads (the descriptor, and of the mirror image with flip averaging); ``vggface_path``: where a
-    VGG-Face model's converted network is. ``min_confidence``: see :meth:`~gender_lib.modeling.FrozenHead.answer`."""
+    VGG-Face model's converted network is. ``min_confidence``: see :meth:`~gender_lib.modeling.FrozenHead.answer`;
+    ``spin``: ONNX Runtime's threads wait spinning between photos (lower latency, more CPU)."""
 
     def __init__(
         self,
@@ -212,14 +230,16 @@ class Predictor:
         *,
         backbone: Any = None,
         min_confidence: float | None = None,
+        spin: bool = True,
     ):
         from gender_lib import backbones, config, modeling
 
         self.head_path = Path(head_path) if head_path else config.paths().default_head
         self.model = modeling.load(self.head_path)
         self.meta = self.model.meta_
-        # Single photos: ONNX Runtime's threads spin between passes (lower latency; nothing else runs beside them).
-        self.backbone = backbone or backbones.from_description(self.meta["backbone"], vggface_path, spin=True)
+        # spin: ONNX Runtime's threads spin between passes, for the latency of single photos; over a
+        # folder they would only take the cores from detection (twice the CPU for the same answers).
+        self.backbone = backbone or backbones.from_description(self.meta["backbone"], vggface_path, spin=spin)
         if self.backbone.id != self.meta["backbone"]["id"]:
             raise PredictionError(f"{self.head_path}: trained on {self.meta['backbone']['id']} rows, not {self.backbone.id}")
         self.threshold = float(self.model.threshold_)
@@ -255,19 +275,36 @@ class Predictor:
 
     def predict_paths(self, paths: Iterable[str | os.PathLike[str]], detect: bool = True) -> list[dict[str, Any]]:
         """One row per face (or per problem) for each path; never raises for a bad file."""
-        rows: list[dict[str, Any]] = []
-        for path in paths:
-            shown = display_path(path)
-            try:
-                faces = self.predict(path, detect=detect, name=shown)
-            except PredictionError as error:
-                rows.append(_message_row(shown, str(error).removeprefix(f"{shown}: "), True))  # the path has its own column
-                continue
-            if not faces:
-                rows.append(_message_row(shown, NO_FACE, False))
-            # numbered from 1, as the text output and the widget say it
-            rows += [{"path": shown, "face": number, **face.row(), "message": "", "problem": False} for number, face in enumerate(faces, 1)]
-        return rows
+        return [row for path in paths for row in self.rows(path, detect)]
+
+    def rows(self, path: str | os.PathLike[str], detect: bool = True) -> list[dict[str, Any]]:
+        """The rows of one file: one per face, numbered from 1 as the text output and the widget say
+        it, or one row with a message. Never raises for the file: any error is its row's message."""
+        shown = display_path(path)
+        try:
+            faces = self.predict(path, detect=detect, name=shown)
+        except PredictionError as error:
+            return [_message_row(shown, str(error).removeprefix(f"{shown}: "), True)]  # the path has its own column
+        except Exception as error:  # noqa: BLE001 - one file must not end a run of thousands
+            return [_message_row(shown, f"could not be predicted ({type(error).__name__}: {error})", True)]
+        if not faces:
+            pages = _pages(path)
+            return [_message_row(shown, NO_FACE + (f"; only page 1 of {pages} was read" if pages > 1 else ""), False)]
+        return [{"path": shown, "face": number, **face.row(), "message": "", "problem": False} for number, face in enumerate(faces, 1)]
+
+
+def _pages(path: str | os.PathLike[str]) -> int:
+    """How many pages (frames) the image file holds: a TIFF's pages, an animation's frames (1 where unknown)."""
+    from PIL import Image
+
+    from gender_lib.images import register_decoders
+
+    register_decoders()
+    try:
+        with Image.open(path) as image:
+            return int(getattr(image, "n_frames", 1))
+    except Exception:  # noqa: BLE001 - only a hint for a message
+        return 1
 
 
 def _message_row(path: str, message: str, problem: bool) -> dict[str, Any]:
@@ -292,7 +329,7 @@ class Skipped:
     """A file a folder walk leaves out: ``problem`` ones (broken link, unreadable, unsupported
     image format) fail the run; other files (notes, videos) are only named."""
 
-    path: Path
+    path: Path | str
     reason: str
     problem: bool
 
@@ -355,17 +392,26 @@ def walk(folder: str | os.PathLike[str]) -> tuple[list[Path], list[Skipped]]:
 
 def expand_inputs(items: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[Skipped]]:
     """Files stay as they are (a missing one is reported when predicted); each folder becomes the
-    images below it, order kept. Returns (paths, skipped) as :func:`walk` does."""
+    images below it, order kept; ``-`` is standard input. A file given twice (or reached twice) is
+    predicted once; a URL is refused by name (nothing is downloaded). Returns (paths, skipped) as
+    :func:`walk` does."""
     out: list[Path] = []
     skipped: list[Skipped] = []
+    seen: set[str] = set()
     for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found, left_out = walk(path)
-            out.extend(found)
-            skipped.extend(left_out)
-        else:
-            out.append(path)
+        if isinstance(item, str) and re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", item):
+            skipped.append(Skipped(item, "is a URL: gender-lib reads local files only and downloads nothing; save the image and give its path", True))
+            continue
+        path = Path("/dev/stdin" if item == "-" else item)
+        found, left_out = walk(path) if path.is_dir() else ([path], [])
+        skipped.extend(left_out)
+        for image in found:
+            real = os.path.realpath(image)
+            if real in seen and image.exists():
+                skipped.append(Skipped(image, "skipped: given more than once (predicted once)", False))
+            else:
+                seen.add(real)
+                out.append(image)
     return out, skipped
 
 
@@ -374,14 +420,42 @@ def skipped_rows(skipped: Sequence[Skipped]) -> list[dict[str, Any]]:
     return [_message_row(display_path(s.path), s.reason, s.problem) for s in skipped]
 
 
-def write_csv(rows: Sequence[dict[str, Any]], csv_path: str | os.PathLike[str]) -> Path:
-    """The rows of :meth:`Predictor.predict_paths` as a CSV, written atomically."""
-    import pandas as pd
+class CsvRows:
+    """The CSV of a prediction run, written row by row as the answers come (each flushed), so an
+    interrupted or failing run keeps every row it finished. RFC 4180 quoting (CRLF line ends), so a
+    file name with a comma, a quote, a newline or a carriage return reads back as one field.
 
-    from gender_lib.fileio import atomic_write
+    The path is checked before any work: a folder, a link or anything but a regular file is refused
+    (a device or a link is never replaced), as is a folder that cannot be written in; the error is a
+    :class:`PredictionError` naming the path. A file already there is started over."""
 
-    frame = pd.DataFrame(list(rows), columns=CSV_COLUMNS)
-    return atomic_write(Path(csv_path), lambda tmp: frame.to_csv(tmp, index=False))
+    def __init__(self, path: str | os.PathLike[str]):
+        import csv
+
+        self.path = Path(path)
+        shown = display_path(self.path)
+        if self.path.is_symlink():
+            raise PredictionError(f"{shown}: is a symbolic link; give the path of a regular file to write the CSV to")
+        if self.path.exists() and not self.path.is_file():
+            raise PredictionError(f"{shown}: is {'a folder' if self.path.is_dir() else 'not a regular file'}; give the path of a file to write the CSV to")
+        try:
+            self.handle = open(self.path, "w", newline="", encoding="utf-8", errors="surrogateescape")
+        except OSError as error:
+            raise PredictionError(f"{shown}: the CSV cannot be written ({error.strerror or error}); choose another place with --csv") from None
+        self.writer = csv.DictWriter(self.handle, CSV_COLUMNS, extrasaction="ignore")
+        self.writer.writeheader()
+        self.count = 0
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        try:
+            self.writer.writerows(rows)
+            self.handle.flush()
+        except OSError as error:
+            raise PredictionError(f"{display_path(self.path)}: writing the CSV failed after {self.count} rows ({error.strerror or error})") from None
+        self.count += len(rows)
+
+    def close(self) -> None:
+        self.handle.close()
 
 
 def draw(rgb: np.ndarray, faces: Sequence[Face], title: str = "") -> Any:
@@ -416,15 +490,8 @@ class PredictResult:
         return 1 if self.failed else 0
 
     def lines(self) -> list[tuple[str, bool]]:
-        """(text, is_problem) per row, as :func:`text` renders an answer: faces go to stdout, problems to stderr."""
-        out = []
-        for r in self.rows:
-            if r["message"]:
-                out.append((f"{r['path']}: {r['message']}", True))
-            else:
-                said = text(r["label"], r["p_female"], r["threshold"], r["p_correct"], r["forced_label"], r["reason"], r["age_group"], r["age_group_p"])
-                out.append((f"{r['path']}: face {r['face']}: {said}, box {r['box']}", False))
-        return out
+        """(text, is_problem) per row (:func:`line`): faces go to stdout, problems to stderr."""
+        return [line(r) for r in self.rows]
 
     def summary(self) -> str:
         """Images with a face + images without one + unreadable files = images; faces counted apart."""
@@ -438,6 +505,21 @@ class PredictResult:
         return summary + (f"; wrote {display_path(self.csv)}" if self.csv else "")
 
     __str__ = summary
+
+
+def line(row: dict[str, Any]) -> tuple[str, bool]:
+    """(text, goes to stderr) of one row, as :func:`text` renders an answer: a message (a problem, no
+    face found, a file left out) goes to stderr."""
+    if row["message"]:
+        return f"{row['path']}: {row['message']}", True
+    return f"{row['path']}: face {row['face']}: {row_text(row)}", False
+
+
+def row_text(r: dict[str, Any]) -> str:
+    """One face's CSV fields as text (:func:`text`, then the box): the CLI, the widget and notebook 06
+    show the same digits, rounded once, from the CSV's values."""
+    said = text(r["label"], r["p_female"], r["threshold"], r["p_correct"], r["forced_label"], r["reason"], r["age_group"], r["age_group_p"])
+    return f"{said}, box {r['box']}"
 
 
 def example_image(path: str | os.PathLike[str] = "") -> Path:

@@ -159,7 +159,14 @@ def extract(config: Config, workdir: str | os.PathLike[str] | None = None, *, pr
         from gender_lib import distributed
 
         report = distributed.extract_ray(
-            absolute_paths(data), keys, description, cache, address=config.backbone.ray_address, batch_size=config.backbone.batch_size, progress=progress
+            absolute_paths(data),
+            keys,
+            description,
+            cache,
+            address=config.backbone.ray_address,
+            batch_size=config.backbone.batch_size,
+            progress=progress,
+            vggface_path=config.vggface_model(),
         )
     else:
         report = features.extract(absolute_paths(data), keys, net, cache, batch_size=config.backbone.batch_size, progress=progress)
@@ -243,6 +250,7 @@ def load_descriptors(
     return Inputs(table, cache.get(table["sha256"].tolist()), info, data.meta)
 
 
+@_stage
 def inputs(config: Config, work: Path, output: str, *, backbone: dict[str, Any] | None = None, progress: bool = True) -> Inputs:
     """:func:`load_descriptors`, extracting the ``output`` rows first where the work folder holds
     another output of the same network (``backbone``'s, else its own): said at warning level, since
@@ -544,7 +552,7 @@ def cross_evaluate(
     meta = {"head": head_path.name, "backbone": recorded["id"], "data": name, "threshold_from": "validation split of the training data"}
     results = _results(config, model, data, np.ones(len(data.table), bool), f"{head_path.name} on {name} (all images)", meta, baseline=False)
     excluded = read_manifest(target / "manifest.csv").excluded
-    counted = excluded[excluded["kind"] != "note"] if len(excluded) else excluded  # notes are about images that were kept
+    counted = excluded[excluded.reindex(columns=["kind"])["kind"].fillna("") != "note"]  # notes are about images that were kept
     reports_dir = work / "reports"
     reports = metrics.write_reports(results, reports_dir, name=f"evaluation_{name}")
     listed = reports_dir / f"evaluation_{name}_excluded.csv"
@@ -573,14 +581,41 @@ def predict(
     detect: bool = True,
     csv: str | os.PathLike[str] | None = None,
     predictor: Any = None,
+    on_rows: Callable[[list[dict[str, Any]]], Any] | None = None,
 ) -> Any:
     """Label the faces in photos; folders stand for the images below them (model default: the
-    committed one). Returns a :class:`gender_lib.predict.PredictResult`."""
+    committed one). Returns a :class:`gender_lib.predict.PredictResult`.
+
+    Each file's rows are written to ``csv`` (checked before any work) and passed to ``on_rows`` as
+    soon as they are made, so a run that is interrupted, or whose CSV cannot be written on, has
+    already shown and kept every answer it finished."""
     from gender_lib import predict as pr
 
     paths, skipped = pr.expand_inputs(inputs)
     if not paths and not any(s.problem for s in skipped):
         raise StageError(f"no images found in {', '.join(map(display_path, inputs))} (looked for {', '.join(sorted(pr.IMAGE_EXTENSIONS))})")
-    predictor = predictor or pr.Predictor(head or config.paths.head_path or None, config.vggface_model(), min_confidence=config.evaluation.min_confidence)
-    rows = predictor.predict_paths(paths, detect=detect) + pr.skipped_rows(skipped)
-    return pr.PredictResult(rows, pr.write_csv(rows, csv) if csv else None)
+    sink = pr.CsvRows(csv) if csv else None
+    rows: list[dict[str, Any]] = []
+    try:
+        if predictor is None:  # ONNX Runtime's threads spin between passes for one photo (latency), not for many (they would take the cores)
+            predictor = pr.Predictor(
+                head or config.paths.head_path or None, config.vggface_model(), min_confidence=config.evaluation.min_confidence, spin=len(paths) == 1
+            )
+        for path in paths:
+            _emit(predictor.rows(path, detect), rows, sink, on_rows)
+        _emit(pr.skipped_rows(skipped), rows, sink, on_rows)
+    finally:
+        if sink is not None:
+            sink.close()
+    return pr.PredictResult(rows, sink.path if sink else None)
+
+
+def _emit(made: list[dict[str, Any]], rows: list[dict[str, Any]], sink: Any, on_rows: Any) -> None:
+    """Keep a file's rows: into the CSV first (an answer shown is in it), then shown, even where the CSV fails."""
+    rows += made
+    try:
+        if sink is not None:
+            sink.write(made)
+    finally:
+        if on_rows is not None:
+            on_rows(made)

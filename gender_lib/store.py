@@ -17,13 +17,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-_ROOT: list[Path] = []  # the folders :func:`using` has entered, innermost last
+_ROOT: list[list[Path]] = []  # the folders :func:`using` has entered, innermost last (one process-wide stack:
+# stages run one at a time; threads of one stage share its store)
 
 
 def root() -> Path:
     """The store's folder: the innermost :func:`using`'s, else ``$GENDER_LIB_CACHE`` (or its default)."""
     if _ROOT:
-        return _ROOT[-1]
+        return _ROOT[-1][0]
     from gender_lib import config
 
     return config.paths().cache
@@ -32,9 +33,9 @@ def root() -> Path:
 @contextlib.contextmanager
 def using(folder: str | os.PathLike[str] | None) -> Iterator[Path]:
     """Run the body with ``folder`` as the store (None: the default); nothing is created until written."""
-    path = Path(folder).expanduser().resolve() if folder else root()
-    _ROOT.append(path)
+    entry = [Path(folder).expanduser().resolve() if folder else root()]
+    _ROOT.append(entry)
     try:
-        yield path
+        yield entry[0]
     finally:
-        _ROOT.pop()
+        _ROOT.remove(entry)  # its own entry, whatever another thread entered since

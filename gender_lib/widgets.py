@@ -41,6 +41,9 @@ def handle_upload(files: Sequence[dict[str, Any]], predictor: Predictor, detect:
         except PredictionError as error:
             results.append(UploadResult(name, [], str(error).removeprefix(f"{name}: ")))
             continue
+        except Exception as error:  # noqa: BLE001 - one file must not end the others' answers
+            results.append(UploadResult(name, [], f"could not be predicted ({type(error).__name__}: {error})"))
+            continue
         results.append(UploadResult(name, faces, "" if faces else "no face found (try a larger, frontal photo)", rgb))
     return results
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from gender_lib import config as gl_config
 
 _SCRATCH: list[Path] = []
+_STARTED: list[float] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -21,12 +23,31 @@ def pytest_configure(config: pytest.Config) -> None:
     and Ray put in the temp folder. Subprocesses inherit this environment."""
     scratch = Path(tempfile.mkdtemp(prefix="gender_lib-tests-"))
     _SCRATCH.append(scratch)
+    _STARTED.append(time.time())
     (scratch / "tmp").mkdir()
     os.environ["TMPDIR"] = str(scratch / "tmp")
     tempfile.tempdir = None  # gettempdir() reads TMPDIR again
     os.environ.setdefault("GENDER_LIB_WORKDIR", str(scratch / "work"))
     os.environ.setdefault("GENDER_LIB_CACHE", str(scratch / "cache"))
-    os.environ.setdefault("IPYTHONDIR", str(Path(__file__).resolve().parents[1] / ".ipython"))
+    # The project's IPython profile (its kernel config keeps C++ log lines out of cell outputs), copied:
+    # kernels write their history, logs and connection files into IPYTHONDIR, never into the checkout.
+    profile = scratch / "ipython" / "profile_default"
+    profile.mkdir(parents=True)
+    shutil.copy(Path(__file__).resolve().parents[1] / ".ipython" / "profile_default" / "ipython_kernel_config.py", profile)
+    os.environ["IPYTHONDIR"] = str(scratch / "ipython")
+    _CHECKOUT.extend(_untracked())
+
+
+def _untracked() -> list[str]:
+    """Files in the checkout that git does not track (ignored ones included): what a test run must not add to."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(["git", "ls-files", "--others", "--exclude-standard", "--ignored", "-z"], cwd=root, capture_output=True, text=True)
+    return sorted(p for p in out.stdout.split("\0") if p and not p.startswith((".venv/", ".pytest_cache/")) and "__pycache__" not in p)
+
+
+_CHECKOUT: list[str] = []  # the untracked files before this run
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -73,6 +94,12 @@ def sample_faces() -> Path:
     return path
 
 
+@pytest.fixture
+def untracked_before() -> list[str]:
+    """The checkout's untracked files when this test run started (see :func:`_untracked`)."""
+    return list(_CHECKOUT)
+
+
 @pytest.fixture(scope="session")
 def chain_work() -> Path:
     """The work folder of this test run's notebook chain (01-06 on the embedded sample, default
@@ -82,6 +109,7 @@ def chain_work() -> Path:
     from gender_lib import pipeline
 
     work = Path(os.environ["GENDER_LIB_WORKDIR"])
-    if not (work / "reports" / "figures" / "face_grid.png").is_file():  # nbval did not run 01-05 in this session
+    grid = work / "reports" / "figures" / "face_grid.png"
+    if not (grid.is_file() and grid.stat().st_mtime >= _STARTED[0]):  # nbval did not run 01-05 in this session
         work = pipeline.run(Path(__file__).resolve().parents[1] / "pipeline.yml", out=Path(os.environ["TMPDIR"]).parent / "chain")
     return work

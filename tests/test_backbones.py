@@ -165,7 +165,8 @@ def test_cli_convert_dlib_reuses_the_verified_conversion(dlib: DlibBackbone, chi
 
 def test_extraction_prediction_and_the_widget_never_import_tensorflow(tmp_path) -> None:
     """Inference runs on ONNX Runtime: extracting descriptors, predicting photos (detection on) and the
-    upload widget's callback import neither TensorFlow nor Keras."""
+    upload widget's callback import neither TensorFlow nor Keras (and need none of the shared data)."""
+    import os
     import subprocess
     import sys
 
@@ -184,6 +185,8 @@ loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "ker
 assert not loaded, loaded[:5]
 print("ok", rows[0]["label"], results[0].faces[0].label)
 """
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    (tmp_path / "no_datasets").mkdir()  # and without the shared data, converting into a fresh store: a fresh machine
+    env = {**os.environ, "GENDER_LIB_DATASETS": str(tmp_path / "no_datasets"), "GENDER_LIB_CACHE": str(tmp_path / "store")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok ")

@@ -53,7 +53,7 @@ def jupyterlab(tmp_path):
     for name in ("05_visualize", "06_predict"):
         shutil.copy(ROOT / "notebooks" / f"{name}.ipynb", tmp_path / f"{name}.ipynb")
     port = _free_port()
-    env = {**os.environ, "IPYTHONDIR": str(ROOT / ".ipython"), "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter_config")}
+    env = {**os.environ, "IPYTHONDIR": os.environ["IPYTHONDIR"], "JUPYTER_CONFIG_DIR": str(tmp_path / "jupyter_config")}
     server = subprocess.Popen(
         [
             sys.executable,

@@ -298,6 +298,7 @@ def test_demo_conversion_writes_to_the_given_output_or_the_store_never_to_the_ch
     assert not root.exists()  # nothing in the checkout: not checkpoints/, not data/interim/
     _, saved = vf.load(out)
     assert saved["synthetic"] is True and "notice" not in saved
+    assert saved["source_sha256"] == saved["sha256"]  # a network built in memory is named by its graph's hash
     assert saved["source_sha256"] == meta["source_sha256"]
     text = vf.describe(meta)
     assert text.startswith("The real VGG-Face weights are not at data/external/vgg_face.mat.\n")

@@ -431,3 +431,24 @@ def test_a_files_hash_is_kept_for_later_processes_and_redone_when_the_file_chang
     memo_path.write_text("{broken")
     monkeypatch.setattr(fileio, "_HASHES", {})
     assert fileio.sha256_file_cached(weights) == fileio.sha256_file(weights)  # a damaged memo costs only the time
+
+
+def test_prepared_batches_keep_the_order_report_failures_in_place_and_stop_at_once(tmp_path):
+    paths, keys = _images(tmp_path / "img", 12)
+    paths[4].write_bytes(b"not an image")
+    backbone = ColourBackbone(delay=0.0)
+    failures: list[dict] = []
+    batches = list(ft._batches(list(zip(paths, keys)), backbone, 5, failures, workers=2, ahead=2))
+    assert [k for ks, _ in batches for k in ks] == keys[:4] + keys[5:] and [len(ks) for ks, _ in batches] == [4, 5, 2]
+    assert [f["path"] for f in failures] == [str(paths[4])]
+
+    class Slow(ColourBackbone):
+        def prepare(self, rgb):
+            time.sleep(0.2)
+            return super().prepare(rgb)
+
+    many, many_keys = _images(tmp_path / "many", 60)
+    started = time.perf_counter()
+    for _ in ft._batches(list(zip(many, many_keys)), Slow(), 4, [], workers=2, ahead=2):
+        break  # the caller stops (an error, Ctrl-C): what was queued ahead is dropped, not waited for
+    assert time.perf_counter() - started < 2.0

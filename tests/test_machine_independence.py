@@ -67,7 +67,7 @@ def copy_chain(chain_work: Path, to: Path) -> tuple[Path, Path]:
 def test_committed_notebooks_03_to_05_pass_nbval_on_a_simulated_other_machine(chain_work, tmp_path):
     work, cache = copy_chain(chain_work, tmp_path)
     assert perturb_cache(cache, RELATIVE_NOISE, seed=1) >= 280
-    env = {**os.environ, **OTHER_MACHINE, "GENDER_LIB_WORKDIR": str(work), "GENDER_LIB_CACHE": str(cache), "IPYTHONDIR": str(ROOT / ".ipython")}
+    env = {**os.environ, **OTHER_MACHINE, "GENDER_LIB_WORKDIR": str(work), "GENDER_LIB_CACHE": str(cache), "IPYTHONDIR": os.environ["IPYTHONDIR"]}
     rest = nbval([NOTEBOOKS / f"{name}.ipynb" for name in ("03_train", "04_evaluate", "05_visualize")], env, tmp_path, cpus=1)
     assert rest.returncode == 0, rest.stdout[-4000:]
 

@@ -32,7 +32,7 @@ def test_changing_the_head_width_of_the_committed_03_makes_nbval_fail(chain_work
     notebook = tmp_path / "03_train.ipynb"
     notebook.write_text((ROOT / "notebooks" / "03_train.ipynb").read_text())
     _set_parameters(notebook, widths=[64, 64, 64])
-    env = {**os.environ, "GENDER_LIB_WORKDIR": str(work), "GENDER_LIB_CACHE": str(cache), "IPYTHONDIR": str(ROOT / ".ipython")}
+    env = {**os.environ, "GENDER_LIB_WORKDIR": str(work), "GENDER_LIB_CACHE": str(cache), "IPYTHONDIR": os.environ["IPYTHONDIR"]}
     changed = nbval([notebook], env, tmp_path)
     assert changed.returncode != 0, changed.stdout[-3000:]
     assert "widths [16, 16]" in changed.stdout and "widths [64, 64, 64]" in changed.stdout, changed.stdout[-3000:]

@@ -103,3 +103,12 @@ def test_first_failing_notebook_stops_the_run_with_its_name_and_error(tmp_path):
         pipeline.run(run, out=tmp_path / "out")
     assert (tmp_path / "out" / "02_extract.ipynb").is_file()
     assert not (tmp_path / "out" / "03_train.ipynb").exists()
+
+
+def test_a_retired_flag_on_the_command_line_says_what_replaced_it(capsys):
+    from gender_lib import cli
+
+    assert cli.main(["train", "--mode", "finetune"]) == 2
+    assert "'mode' was retired in gender_lib 0.2: the frozen head is the one model kind" in capsys.readouterr().err
+    assert cli.main(["predict", "x.jpg", "--engine", "keras"]) == 2
+    assert "'engine' was retired in gender_lib 0.2: inference always runs on ONNX Runtime" in capsys.readouterr().err

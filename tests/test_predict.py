@@ -289,3 +289,27 @@ def test_the_readme_example_prints_what_the_readme_shows(capsys, monkeypatch):
     monkeypatch.chdir(root)
     assert cli.main(shlex.split(block[0])) == 0
     assert capsys.readouterr().out.strip().splitlines() == block[1:]
+
+
+def test_cache_dir_moves_everything_the_package_writes_outside_the_work_folder(toy_head, face_photo, tmp_path, capsys):
+    """--cache-dir governs the whole store: the converted network, the detector copy and the file hashes."""
+    import os
+    import subprocess
+    import sys
+
+    store, default = tmp_path / "store", tmp_path / "default"
+    default.mkdir()
+    command = [sys.executable, "-m", "gender_lib.cli", "predict", str(face_photo), "--head", str(toy_head), "--cache-dir", str(store)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "GENDER_LIB_CACHE": str(default)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in store.iterdir()) == ["dlib_detector", "dlib_onnx", "file_hashes.json"] and not any(default.iterdir())
+    (graph,) = (store / "dlib_onnx").glob("*.onnx")
+    stamp = graph.stat().st_mtime_ns
+    assert cli.main(["convert", "--dlib", "--cache-dir", str(store)]) == 0 and graph.stat().st_mtime_ns == stamp  # reused
+    assert cli.main(["convert", "--dlib", "--force", "--cache-dir", str(store)]) == 0 and graph.stat().st_mtime_ns != stamp  # converted again
+    assert "saved: " in capsys.readouterr().out
+
+
+def test_train_refuses_a_wrong_suffix_before_training(tmp_path):
+    with pytest.raises(stages.StageError, match=r"model\.keras: a model is saved as \.npz"):
+        stages.train(config.DEFAULT.replace(workdir=str(tmp_path)), output=tmp_path / "model.keras")

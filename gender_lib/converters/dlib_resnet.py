@@ -150,14 +150,28 @@ def convert(
     (:data:`~gender_lib.converters.dlib_dnn.DLIB_RULES`; only to show the check catches each wrong
     one). Nothing is written unless every chip is within ``tolerance``. Raises
     :class:`~gender_lib.converters.dlib_dnn.DlibModelError` (a bad file), :class:`NoRealFacesError`,
-    :class:`~gender_lib.converters.verified.MismatchError`.
+    :class:`~gender_lib.converters.verified.MismatchError`, ``OSError`` (the output cannot be written).
     """
+    graph, meta = verified_graph(source, chips, tolerance=tolerance, build_rules=build_rules)
+    output = Path(output) if output is not None else default_path(source=meta["source"])
+    meta = verified.save(output, graph, meta)
+    logger.info("saved %s: %s", output, verified.describe(meta))
+    return meta
+
+
+def verified_graph(
+    source: str | os.PathLike[str] | None = None,
+    chips: np.ndarray | None = None,
+    *,
+    tolerance: float = TOLERANCE,
+    build_rules: Mapping[str, Any] | None = None,
+) -> tuple[bytes, dict[str, Any]]:
+    """(the serialized graph, its sidecar's contents) of :func:`convert`, verified, not saved."""
     import dlib
 
     from gender_lib.converters import onnx_graph
 
     network = dlib_dnn.read_network(source)
-    output = Path(output) if output is not None else default_path(source=network.source)
     chip_source = "given chips"
     if chips is None:
         paths = real_face_paths(DEFAULT_CHIPS)
@@ -204,9 +218,7 @@ def convert(
         "dlib_version": getattr(dlib, "__version__", "unknown"),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    meta = verified.save(output, serialized, meta)
-    logger.info("saved %s: %s", output, verified.describe(meta))
-    return meta
+    return serialized, meta
 
 
 def cached_conversion(root: str | os.PathLike[str] | None = None, source: str | os.PathLike[str] | None = None) -> dict[str, Any] | None:

@@ -290,11 +290,10 @@ class Runner:
     """A saved graph on ONNX Runtime's CPU provider: ``runner(x)`` -> the first output,
     ``runner(x, name)`` -> the output ``name``, ``runner.outputs(x)`` -> every output by name. ``threads``: the intra-op threads (default:
     :func:`default_threads`). ``spin``: whether those threads spin while they wait for work, as
-    ONNX Runtime's default does: that cuts a lone forward pass's latency (4.1 against 4.7 ms for
+    ONNX Runtime's default does: that cuts a lone forward pass's latency (2.98 against 3.51 ms for
     one dlib chip), but takes the cores from other threads of the process, such as extraction's
-    threads detecting and aligning faces (extraction with detection: 94 faces/s spinning, 103 not;
-    of aligned crops without detection, mostly the model's work: 219 and 212; benchmarks/engines.py,
-    medians of 3 on 2 cores)."""
+    threads detecting and aligning faces (extraction with detection: 132 faces/s spinning, 142 not;
+    benchmarks/descriptor.py, medians of 3 on 2 cores)."""
 
     def __init__(self, model: str | os.PathLike[str] | bytes, threads: int | None = None, spin: bool = False):
         import onnxruntime as ort

@@ -26,6 +26,7 @@ from PIL import Image
 
 from gender_lib.converters import verified
 from gender_lib.converters.matconvnet import Network, descriptor_indices, read_network, validate
+from gender_lib.fileio import sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ def convert(
         "format": FORMAT,
         "network": "VGG-Face" + (" (synthetic)" if synthetic else ""),
         "source": str(network.source) if network.source else None,
-        "source_sha256": network.sha256,
+        "source_sha256": network.sha256 or sha256_bytes(serialized),  # a network built in memory: its graph's hash
         "layout": network.layout,
         "synthetic": synthetic,
         "input": {"size": list(network.image_size), "colour": "RGB", "range": [0, 255], "resize": network.interpolation, "keep_aspect": network.keep_aspect},
