@@ -132,7 +132,6 @@ def _start_ray(ray: Any, address: str, num_cpus: int | None) -> bool:
     if address == "local":
         ray.init(num_cpus=num_cpus, include_dashboard=False, **quiet)
         return True
-    _check_reachable(address)
     try:
         ray.init(address=address, **quiet)
     except ConnectionError as error:
@@ -221,6 +220,8 @@ def extract_ray(
         log.info("%s: all %d images already cached; nothing scheduled", backbone_id, requested)
         return features.ExtractReport(backbone_id, requested, requested, 0, [], time.perf_counter() - start)
     ray = _import_ray()
+    if address != "local" and not ray.is_initialized():
+        _check_reachable(address)  # in seconds, before anything else is done
 
     root = str(store.root())
     if backbone_description.get("name") == "dlib":  # convert once here, not in every actor at once

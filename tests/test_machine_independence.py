@@ -77,7 +77,7 @@ def test_descriptor_noise_moves_the_trained_head_far_less_than_what_notebooks_pr
     """The margin behind the test above, over several noise draws: what another CPU changes moves
     P(female) by far less than the 2-3 decimals the notebooks print, and leaves the early-stopping
     epoch alone (in float32 two of four draws took another path and moved P(female) by up to 0.099)."""
-    from gender_lib import config, stages
+    from gender_lib import config, modeling, stages
 
     work, cache = copy_chain(chain_work, tmp_path)
     cfg = config.DEFAULT.replace(workdir=str(work), cache_dir=str(cache))
@@ -87,7 +87,8 @@ def test_descriptor_noise_moves_the_trained_head_far_less_than_what_notebooks_pr
         x = stages.load_descriptors(c).x
         return int(result.meta["history"]["best_epoch"][0]), float(result.meta["threshold"]), result.model.p_female(x)
 
-    epoch, threshold, p = trained(cfg)
+    chain = modeling.load(stages.current_model(work))  # what notebook 03 trained, with these settings, on these descriptors
+    epoch, threshold, p = int(chain.history_["best_epoch"][0]), chain.threshold_, chain.p_female(stages.load_descriptors(cfg).x)
     for seed in (1, 2):
         noisy = tmp_path / f"cache{seed}"
         shutil.copytree(cache, noisy)
