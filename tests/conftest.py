@@ -94,6 +94,24 @@ def sample_faces() -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def toy_head(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A model on dlib descriptors trained on random numbers: tests plumbing, not accuracy."""
+    from gender_lib.backbones import DlibBackbone
+    from tests.fakes import toy_model
+
+    return toy_model(DlibBackbone().describe(), tmp_path_factory.mktemp("head") / "toy_head.npz")[0]
+
+
+@pytest.fixture(scope="module")
+def predictor(toy_head: Path):
+    """The toy model with the real dlib backbone, ready for photos."""
+    from gender_lib.backbones import DlibBackbone
+    from gender_lib.predict import Predictor
+
+    return Predictor(toy_head, backbone=DlibBackbone())
+
+
 @pytest.fixture
 def untracked_before() -> list[str]:
     """The checkout's untracked files when this test run started (see :func:`_untracked`)."""

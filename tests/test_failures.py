@@ -18,21 +18,9 @@ from PIL import Image
 
 from gender_lib import cli, config, stages, store, widgets
 from gender_lib import predict as pr
-from gender_lib.backbones import DlibBackbone
 from gender_lib.errors import ConfigError
-from tests.fakes import toy_model
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def toy_head(tmp_path_factory) -> Path:
-    return toy_model(DlibBackbone().describe(), tmp_path_factory.mktemp("head") / "toy_head.npz")[0]
-
-
-@pytest.fixture(scope="module")
-def predictor(toy_head) -> pr.Predictor:
-    return pr.Predictor(toy_head, backbone=DlibBackbone())
 
 
 @pytest.fixture(scope="module")

@@ -17,23 +17,11 @@ from PIL import Image
 from gender_lib import cli, config, stages
 from gender_lib import faces as face_detection
 from gender_lib import predict as pr
-from gender_lib.backbones import DlibBackbone
 from gender_lib.fileio import display_path
 from gender_lib.images import MIN_FACE_SIDE, array_to_rgb, register_decoders, to_rgb
-from tests.fakes import toy_model
 
 ROOT = Path(__file__).resolve().parents[1]
 LATIN1 = os.fsdecode(b"caf\xe9.jpg")  # a Latin-1 name, as from an old zip file: not valid UTF-8
-
-
-@pytest.fixture(scope="module")
-def toy_head(tmp_path_factory) -> Path:
-    return toy_model(DlibBackbone().describe(), tmp_path_factory.mktemp("head") / "toy_head.npz")[0]
-
-
-@pytest.fixture(scope="module")
-def predictor(toy_head) -> pr.Predictor:
-    return pr.Predictor(toy_head, backbone=DlibBackbone())
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,6 @@ from gender_lib.backbones import DlibBackbone
 from tests.fakes import toy_model
 
 
-@pytest.fixture(scope="module")
-def toy_head(tmp_path_factory) -> Path:
-    """A head on dlib descriptors trained on random numbers: tests plumbing, not accuracy."""
-    return toy_model(DlibBackbone().describe(), tmp_path_factory.mktemp("head") / "toy_head.npz")[0]
-
-
-@pytest.fixture(scope="module")
-def predictor(toy_head) -> pr.Predictor:
-    return pr.Predictor(toy_head, backbone=DlibBackbone())
-
-
 @pytest.fixture
 def face_photo(sample_faces, tmp_path) -> Path:
     """A 'photo': a real face crop pasted into a larger grey scene, off-centre."""
