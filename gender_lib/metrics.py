@@ -349,3 +349,29 @@ def age_lines(report: dict[str, Any]) -> list[str]:
     )
     mae = f"; MAE {report['mae_years']:.1f} years" if report.get("mae_years") is not None else ""
     return [f"age group (n={report['n']}): exact {_ci(report['exact'], ci, 'exact')}, one-off {_ci(report['one_off'], ci, 'one_off')}; {child}{mae}"]
+
+
+def face_found(box: Sequence[float], face: Sequence[float]) -> bool:
+    """Whether a detected ``box`` finds a hand-marked ``face`` (both left, top, right, bottom): its
+    centre lies inside the face's box and their widths are within a factor of 2.5 (the rule of
+    docs/performance.md's detection table, after FDDB's practice of matching by overlap, made
+    lenient to the two boxes' different conventions)."""
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    ratio = (box[2] - box[0]) / max(face[2] - face[0], 1e-9)
+    return face[0] <= cx <= face[2] and face[1] <= cy <= face[3] and 1 / 2.5 <= ratio <= 2.5
+
+
+def detection_counts(faces: Sequence[Sequence[float]], boxes: Sequence[Sequence[float]], small: float = 60) -> dict[str, int]:
+    """One photo's hand-marked ``faces`` against the detected ``boxes``: faces found, faces narrower
+    than ``small`` px and how many of those were found, and boxes that find no face (unmatched)."""
+    used = np.zeros(len(boxes), bool)
+    out = {"faces": len(faces), "found": 0, "small": 0, "small_found": 0}
+    for face in faces:
+        hit = np.array([face_found(b, face) for b in boxes], bool)
+        narrow = face[2] - face[0] < small
+        out["small"] += int(narrow)
+        if hit.any():
+            out["found"] += 1
+            out["small_found"] += int(narrow)
+            used |= hit
+    return {**out, "unmatched": int((~used).sum())}

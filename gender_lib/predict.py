@@ -27,19 +27,20 @@ from gender_lib.images import IMAGE_EXTENSIONS
 
 MAX_PIXELS = 80_000_000  # larger images are refused with a message (decompression-bomb guard)
 NO_FACE = (
-    "no face found (faces from 40 px wide, frontal or nearly so, are searched for; "
-    "for a tightly cropped, aligned face at least 40x40 px, --no-detect / detect=False reads the whole image as one face)"
+    "no face found (faces from {min_face} px wide are searched for, --min-face; "
+    "for a tightly cropped face at least 40x40 px, --no-detect / detect=False reads the whole image as one face)"
 )
 #: A ``--no-detect`` crop whose centre has a grey-level standard deviation below this (0-255 scale)
 #: is refused as featureless: a blank or flat image, not a face. Measured: the lowest of the 300
 #: embedded sample faces is 9.5, of every 10th face of the full shared data 4.7 (a very dark
 #: photo); a blank JPEG is under 1.
 MIN_CONTRAST = 2.0
-#: A ``--no-detect`` crop must hold at least a weak face candidate: dlib's HOG detector on the crop
-#: padded by a quarter and upsampled once, its threshold lowered to this. Measured: every one of the
-#: 300 sample faces and of every 20th face of the full shared data has a candidate (lowest scores
-#: -1.21 and -1.18); a gradient, a checkerboard, uniform noise and flat grey with noise have none.
-FACE_CANDIDATE_THRESHOLD = -1.5
+#: A ``--no-detect`` crop must look at least a little like a face to the detector: its best heatmap
+#: value on the crop (:func:`gender_lib.faces.face_score`) must reach this. Measured: the lowest of
+#: the 300 embedded sample faces is 0.065 (a blurred baby no detector finds; the next 0.65), of every
+#: 20th face of the full shared data 0.37; a gradient, a checkerboard, noise, flat grey with noise
+#: and a drawn smiley score 0.006-0.023 (at 128 and 300 px).
+FACE_CANDIDATE_THRESHOLD = 0.04
 #: ``--no-detect`` reads the whole image as one face: meant for tight crops, it refuses photos larger
 #: than this (a 19 MP photo took 25 s and 2.4 GB, and labelled one face of three).
 NO_DETECT_MAX_PIXELS = 4_000_000
@@ -63,9 +64,9 @@ def check_face_crop(rgb: np.ndarray, name: str = "image") -> None:
     grey = rgb[height // 4 : height - height // 4, width // 4 : width - width // 4].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
     if grey.std() < MIN_CONTRAST:
         raise PredictionError(f"{name}: blank or featureless image (contrast {grey.std():.1f} < {MIN_CONTRAST}); not a face")
-    from gender_lib.faces import face_candidate_score
+    from gender_lib.faces import face_score
 
-    if face_candidate_score(rgb, FACE_CANDIDATE_THRESHOLD) is None:
+    if face_score(rgb) < FACE_CANDIDATE_THRESHOLD:
         raise PredictionError(f"{name}: nothing in the image looks like a face, even to a detector told to be lenient; not labelled")
 
 
@@ -230,6 +231,7 @@ class Predictor:
         *,
         backbone: Any = None,
         min_confidence: float | None = None,
+        min_face: int | None = None,
         spin: bool = True,
     ):
         from gender_lib import backbones, config, modeling
@@ -244,6 +246,8 @@ class Predictor:
             raise PredictionError(f"{self.head_path}: trained on {self.meta['backbone']['id']} rows, not {self.backbone.id}")
         self.threshold = float(self.model.threshold_)
         self.min_confidence = min_confidence
+        self.min_face = config.BackboneConfig().min_face if min_face is None else int(min_face)
+        self.spin = spin
 
     def predict(self, image: Any, detect: bool = True, name: str = "image", channels: str = "rgb") -> list[Face]:
         """Faces in ``image`` (largest first): see :func:`read_image` for what ``image`` may be.
@@ -253,14 +257,15 @@ class Predictor:
         candidate (:func:`check_face_crop`).
         ``channels="bgr"`` for OpenCV arrays. Raises :class:`PredictionError`; no face is ``[]``.
         """
-        from gender_lib.faces import detect_faces
+        from gender_lib.faces import detect as find_faces
 
         rgb = read_image(image, name, channels)
         if detect:
-            boxes: list[Any] = detect_faces(rgb)
-            if not boxes:
+            found = find_faces(rgb, self.min_face, spin=self.spin)
+            if not found:
                 return []
-            x = np.stack([self.backbone.prepare_face(rgb, box) for box in boxes])
+            boxes: list[Any] = [face.clipped(rgb.shape[1], rgb.shape[0]) for face in found]
+            x = np.stack([self.backbone.prepare_face(rgb, face.box) for face in found])
         else:
             check_face_crop(rgb, name)
             boxes = [(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)]
@@ -289,7 +294,7 @@ class Predictor:
             return [_message_row(shown, f"could not be predicted ({type(error).__name__}: {error})", True)]
         if not faces:
             pages = _pages(path)
-            return [_message_row(shown, NO_FACE + (f"; only page 1 of {pages} was read" if pages > 1 else ""), False)]
+            return [_message_row(shown, NO_FACE.format(min_face=self.min_face) + (f"; only page 1 of {pages} was read" if pages > 1 else ""), False)]
         return [{"path": shown, "face": number, **face.row(), "message": "", "problem": False} for number, face in enumerate(faces, 1)]
 
 
@@ -527,13 +532,13 @@ def example_image(path: str | os.PathLike[str] = "") -> Path:
     the embedded sample in whose crop the detector finds a face (a demo should show a box)."""
     from gender_lib.config import paths
     from gender_lib.errors import UserFileNotFoundError
-    from gender_lib.faces import detect_faces
+    from gender_lib.faces import detect
     from gender_lib.images import load_rgb
 
     if path:
         return Path(path).expanduser()
     sample = paths().sample
     for candidate in sorted(sample.glob("[3-5]?_F/nm*.jpg")) + sorted(sample.glob("*/*.jpg")):
-        if detect_faces(load_rgb(candidate)):
+        if detect(load_rgb(candidate)):
             return candidate
     raise UserFileNotFoundError(f"{sample}: no face of the embedded sample could be found; set example_image to a photo")

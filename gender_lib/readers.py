@@ -375,3 +375,34 @@ def read_records(
         if column not in table:
             table[column] = pd.Series(dtype=object)
     return table, problems, layout
+
+
+def read_fddb(root: str | os.PathLike[str]) -> dict[Path, list[tuple[float, float, float, float]]]:
+    """A face-detection set in FDDB's layout (Jain & Learned-Miller, 2010): each photo
+    (``<root>/originalPics/<key>.jpg``) -> its faces as the bounding boxes (left, top, right,
+    bottom, px) of their hand-drawn ellipses, from ``<root>/FDDB-folds/FDDB-fold-NN-ellipseList.txt``
+    (per photo: its key, the number of faces, then ``major minor angle centre_x centre_y 1`` per face).
+    Raises :class:`DatasetError` where there are no ellipse lists or one cannot be parsed."""
+    import math
+
+    root = Path(root)
+    folds = sorted((root / "FDDB-folds").glob("FDDB-fold-*-ellipseList.txt"))
+    if not folds:
+        raise DatasetError(f"{display_path(root)}: no FDDB-folds/FDDB-fold-NN-ellipseList.txt here")
+    out: dict[Path, list[tuple[float, float, float, float]]] = {}
+    for fold in folds:
+        lines = [line.strip() for line in fold.read_text(encoding="utf-8").splitlines() if line.strip()]
+        i = 0
+        try:
+            while i < len(lines):
+                key, n = lines[i], int(lines[i + 1])
+                boxes = []
+                for line in lines[i + 2 : i + 2 + n]:
+                    a, b, angle, cx, cy = (float(v) for v in line.split()[:5])
+                    ex, ey = math.hypot(a * math.sin(angle), b * math.cos(angle)), math.hypot(a * math.cos(angle), b * math.sin(angle))
+                    boxes.append((cx - ex, cy - ey, cx + ex, cy + ey))
+                out[root / "originalPics" / f"{key}.jpg"] = boxes
+                i += 2 + n
+        except (ValueError, IndexError):
+            raise DatasetError(f"{display_path(fold)}: line {i + 1} is not FDDB's ellipse format (key, count, then one ellipse a line)") from None
+    return out

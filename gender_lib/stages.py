@@ -599,7 +599,11 @@ def predict(
     try:
         if predictor is None:  # ONNX Runtime's threads spin between passes for one photo (latency), not for many (they would take the cores)
             predictor = pr.Predictor(
-                head or config.paths.head_path or None, config.vggface_model(), min_confidence=config.evaluation.min_confidence, spin=len(paths) == 1
+                head or config.paths.head_path or None,
+                config.vggface_model(),
+                min_confidence=config.evaluation.min_confidence,
+                min_face=config.backbone.min_face,
+                spin=len(paths) == 1,
             )
         for path in paths:
             _emit(predictor.rows(path, detect), rows, sink, on_rows)

@@ -80,6 +80,12 @@ def real_combined() -> Path:
 
 
 @pytest.fixture
+def real_fddb() -> Path:
+    """The real fddb_dev folder (133 news photos, 221 marked faces)."""
+    return _real(gl_config.paths().datasets / "fddb_dev", "fddb_dev")
+
+
+@pytest.fixture
 def real_folds() -> Path:
     """The real Adience fold files."""
     return _real(REAL_FOLDS, "Adience folds")

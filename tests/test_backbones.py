@@ -17,7 +17,7 @@ from gender_lib import backbones, cli, config, store
 from gender_lib.backbones import DlibBackbone
 from gender_lib.converters import dlib_resnet
 from gender_lib.errors import ConfigError
-from gender_lib.faces import detect_faces
+from gender_lib.faces import detect
 from gender_lib.images import load_rgb
 
 COMMITTED_ID = "dlib-3c036b295fa0"
@@ -108,14 +108,14 @@ def test_mirror_output_is_the_descriptors_of_the_face_and_of_its_mirror_image(dl
 
 def test_prepare_face_with_a_box_and_without(dlib: DlibBackbone, crops: list[np.ndarray]) -> None:
     rgb = crops[5]
-    boxes = detect_faces(rgb)
-    assert boxes, "HOG finds the face in this sample crop"
-    box = boxes[0]
+    found = detect(rgb, min_face=1)
+    assert found, "the detector finds the face in this sample crop"
+    box = found[0].box
     chip = dlib.prepare_face(rgb)  # no box: detection inside, as extraction does
     assert chip.shape == (150, 150, 3) and chip.dtype == np.uint8
     np.testing.assert_array_equal(dlib.prepare_face(rgb, box), chip)  # the box it would have found
-    whole = (0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)
-    assert np.abs(dlib.prepare_face(rgb, whole).astype(int) - chip).mean() > 1  # the box given is the box used
+    other = (box[0] - 20, box[1] + 10, box[2] + 25, box[3] + 30)
+    assert np.abs(dlib.prepare_face(rgb, other).astype(int) - chip).mean() > 1  # the box given is the box used
     # the same face in a larger photo, with its box there: the same chip (up to a grey level at the borders)
     photo = np.zeros((rgb.shape[0] + 200, rgb.shape[1] + 300, 3), np.uint8)
     photo[120 : 120 + rgb.shape[0], 170 : 170 + rgb.shape[1]] = rgb
@@ -144,9 +144,9 @@ def test_align_crop_takes_the_whole_crop_as_the_face_box(dlib: DlibBackbone, cro
     crop = DlibBackbone(align="crop")
     assert "box=crop" in crop.describe()["preprocessing"]
     rgb = crops[5]
-    np.testing.assert_array_equal(crop.prepare(rgb), dlib_chip(rgb, (0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1))[0])
+    np.testing.assert_array_equal(crop.prepare(rgb), dlib_chip(rgb, detect_face=False)[0])
     assert np.abs(crop.prepare(rgb).astype(int) - dlib.prepare(rgb)).mean() > 1  # chip finds a tighter box
-    box = detect_faces(rgb)[0]
+    box = detect(rgb)[0].box
     np.testing.assert_array_equal(crop.prepare_face(rgb, box), dlib.prepare_face(rgb, box))
 
 

