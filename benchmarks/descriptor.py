@@ -94,11 +94,11 @@ def embedding(chips: np.ndarray, runs: dict, repeats: int) -> dict:
 
 def parts(paths: list[Path], graph: DlibBackbone, repeats: int) -> dict:
     from gender_lib import modeling
-    from gender_lib.faces import detect_faces, dlib_models
+    from gender_lib.faces import _landmarks, detect, dlib_rect
 
-    models = dlib_models()
     images = [load_rgb(p) for p in paths]
-    boxes = [(detect_faces(rgb, clip=False) or [(0, 0, rgb.shape[1] - 1, rgb.shape[0] - 1)])[0] for rgb in images]
+    boxes = [(detect(rgb, min_face=1) or [None])[0] for rgb in images]
+    boxes = [d.box if d else (0.0, 0.0, rgb.shape[1] - 1.0, rgb.shape[0] - 1.0) for d, rgb in zip(boxes, images)]
     chips = np.stack([graph.prepare_face(rgb, box) for rgb, box in zip(images, boxes)])
     model = modeling.load(config.paths().default_head)
     descriptors = DlibBackbone(output="descriptor+mirror").embed(chips)
@@ -107,11 +107,11 @@ def parts(paths: list[Path], graph: DlibBackbone, repeats: int) -> dict:
         import dlib
 
         rgb, box = item
-        return dlib.get_face_chip(rgb, models.landmarks(rgb, dlib.rectangle(*box)), size=150, padding=0.25)
+        return dlib.get_face_chip(rgb, _landmarks()(rgb, dlib_rect(box)), size=150, padding=0.25)
 
     out = {
         "decode": per_face_ms(load_rgb, paths, repeats),
-        "detection": per_face_ms(lambda rgb: detect_faces(rgb, clip=False), images, repeats),
+        "detection": per_face_ms(lambda rgb: detect(rgb, min_face=1), images, repeats),
         "landmarks_and_chip": per_face_ms(chip, list(zip(images, boxes)), repeats),
         "embedding_batch32": 1000 * med([_timed(lambda: _batched(graph, chips)) / len(chips) for _ in range(repeats)]),
         "head_per_face": 1000 * med([_timed(lambda: model.answer(descriptors)) / len(chips) for _ in range(repeats)]),

@@ -34,13 +34,13 @@ TARGET_COLD_S = 0.5
 
 
 def sample_face() -> Path:
-    """A face crop of data/sample in which dlib's HOG detector finds the face (from the middle of the list)."""
-    from gender_lib.faces import detect_faces
+    """A face crop of data/sample in which the detector finds one face (from the middle of the list)."""
+    from gender_lib.faces import detect
     from gender_lib.images import load_rgb
 
     faces = sorted(config.paths().sample.glob("*_F/nm*.jpg"))
     for face in faces[len(faces) // 2 :] + faces[: len(faces) // 2]:
-        if detect_faces(load_rgb(face)):
+        if len(detect(load_rgb(face))) == 1:
             return face
     raise SystemExit(f"no detectable face in {config.paths().sample}")
 
@@ -58,7 +58,7 @@ def timed(fn, repeats: int) -> tuple[float, list[float], object]:
 
 
 def warm(photo: Path, repeats: int, head: Path) -> dict:
-    from gender_lib.faces import detect_faces
+    from gender_lib.faces import detect
     from gender_lib.predict import Predictor, read_image
 
     rgb = read_image(photo)
@@ -72,11 +72,11 @@ def warm(photo: Path, repeats: int, head: Path) -> dict:
     out["detect_ms"] = 1000 * timed(lambda: predictor.predict(rgb), repeats)[0]
     out["p_female"], out["faces"] = predictor.predict(rgb)[0].p_female, len(predictor.predict(rgb))
     out["no_detect_ms"] = 1000 * timed(lambda: predictor.predict(rgb, detect=False), repeats)[0]
-    box = detect_faces(rgb)[0]
+    box = detect(rgb)[0].box
     chip = predictor.backbone.prepare_face(rgb, box)[None]
     x = predictor.backbone.embed(chip)
     parts = {
-        "detect": lambda: detect_faces(rgb),
+        "detect": lambda: detect(rgb),
         "chip": lambda: predictor.backbone.prepare_face(rgb, box),
         "embed": lambda: predictor.backbone.embed(chip),
         "head": lambda: predictor.model.answer(x),

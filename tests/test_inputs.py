@@ -328,7 +328,7 @@ def test_a_pil_image_in_mode_i_beyond_8_bits_is_a_clear_error():
 
 
 def test_a_heic_photo_is_read_directly(women, predictor, tmp_path):
-    Image.open(women[0]).save(tmp_path / "IMG_0001.HEIC")
+    Image.open(women[1]).save(tmp_path / "IMG_0001.HEIC")
     assert len(predictor.predict(tmp_path / "IMG_0001.HEIC")) == 1
 
 

@@ -187,8 +187,9 @@ def test_a_head_trained_on_resized_faces_gets_resized_faces(tmp_path, face_photo
     predictor.backbone.prepare_face = lambda rgb, box=None: calls.append(box) or original(rgb, box)
     faces = predictor.predict(face_photo)
     rgb = pr.read_image(face_photo)
-    expected = model.p_female(resize.embed(np.stack([resize.prepare_face(rgb, faces[0].box)])))[0]
-    assert calls == [faces[0].box] and faces[0].p_female == pytest.approx(expected, abs=1e-6)
+    expected = model.p_female(resize.embed(np.stack([resize.prepare_face(rgb, calls[0])])))[0]
+    assert len(calls) == 1 and tuple(int(round(v)) for v in calls[0]) == faces[0].box  # the detected box, whole pixels in the answer
+    assert faces[0].p_female == pytest.approx(expected, abs=1e-6)
 
 
 def test_cli_errors_are_one_line_not_a_traceback(tmp_path, capsys):
@@ -260,7 +261,7 @@ def test_cache_dir_moves_everything_the_package_writes_outside_the_work_folder(t
     command = [sys.executable, "-m", "gender_lib.cli", "predict", str(face_photo), "--head", str(toy_head), "--cache-dir", str(store)]
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "GENDER_LIB_CACHE": str(default)})
     assert done.returncode == 0, done.stderr[-2000:]
-    assert sorted(p.name for p in store.iterdir()) == ["dlib_detector", "dlib_onnx", "file_hashes.json"] and not any(default.iterdir())
+    assert sorted(p.name for p in store.iterdir()) == ["centerface", "dlib_onnx", "file_hashes.json"] and not any(default.iterdir())
     (graph,) = (store / "dlib_onnx").glob("*.onnx")
     stamp = graph.stat().st_mtime_ns
     assert cli.main(["convert", "--dlib", "--cache-dir", str(store)]) == 0 and graph.stat().st_mtime_ns == stamp  # reused
