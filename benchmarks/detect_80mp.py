@@ -32,6 +32,5 @@ after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 hits = sum(
     any(at[0] <= (d.box[0] + d.box[2]) / 2 <= at[0] + w / 0.7 and at[1] <= (d.box[1] + d.box[3]) / 2 <= at[1] + w / 0.7 for d in found) for w, at in spots
 )
-print(
-    f"80 MP ({W}x{H}): {dt:.1f} s, {hits} of {len(spots)} planted faces (24-300 px) found, {len(found)} boxes; peak RSS {before / 1024:.0f} MB before detection (image held), {after / 1024:.0f} MB after: +{(after - before) / 1024:.0f} MB"
-)
+print(f"80 MP ({W}x{H}): {dt:.1f} s, {hits} of {len(spots)} planted faces (24-300 px) found, {len(found)} boxes")
+print(f"peak memory: {before / 1024:.0f} MB before detection (image held), {after / 1024:.0f} MB after: +{(after - before) / 1024:.0f} MB")
