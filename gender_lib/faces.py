@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -95,20 +96,22 @@ def dlib_model_paths() -> dict[str, Path]:
     return {role: models / name for role, name in DLIB_MODEL_FILES.items()}
 
 
-_DETECTORS: dict[Path, Any] = {}  # one per store, for the process
+_DETECTORS: dict[tuple[Path, bool], Any] = {}  # one per store and spin, for the process
+_LOADING = threading.Lock()  # extraction's threads all ask for it at once on a store's first use
 
 
 def detector(spin: bool = False) -> Any:
     """The verified CenterFace graph of the store (:func:`gender_lib.store.root`) on ONNX Runtime,
     loaded once per process (converted and checked on the store's first use). ``spin``: see
-    :class:`~gender_lib.converters.onnx_graph.Runner`; the first caller's choice holds for the process."""
+    :class:`~gender_lib.converters.onnx_graph.Runner`."""
     from gender_lib import store
     from gender_lib.converters import centerface
 
-    root = store.root()
-    if root not in _DETECTORS:
-        _DETECTORS[root] = centerface.load(root, spin=spin)
-    return _DETECTORS[root]
+    key = (store.root(), bool(spin))
+    with _LOADING:
+        if key not in _DETECTORS:
+            _DETECTORS[key] = centerface.load(key[0], spin=spin)
+    return _DETECTORS[key]
 
 
 @functools.lru_cache(maxsize=1)

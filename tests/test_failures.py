@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -269,7 +270,7 @@ def test_pillows_warnings_name_the_image(predictor, face, monkeypatch, caplog):
     assert [r.getMessage() for r in caplog.records] == [f"{face}: Corrupt EXIF data.  Expecting to read 2 bytes but only got 0. "]
 
 
-def test_a_folder_run_does_not_spin_threads_but_a_single_photo_does(toy_head, face, monkeypatch):
+def test_a_folder_run_does_not_spin_threads_but_a_single_photo_does(toy_head, face, monkeypatch, tmp_path):
     made = []
     real = pr.Predictor.__init__
 
@@ -279,7 +280,11 @@ def test_a_folder_run_does_not_spin_threads_but_a_single_photo_does(toy_head, fa
 
     monkeypatch.setattr(pr.Predictor, "__init__", record)
     stages.predict(config.DEFAULT, [face], head=toy_head)
-    stages.predict(config.DEFAULT, [face.parent], head=toy_head)
+    album = tmp_path / "album"
+    album.mkdir()
+    for i, path in enumerate(sorted(face.parent.parent.glob("4?_F/*.jpg"))[:2]):
+        shutil.copy(path, album / f"{i}.jpg")
+    stages.predict(config.DEFAULT, [album], head=toy_head)
     assert made == [True, False]
 
 

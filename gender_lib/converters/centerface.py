@@ -223,15 +223,21 @@ def load(root: str | os.PathLike[str] | None = None, threads: int | None = None,
     with one warning."""
     from gender_lib.converters.onnx_graph import Runner
 
-    try:
-        return verified.load(ensure_converted(root), FORMAT, AGAIN, threads, spin)[0]
-    except OSError as error:
-        logger.warning(
-            "the face detector cannot be saved in the store (%s); verified in memory for this run "
-            "(set GENDER_LIB_CACHE or --cache-dir to a writable folder to keep it)",
-            error.strerror or error,
-        )
-        return Runner(verified_graph()[0], threads, spin)
+    key = str(root)
+    if key not in _IN_MEMORY:
+        try:
+            return verified.load(ensure_converted(root), FORMAT, AGAIN, threads, spin)[0]
+        except OSError as error:
+            logger.warning(
+                "the face detector cannot be saved in the store (%s); verified in memory for this run "
+                "(set GENDER_LIB_CACHE or --cache-dir to a writable folder to keep it)",
+                error.strerror or error,
+            )
+            _IN_MEMORY[key] = verified_graph()[0]
+    return Runner(_IN_MEMORY[key], threads, spin)
+
+
+_IN_MEMORY: dict[str, bytes] = {}  # graphs verified in memory, by store: verified and warned about once a process
 
 
 __all__ = ["DetectorMissingError", "convert", "default_path", "ensure_converted", "load", "source_path", "verified_graph"]
