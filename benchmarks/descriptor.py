@@ -32,7 +32,7 @@ import numpy as np
 
 from gender_lib import config, features, store
 from gender_lib.backbones import DlibBackbone
-from gender_lib.converters import dlib_resnet
+from gender_lib.converters import dlib_resnet, verified
 from gender_lib.fileio import sha256_file, write_json
 from gender_lib.images import load_rgb
 
@@ -42,7 +42,7 @@ med = statistics.median
 
 def face_paths(n: int) -> list[Path]:
     p = config.paths()
-    return dlib_resnet.real_face_paths(n, roots=[p.datasets / "combined" / "aligned", p.sample])
+    return verified.real_face_paths(n, roots=[p.datasets / "combined" / "aligned", p.sample])
 
 
 def per_face_ms(fn, items, repeats: int) -> float:

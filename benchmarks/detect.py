@@ -38,6 +38,8 @@ import numpy as np
 from PIL import Image
 
 from gender_lib import config, faces, metrics
+from gender_lib.converters import centerface as cf
+from gender_lib.converters import dlib_dnn
 from gender_lib.images import load_rgb
 from gender_lib.readers import read_fddb
 
@@ -81,7 +83,7 @@ def hog(rgb: np.ndarray) -> list[Box]:
     if not found:
         return []
     boxes = np.array([b for _, b in found], float)
-    return [tuple(boxes[i]) for i in faces.suppress(boxes, np.array([s for s, _ in found]))]
+    return [tuple(boxes[i]) for i in cf.suppress(boxes, np.array([s for s, _ in found]))]
 
 
 _MMOD = None
@@ -91,7 +93,7 @@ def mmod(rgb: np.ndarray) -> list[Box]:
     import dlib
 
     global _MMOD
-    _MMOD = _MMOD or dlib.cnn_face_detection_model_v1(str(faces.dlib_model_paths()["cnn_detector"]))
+    _MMOD = _MMOD or dlib.cnn_face_detection_model_v1(str(dlib_dnn.dlib_model_paths()["cnn_detector"]))
     return [(d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()) for d in _MMOD(rgb, 1)]
 
 
@@ -153,7 +155,7 @@ def sizes(photos: dict[Path, list[Box]], images: dict[Path, np.ndarray]) -> dict
             rgb = images[path]
             if scale != 1:
                 rgb = np.asarray(Image.fromarray(rgb).resize((round(rgb.shape[1] * scale), round(rgb.shape[0] * scale)), Image.BILINEAR))
-            boxes = [tuple(v / scale for v in d.box) for d in faces.detections(runner, rgb)]
+            boxes = [tuple(v / scale for v in d.box) for d in cf.detections(runner, rgb)]
             for face in truth:
                 width = (face[2] - face[0]) * scale
                 key = f"{int(width // 4 * 4)}-{int(width // 4 * 4) + 4}" if width < 40 else "40+"

@@ -32,7 +32,7 @@ import numpy as np
 
 from gender_lib import backbones
 from gender_lib.config import HeadConfig
-from gender_lib.converters import dlib_dnn, dlib_resnet
+from gender_lib.converters import dlib_dnn, dlib_resnet, verified
 from gender_lib.modeling import FrozenHead, mlp
 from gender_lib.modeling.estimators import read_saved
 from gender_lib.modeling.mlp import HeadError, class_weights
@@ -174,7 +174,7 @@ def _fc(x: Any, layer: Any, tag: str) -> tuple[Any, tuple[Any, list[np.ndarray]]
 def _verified_weights() -> tuple[Any, ...]:
     """dlib's network in Keras, checked once against dlib on 64 real chips (as the ONNX graph is)."""
     model = build_model(dlib_dnn.read_network())
-    chips = dlib_resnet.face_chips(dlib_resnet.real_face_paths())
+    chips = dlib_resnet.face_chips(verified.real_face_paths())
     figures = dlib_resnet.compare(model.predict(chips.astype(np.float32), verbose=0), dlib_resnet.dlib_descriptors(chips))
     if not figures["max_abs_diff"] <= dlib_resnet.TOLERANCE:
         raise RuntimeError(f"the Keras copy of dlib's network does not reproduce dlib: {figures}")

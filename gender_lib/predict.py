@@ -463,13 +463,6 @@ class CsvRows:
         self.handle.close()
 
 
-def draw(rgb: np.ndarray, faces: Sequence[Face], title: str = "") -> Any:
-    """The image with each face's box and label, as a :class:`gender_lib.plots.Plot`."""
-    from gender_lib import plots
-
-    return plots.detections(rgb, faces, title)
-
-
 @dataclasses.dataclass
 class PredictResult:
     """The rows of a run of :func:`gender_lib.stages.predict` (one per face, or per file that gave

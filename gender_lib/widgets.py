@@ -12,7 +12,8 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-from gender_lib.predict import Face, PredictionError, Predictor, draw, read_image
+from gender_lib import plots
+from gender_lib.predict import Face, PredictionError, Predictor, read_image
 
 
 @dataclasses.dataclass
@@ -90,7 +91,7 @@ def upload_and_predict(predictor: Predictor | None = None, detect: bool = True) 
             if result.rgb is not None:
                 # A '$' in the name would start matplotlib mathtext (and can raise): show it literally.
                 title = result.name.replace("$", r"\$")
-                children.append(w.VBox([label, w.Image(value=draw(result.rgb, result.faces, title).png(), format="png", width=360)]))
+                children.append(w.VBox([label, w.Image(value=plots.detections(result.rgb, result.faces, title).png(), format="png", width=360)]))
             else:
                 children.append(label)
         output.children = children or [w.HTML("<i>No files.</i>")]

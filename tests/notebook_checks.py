@@ -18,8 +18,8 @@ def _last_is_expression(source: str) -> bool:
 
 
 def plots_something(source: str) -> bool:
-    """A cell that makes a figure (plots.*, a Plot's .save, or the predict drawing)."""
-    return "plots." in source or "predict.draw(" in source
+    """A cell that makes a figure (plots.*, or a Plot's .save)."""
+    return "plots." in source
 
 
 def problems(path: Path) -> list[str]:

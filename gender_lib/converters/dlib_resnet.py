@@ -15,7 +15,7 @@ import datetime as _dt
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,41 +38,6 @@ CHIP_PADDING = 0.25
 TOLERANCE = 1e-5
 MIN_CHIPS = 50
 DEFAULT_CHIPS = 64
-
-
-class NoRealFacesError(GenderLibError, FileNotFoundError):
-    """No real face images to verify the conversion on."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
-
-
-# --------------------------------------------------------------------------- real chips and dlib
-
-
-def real_face_paths(n: int = DEFAULT_CHIPS, roots: Iterable[str | os.PathLike[str]] | None = None) -> list[Path]:
-    """A deterministic, spread-out selection of ``n`` real face JPEGs.
-
-    From ``data/sample/<AA>_<M|F>/*.jpg`` where present, else the shared
-    ``combined/aligned/*/*.jpg``: all files sorted, then ``n`` evenly spaced ones (so every
-    age/gender folder contributes). Raises :class:`NoRealFacesError` where there are none.
-    """
-    if roots is None:
-        from gender_lib import config
-
-        p = config.paths()
-        roots = [p.sample, p.datasets / "combined" / "aligned"]
-    tried = []
-    for root in roots:
-        root = Path(root)
-        tried.append(str(root))
-        files = sorted(f for f in root.glob("*/*.jpg") if f.is_file()) if root.is_dir() else []
-        if files:
-            return [files[int(i)] for i in np.linspace(0, len(files) - 1, n).round()] if len(files) > n else files
-    raise NoRealFacesError(
-        f"no real face images (*/*.jpg) in {' or '.join(tried)}: the conversion of dlib's network is "
-        "verified on real faces and cannot run without them (set GENDER_LIB_DATASETS or pass chips)"
-    )
 
 
 def face_chips(paths: Sequence[str | os.PathLike[str]]) -> np.ndarray:
@@ -146,10 +111,10 @@ def convert(
     :func:`default_path`). Returns the sidecar's contents.
 
     ``chips``: uint8 (n >= 50, 150, 150, 3) aligned real face chips; default: 64 from
-    :func:`real_face_paths` made by :func:`face_chips`. ``build_rules`` override the semantics
+    :func:`~gender_lib.converters.verified.real_face_paths` made by :func:`face_chips`. ``build_rules`` override the semantics
     (:data:`~gender_lib.converters.dlib_dnn.DLIB_RULES`; only to show the check catches each wrong
     one). Nothing is written unless every chip is within ``tolerance``. Raises
-    :class:`~gender_lib.converters.dlib_dnn.DlibModelError` (a bad file), :class:`NoRealFacesError`,
+    :class:`~gender_lib.converters.dlib_dnn.DlibModelError` (a bad file), :class:`~gender_lib.converters.verified.NoRealFacesError`,
     :class:`~gender_lib.converters.verified.MismatchError`, ``OSError`` (the output cannot be written).
     """
     graph, meta = verified_graph(source, chips, tolerance=tolerance, build_rules=build_rules)
@@ -174,12 +139,12 @@ def verified_graph(
     network = dlib_dnn.read_network(source)
     chip_source = "given chips"
     if chips is None:
-        paths = real_face_paths(DEFAULT_CHIPS)
+        paths = verified.real_face_paths(DEFAULT_CHIPS)
         chip_source = f"{len(paths)} real face chips from {paths[0].parent.parent.name}/"
         chips = face_chips(paths)
     chips = np.asarray(chips)
     if chips.ndim != 4 or chips.shape[1:] != (CHIP_SIZE, CHIP_SIZE, 3) or len(chips) < MIN_CHIPS:
-        raise NoRealFacesError(f"the conversion is verified on at least {MIN_CHIPS} real chips (n, 150, 150, 3); got {chips.shape}")
+        raise verified.NoRealFacesError(f"the conversion is verified on at least {MIN_CHIPS} real chips (n, 150, 150, 3); got {chips.shape}")
     if chip_source == "given chips":
         chip_source = f"{len(chips)} given face chips"
     graph = onnx_graph.dlib_graph(network, **dict(build_rules or {}))

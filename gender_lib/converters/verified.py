@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from gender_lib.errors import BadFileError, GenderLibError, UserFileNotFoundError
 from gender_lib.fileio import publish_together, sha256_bytes, sha256_file_cached, write_json
@@ -30,6 +33,41 @@ class MismatchError(GenderLibError, RuntimeError):
 
 class ConvertedModelError(BadFileError):
     """A converted network or its sidecar that cannot be used (damaged, changed, another format)."""
+
+
+class NoRealFacesError(GenderLibError, FileNotFoundError):
+    """No real face images to verify the conversion on."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+# --------------------------------------------------------------------------- real chips and dlib
+
+
+def real_face_paths(n: int = 64, roots: Iterable[str | os.PathLike[str]] | None = None) -> list[Path]:
+    """A deterministic, spread-out selection of ``n`` real face JPEGs.
+
+    From ``data/sample/<AA>_<M|F>/*.jpg`` where present, else the shared
+    ``combined/aligned/*/*.jpg``: all files sorted, then ``n`` evenly spaced ones (so every
+    age/gender folder contributes). Raises :class:`NoRealFacesError` where there are none.
+    """
+    if roots is None:
+        from gender_lib import config
+
+        p = config.paths()
+        roots = [p.sample, p.datasets / "combined" / "aligned"]
+    tried = []
+    for root in roots:
+        root = Path(root)
+        tried.append(str(root))
+        files = sorted(f for f in root.glob("*/*.jpg") if f.is_file()) if root.is_dir() else []
+        if files:
+            return [files[int(i)] for i in np.linspace(0, len(files) - 1, n).round()] if len(files) > n else files
+    raise NoRealFacesError(
+        f"no real face images (*/*.jpg) in {' or '.join(tried)}: the conversion of dlib's network is "
+        "verified on real faces and cannot run without them (set GENDER_LIB_DATASETS or pass chips)"
+    )
 
 
 def sidecar_path(path: str | os.PathLike[str]) -> Path:
