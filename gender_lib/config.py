@@ -138,7 +138,10 @@ def _param(default: Any, help: str) -> Any:
 class DataConfig:
     """Which faces, and how they are split."""
 
-    data_root: str = _param("", "face folder or label CSV in any supported layout (default: the embedded sample data/sample)")
+    data_root: str = _param(
+        "",
+        "face folder or label CSV in any supported layout, or several separated by : (each source split alike); default: the embedded sample data/sample",
+    )
     layout: Layout = _param("", "force a layout (default: detect)")
     sample_size: int = _param(0, "seeded subset of the data (0 = every image)")
     protocol: Protocol = _param("person", "person-disjoint split, or the original work's leaky image-level split (for comparison only)")
@@ -333,8 +336,10 @@ class Config:
 
         return Path(self.paths.cache_dir).expanduser().resolve() if self.paths.cache_dir else store.root()
 
-    def data_root(self) -> Path:
-        return Path(self.data.data_root).expanduser().resolve() if self.data.data_root else paths().sample
+    def data_roots(self) -> list[Path]:
+        """The data folders (``data_root`` split at ``os.pathsep``), else the embedded sample."""
+        parts = [p for p in self.data.data_root.split(os.pathsep) if p.strip()]
+        return [Path(p.strip()).expanduser().resolve() for p in parts] or [paths().sample]
 
     def reports_dir(self) -> Path:
         return self.workdir() / "reports"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,8 @@ def clean(table: pd.DataFrame, workers: int | None = None, progress: bool = True
     out["width"] = out["width"].astype(int)
     out["height"] = out["height"].astype(int)
     out["note"] = out["note"].fillna("")
+    if "ethnicity" in out:  # labelled by some sources only (UTKFace's race field)
+        out["ethnicity"] = out["ethnicity"].fillna("").astype(str)
     return out.reset_index(drop=True), problems
 
 
@@ -197,7 +200,7 @@ def _age_sort_key(label: str) -> float:
 
 
 def build(
-    root: str | os.PathLike[str],
+    root: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,
     layout: str | None = None,
     folds_dir: str | os.PathLike[str] | None = None,
@@ -212,10 +215,20 @@ def build(
 ) -> Dataset:
     """Read, clean and split ``root``; nothing is written (see :func:`write_manifest`).
 
-    ``folds``: see :func:`gender_lib.splits.assign_splits` (official Adience folds are kept by default).
+    ``root``: one folder (or label CSV), or several, each read in its own layout: one dataset whose
+    split is stratified by source, so each source is split person-disjoint in the same fractions;
+    images identical across them are de-duplicated like any others. Paths are stored relative to
+    the roots' common folder. ``folds``: see :func:`gender_lib.splits.assign_splits` (official
+    Adience folds are kept by default).
     """
-    root = Path(root).resolve()
-    records, problems, layout = read_records(root, layout, folds_dir)
+    roots = [Path(r).resolve() for r in ([root] if isinstance(root, (str, os.PathLike)) else root)]
+    if not roots:
+        raise DatasetError("no data folder given")
+    parts = [read_records(r, layout, folds_dir) for r in roots]
+    records = pd.concat([p[0] for p in parts], ignore_index=True) if len(parts) > 1 else parts[0][0]
+    problems = [q for p in parts for q in p[1]]
+    layout = "+".join(dict.fromkeys(p[2] for p in parts))
+    root = roots[0] if len(roots) == 1 else Path(os.path.commonpath(roots))
     table, cleaning_problems = clean(records, workers=workers, progress=progress)
     excluded = pd.DataFrame(problems + cleaning_problems, columns=EXCLUDED_COLUMNS)
     official = has_official_folds(table) and folds != "computed"
@@ -232,6 +245,7 @@ def build(
     meta = {
         "format": "gender_lib.manifest/1",
         "root": str(base),
+        "roots": [str(r) for r in roots],
         "layout": layout,
         "protocol": protocol,
         "leaky": protocol == "original",

@@ -56,7 +56,10 @@ def read_manifest(path: str | os.PathLike[str]) -> Dataset:
     except (FileNotFoundError, json.JSONDecodeError) as error:
         raise DatasetError(f"{meta_path}: manifest metadata missing or damaged ({error}); rebuild the manifest") from None
     table = pd.read_csv(
-        path, dtype={"path": object, "age": str, "note": str, "subject": str, "group": str}, keep_default_na=False, encoding_errors="surrogateescape"
+        path,
+        dtype={"path": object, "age": str, "note": str, "subject": str, "group": str, "ethnicity": str},
+        keep_default_na=False,
+        encoding_errors="surrogateescape",
     )
     missing = [c for c in MANIFEST_COLUMNS if c not in table]
     if missing:

@@ -160,6 +160,16 @@ def markdown(results: dict[str, Any]) -> str:
         for column, rows in sel.get("by", {}).items():
             lines += ["", f"### Selective, by {column.replace('_', ' ')}", "", "| value | n | coverage | accuracy on answered |", "|---|---|---|---|"]
             lines += [f"| {v} | {r['n']} | {r['coverage']:.3f} | {_rate(r['accuracy'], 3)} |" for v, r in rows.items()]
+    if results.get("ethnicity"):
+        lines += ["", "## By ethnicity and age band (every face answered; selective)", ""]
+        lines += ["| group | n | accuracy (95% CI) | coverage | accuracy on answered |", "|---|---|---|---|---|"]
+        report = results["ethnicity"]
+        for name, r in {**report["by"], **report["by_band"]}.items():
+            accuracy = _with_interval(r["intervals_95"], "accuracy_all", r["accuracy_all"])
+            lines.append(f"| {name} | {r['n']} | {accuracy} | {r['coverage']:.3f} | {_rate(r['accuracy'], 3)} |")
+        if report.get("gap_adults"):
+            gap = report["gap_adults"]
+            lines += ["", f"Largest gap among adults 15-59: {gap['points']:.1f} points ({gap['best']} vs {gap['worst']})."]
     if results.get("age"):
         lines += ["", "## Age group", ""] + [f"- {line}" for line in age_lines(results["age"])]
     return "\n".join(lines) + "\n"
@@ -315,6 +325,75 @@ def age_metrics(
             out["mae_years"] = float(np.nanmean(np.abs(guess - years)))
     out["intervals_95"] = _person_bootstrap(stats, len(t), None if groups is None else np.asarray(groups)[known], n_boot, seed)
     return out
+
+
+#: Age bands of the per-ethnicity report: children, adults, the elderly (by age group).
+AGE_BANDS = {"0-2": "under 15", "3-7": "under 15", "8-14": "under 15", "60+": "60+"}
+#: Groups smaller than this are listed but left out of the largest gap (their accuracy is too noisy).
+GAP_MIN_FACES = 100
+
+
+def by_ethnicity(correct: np.ndarray, answered: np.ndarray, table: Any, n_boot: int = 1000, seed: int = 0) -> dict[str, Any] | None:
+    """Accuracy with every face answered and selective (coverage, accuracy on answered), with 95%
+    person-bootstrap intervals, per ethnicity and per ethnicity and age band (:data:`AGE_BANDS`;
+    others 15-59), for the faces whose source labels ethnicity (UTKFace's race field); and the
+    largest gap in accuracy between ethnicities among adults 15-59 (groups of at least
+    :data:`GAP_MIN_FACES`). None where no face has an ethnicity."""
+    if table is None or "ethnicity" not in table:
+        return None
+    ethnicity = np.asarray(table["ethnicity"]).astype(str)
+    labelled = ethnicity != ""
+    if not labelled.any():
+        return None
+    c, a = np.asarray(correct, bool), np.asarray(answered, bool)
+    band = np.array([AGE_BANDS.get(g, "15-59") if g != "unknown" else "unknown" for g in np.asarray(table["age_group"]).astype(str)])
+    people = np.asarray(table["group"]).astype(str) if "group" in table else np.arange(len(c)).astype(str)
+
+    def stats(idx: np.ndarray) -> dict[str, float]:
+        answered_here = a[idx]
+        return {
+            "accuracy_all": float(c[idx].mean()),
+            "coverage": float(answered_here.mean()),
+            "accuracy": float(c[idx][answered_here].mean()) if answered_here.any() else float("nan"),
+        }
+
+    def row(mask: np.ndarray) -> dict[str, Any]:
+        idx = np.flatnonzero(mask)
+        interval = _person_bootstrap(lambda i: stats(idx[i]), len(idx), people[idx], n_boot, seed)
+        return {"n": len(idx), **stats(idx), "intervals_95": interval}
+
+    names = sorted(set(ethnicity[labelled]))
+    rows = {name: row(ethnicity == name) for name in names}
+    bands = {
+        f"{name}, {b}": row((ethnicity == name) & (band == b))
+        for name in names
+        for b in ("under 15", "15-59", "60+")
+        if ((ethnicity == name) & (band == b)).any()
+    }
+    adults = {name: r for name in names if (r := bands.get(f"{name}, 15-59")) and r["n"] >= GAP_MIN_FACES}
+    gap = None
+    if len(adults) >= 2:
+        best, worst = max(adults, key=lambda k: adults[k]["accuracy_all"]), min(adults, key=lambda k: adults[k]["accuracy_all"])
+        gap = {"best": best, "worst": worst, "points": 100 * (adults[best]["accuracy_all"] - adults[worst]["accuracy_all"])}
+    return {"n": int(labelled.sum()), "by": rows, "by_band": bands, "gap_adults": gap}
+
+
+def ethnicity_lines(report: dict[str, Any] | None) -> list[str]:
+    """The per-ethnicity figures of :func:`by_ethnicity`, rounded (adults 15-59, then everyone)."""
+    if not report:
+        return []
+    lines = [f"by ethnicity (n={report['n']}; every face answered, then selective coverage/accuracy):"]
+    for name, r in report["by"].items():
+        adult = report["by_band"].get(f"{name}, 15-59")
+        ci = (adult or r)["intervals_95"].get("accuracy_all", [float("nan")] * 2)
+        adults = f"adults 15-59 {adult['accuracy_all']:.3f} ({ci[0]:.3f}-{ci[1]:.3f}, n={adult['n']})" if adult else "adults 15-59: none"
+        old = report["by_band"].get(f"{name}, 60+")
+        elderly = f", 60+ {old['accuracy_all']:.3f} (n={old['n']})" if old else ""
+        lines.append(f"  {name:<7} all {r['accuracy_all']:.3f} (n={r['n']}); {adults}{elderly}; selective {r['coverage']:.2f}/{_rate(r['accuracy'], 3)}")
+    gap = report.get("gap_adults")
+    if gap:
+        lines.append(f"  largest gap, adults 15-59: {gap['points']:.1f} points ({gap['best']} vs {gap['worst']})")
+    return lines
 
 
 def _rate(value: float, digits: int) -> str:

@@ -10,7 +10,8 @@ Supported layouts (detected by :func:`detect_layout`, or forced with ``layout=``
 
 * ``combined``: the original work's ``combined/{aligned,valid}/<AA>_<M|F>/*.jpg``;
 * ``adience``: ``aligned/<user_id>/landmark_aligned_face.<face_id>.<image>`` + ``fold_{0..4}_data.txt``;
-* ``utkface``: ``<age>_<gender>_<race>_<datetime>.jpg[.chip.jpg]`` (gender 0 male, 1 female);
+* ``utkface``: ``<age>_<gender>_<race>_<datetime>.jpg[.chip.jpg]`` (gender 0 male, 1 female; race
+  0-4 as :data:`UTKFACE_ETHNICITIES`); files stamped before :data:`UTKFACE_FROM` are skipped;
 * ``folders``: class folders ``male/female``, ``man/woman``, ``men/women`` or ``m/f`` (any case);
 * ``csv``: a CSV file with ``path,gender[,age,subject]`` (paths relative to the CSV).
 """
@@ -43,6 +44,12 @@ _ADIENCE_NAME = re.compile(r"^landmark_aligned_face\.(\d+)\.(.+)$")
 _IMDB_NAME = re.compile(r"^(nm\d+)_rm\d+_[\d-]+_\d+(?:-\d+)?\.\w+$")
 _WIKI_NAME = re.compile(r"^(\d+)_\d{1,4}-\d{1,2}-\d{1,2}_\d{4}(?:-\d+)?\.\w+$")
 _UTK_NAME = re.compile(r"^(\d{1,3})_([01])_(\d)_(\d{17})\.jpg(\.chip\.jpg)?$", re.IGNORECASE)
+#: UTKFace's race field (Zhang, Song & Qi, CVPR 2017), as the ``ethnicity`` column gives it.
+UTKFACE_ETHNICITIES = ("White", "Black", "Asian", "Indian", "Other")
+#: The first datetime stamp of the UTKFace files this project trains, tunes and chooses on (13,926
+#: of the 23,707 aligned faces); earlier files are reserved for independent checks, so the reader
+#: skips them (reported as "reserved for independent checks").
+UTKFACE_FROM = "20170112190000000"
 _CLASS_FOLDERS = {"male": "M", "female": "F", "man": "M", "woman": "F", "men": "M", "women": "F", "m": "M", "f": "F"}
 _GENDER_WORDS = {"m": "M", "male": "M", "man": "M", "f": "F", "female": "F", "woman": "F"}
 _CLASS_WORDS = {"M": "male/man/men/m", "F": "female/woman/women/f"}
@@ -216,7 +223,8 @@ def read_adience(root: Path, folds_dir: Path | None = None) -> tuple[list[dict],
 
 
 def read_utkface(root: Path) -> tuple[list[dict], list[dict]]:
-    """UTKFace: labels in the name ``<age>_<gender>_<race>_<datetime>.jpg``; gender 0 male, 1 female."""
+    """UTKFace: labels in the name ``<age>_<gender>_<race>_<datetime>.jpg``; gender 0 male, 1 female;
+    ``ethnicity`` from the race field. Files stamped before :data:`UTKFACE_FROM` are skipped."""
     records, problems = [], []
     for path in _walk_files(root):
         match = _UTK_NAME.match(path.name)
@@ -224,6 +232,10 @@ def read_utkface(root: Path) -> tuple[list[dict], list[dict]]:
             reason = "not an image" if not is_image_name(path) else "malformed UTKFace name"
             problems.append(problem(path, reason, "expected <age>_<gender 0|1>_<race 0-4>_<17-digit datetime>.jpg"))
             continue
+        if match.group(4) < UTKFACE_FROM:
+            problems.append(problem(path, "reserved for independent checks", f"UTKFace files stamped before {UTKFACE_FROM} are not trained or tuned on"))
+            continue
+        race = int(match.group(3))
         # UTKFace has no identity labels: each image is its own person (duplicates merge by hash).
         records.append(
             {
@@ -232,6 +244,7 @@ def read_utkface(root: Path) -> tuple[list[dict], list[dict]]:
                 "age": str(int(match.group(1))),
                 "subject": f"utkface:{path.name.split('.')[0]}",
                 "source": "utkface",
+                "ethnicity": UTKFACE_ETHNICITIES[race] if race < len(UTKFACE_ETHNICITIES) else "",
             }
         )
     return records, problems

@@ -88,22 +88,23 @@ def manifest(
     data_root: str | os.PathLike[str] | None = None,
     all_test: bool = False,
 ) -> ManifestResult:
-    """Read, clean and split the config's data folder (seeded sample if asked), write the manifest."""
+    """Read, clean and split the config's data folders (seeded sample if asked), write the manifest."""
     from gender_lib import dataset as ds
     from gender_lib.manifest import read_manifest, write_manifest
 
     work = _workdir(config, workdir)
-    root = Path(data_root).expanduser().resolve() if data_root else config.data_root()
-    if not root.exists():
-        from gender_lib.config import paths
+    roots = [Path(data_root).expanduser().resolve()] if data_root else config.data_roots()
+    for root in roots:
+        if not root.exists():
+            from gender_lib.config import paths
 
-        raise UserFileNotFoundError(
-            f"{root}: no such data folder. Leave data_root empty for the embedded sample ({paths().sample}), "
-            f"or point it at a face folder in a supported layout (see docs/data.md)"
-        )
+            raise UserFileNotFoundError(
+                f"{root}: no such data folder. Leave data_root empty for the embedded sample ({paths().sample}), "
+                f"or point it at a face folder in a supported layout (see docs/data.md)"
+            )
     d = config.data
     full = ds.build(
-        root, layout=d.layout or None, seed=config.seed, protocol=d.protocol, val=d.val_fraction, test=d.test_fraction, k=d.folds, progress=progress
+        roots, layout=d.layout or None, seed=config.seed, protocol=d.protocol, val=d.val_fraction, test=d.test_fraction, k=d.folds, progress=progress
     )
     data = full if all_test else ds.sample(full, d.sample_size, seed=config.seed)
     if all_test:
@@ -424,6 +425,7 @@ class EvaluateResult:
             lines += metrics.selective_lines(self.results["selective"])
         if self.results.get("age"):
             lines += metrics.age_lines(self.results["age"])
+        lines += metrics.ethnicity_lines(self.results.get("ethnicity"))
         if self.excluded_list is not None:
             lines.append(
                 f"left out: {self.excluded} images that could not be used (corrupt, missing, unlabelled or duplicate); listed in {self.excluded_list.name}"
@@ -455,6 +457,7 @@ def _results(config: Config, model: Any, data: Inputs, rows: np.ndarray, title: 
     correct = (p >= model.threshold_).astype(int) == y
     selective = metrics.selective_metrics(correct, said.answered, said.p_correct, said.level, table, n_boot, seed) if model.confidence_ else None
     age = metrics.age_metrics(table["age_group"], said.age_p, table.get("age"), table.get("group"), n_boot, seed) if said.age_p is not None else None
+    ethnicity = metrics.by_ethnicity(correct, said.answered, table, n_boot, seed)
     predictions = {
         "path": table["path"].tolist(),
         "gender": table["gender"].tolist(),
@@ -469,6 +472,7 @@ def _results(config: Config, model: Any, data: Inputs, rows: np.ndarray, title: 
         "models": models,
         "selective": selective,
         "age": age,
+        "ethnicity": ethnicity,
         "predictions": predictions,
         "root": data.manifest_meta.get("root"),
     }

@@ -94,19 +94,29 @@ def test_real_adience_fold_files_parse_and_report_truncation(real_folds: Path):
     assert meta.groupby("face_id")["user_id"].nunique().max() == 1  # a face id names one person
 
 
-def test_utkface_layout_reads_labels_and_reports_malformed_names(tmp_path: Path):
+def test_utkface_layout_reads_labels_and_ethnicity_and_reports_malformed_names(tmp_path: Path):
     root = tmp_path / "utk"
     jpeg(root / "26_0_1_20170116174525125.jpg", 1)
-    jpeg(root / "3_1_2_20161219140530307.jpg.chip.jpg", 2)
+    jpeg(root / "3_1_2_20170112190000000.jpg.chip.jpg", 2)  # the first stamp that is read
     jpeg(root / "61_1_20170109142408075.jpg", 3)  # race missing: malformed
     jpeg(root / "39_1_20170116174525125.jpg", 4)
     jpeg(root / "40_0_0_20170116174525126.jpg", 5)
     assert readers.detect_layout(root) == "utkface"
     table, problems, _ = readers.read_records(root)
-    genders = dict(zip(table["age"], table["gender"]))
-    assert genders == {"26": "M", "3": "F", "40": "M"}
+    assert dict(zip(table["age"], zip(table["gender"], table["ethnicity"]))) == {"26": ("M", "Black"), "3": ("F", "Asian"), "40": ("M", "White")}
     assert sorted(Path(p["path"]).name for p in problems) == ["39_1_20170116174525125.jpg", "61_1_20170109142408075.jpg"]
     assert {p["reason"] for p in problems} == {"malformed UTKFace name"}
+
+
+def test_utkface_files_reserved_for_independent_checks_are_skipped(tmp_path: Path):
+    root = tmp_path / "utk"
+    jpeg(root / "26_0_1_20170112185959999.jpg.chip.jpg", 1)  # one millisecond before the cut
+    jpeg(root / "27_1_3_20170112190000000.jpg.chip.jpg", 2)
+    table, problems, _ = readers.read_records(root)
+    assert table["age"].tolist() == ["27"]
+    assert [(Path(p["path"]).name, p["reason"], p["kind"]) for p in problems] == [
+        ("26_0_1_20170112185959999.jpg.chip.jpg", "reserved for independent checks", "skipped")
+    ]
 
 
 @pytest.mark.parametrize("male, female", [("male", "female"), ("Man", "Woman"), ("M", "F"), ("MEN", "women")])
