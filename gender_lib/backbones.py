@@ -37,10 +37,13 @@ log = logging.getLogger(__name__)
 
 #: A face box (left, top, right, bottom) in an image's pixels, whole or not.
 FloatBox = tuple[float, float, float, float]
-#: What a backbone returns per face: ``descriptor`` (dlib's 128-d, VGG-Face's fc7/fc8) or
-#: ``descriptor+mirror`` (the descriptor of the face, then of its mirror image: flip averaging).
-#: Recorded in ``describe()`` (absent for ``descriptor``, so those ids never changed).
-OUTPUTS = ("descriptor", "descriptor+mirror")
+#: What a backbone returns per face: ``descriptor`` (dlib's 128-d, VGG-Face's fc7/fc8),
+#: ``pooled`` (dlib's 256-d average-pooled features, the input of its last projection), and each
+#: ``+mirror`` (of the face, then of its mirror image: flip averaging). Recorded in ``describe()``
+#: (absent for ``descriptor``, so those ids never changed).
+OUTPUTS = ("descriptor", "descriptor+mirror", "pooled", "pooled+mirror")
+#: The head inputs (:attr:`gender_lib.config.HeadConfig.head_input`): the outputs without the mirror.
+HEAD_INPUTS = ("descriptor", "pooled")
 #: Record keys that say which output (and, in records of gender_lib 0.1, which engine), not which network and preprocessing.
 OUTPUT_KEYS = ("id", "engine", "output", "dim")
 #: The largest batch one forward pass takes (bigger batches are split: memory stays bounded).
@@ -144,7 +147,7 @@ class DlibBackbone:
         _check_output(output)
         self.align, self.output, self.threads, self.spin = align, output, threads, spin
         self.store = store.root()
-        self.dim = 256 if output == "descriptor+mirror" else 128
+        self.dim = (256 if output.startswith("pooled") else 128) * (2 if output.endswith("+mirror") else 1)
         self.weights_sha256 = sha256_file_cached(dlib_model_paths()["descriptor"])
         self.id = backbone_id(self.name, self.describe())
         self._runner: Any = None
@@ -191,7 +194,8 @@ class DlibBackbone:
             raise ValueError(f"dlib expects a batch (n, 150, 150, 3) of uint8 chips, got {batch.shape}")
         if len(batch) == 0:
             return np.zeros((0, self.dim), np.float32)
-        return _forward(self.load()._runner, np.ascontiguousarray(batch, np.uint8), self.output == "descriptor+mirror")
+        layer = "pooled" if self.output.startswith("pooled") else None
+        return _forward(self.load()._runner, np.ascontiguousarray(batch, np.uint8), self.output.endswith("+mirror"), layer)
 
     def describe(self) -> dict[str, Any]:
         out = {
@@ -231,6 +235,8 @@ class VGGFaceBackbone:
         if layer not in ("fc7", "fc8"):
             raise ConfigError(f"VGG-Face descriptor layer must be 'fc7' or 'fc8', got {layer!r}")
         _check_output(output)
+        if output.startswith("pooled"):
+            raise ConfigError("VGG-Face has no pooled output (its descriptor is fc7 or fc8): use head_input='descriptor'")
         self.runner, self.meta, self.layer, self.output = runner, meta, layer, output
         size = meta["input"]["size"]
         self.input_size = (int(size[0]), int(size[1]))

@@ -142,6 +142,15 @@ def test_loaded_graph_matches_dlib(converted: tuple[Path, dict], chips: np.ndarr
     assert ours.shape == (8, 128) and np.abs(ours - ref).max() <= 1e-5
 
 
+def test_pooled_output_is_what_the_last_projection_maps_to_the_descriptor(converted: tuple[Path, dict], network: dlib_dnn.Network, chips: np.ndarray) -> None:
+    runner, _ = dlib_resnet.load(converted[0])
+    out = runner.outputs(np.ascontiguousarray(chips[:8]))
+    (fc,) = [layer for layer in network.layers if layer.kind == "fc"]
+    assert out["pooled"].shape == (8, 256) and (out["pooled"] >= 0).all()  # averaged after a ReLU
+    assert np.abs(out["pooled"] @ fc.weights - out["descriptor"]).max() <= 1e-4
+    assert np.abs(out["descriptor"] - dlib_resnet.dlib_descriptors(chips[:8])).max() <= 1e-5
+
+
 def test_ensure_converted_reuses(converted: tuple[Path, dict], monkeypatch: pytest.MonkeyPatch) -> None:
     output, _ = converted
     root = output.parent.parent

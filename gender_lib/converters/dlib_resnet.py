@@ -28,7 +28,7 @@ from gender_lib.fileio import sha256_file_cached
 logger = logging.getLogger(__name__)
 
 #: Bump when the graph built from the same file would differ; stored conversions are then redone.
-CONVERTER_VERSION = 2
+CONVERTER_VERSION = 3  # 3: the pooled features (the fc layer's input) are a second output
 FORMAT = "gender_lib.dlib_onnx/2"
 AGAIN = "`gender-lib convert --dlib --force` converts it again"
 CHIP_SIZE = 150

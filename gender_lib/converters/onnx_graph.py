@@ -98,7 +98,8 @@ def _nhwc_input(g: _Graph, name: str, size: Sequence[int], elem_type: int) -> tu
 def dlib_graph(network: Any, *, fold_affine: bool = True, fold_input: bool = True, **rules: Any) -> Any:
     """dlib's face ResNet (a :class:`gender_lib.converters.dlib_dnn.Network` or its layer list,
     input first) as an ``onnx.ModelProto``: uint8 ``rgb_chip`` (n, 150, 150, 3) -> float32
-    ``descriptor`` (n, 128).
+    ``descriptor`` (n, 128), and ``pooled`` (n, 256): the average over the last feature map, the
+    fc layer's input (the descriptor is its projection).
 
     The semantics are :data:`gender_lib.converters.dlib_dnn.DLIB_RULES`: convolutions pad
     ``padding`` zeros on each side (none where strided), pools do not pad; ``add_prev`` zero-extends the smaller
@@ -127,6 +128,8 @@ def dlib_graph(network: Any, *, fold_affine: bool = True, fold_input: bool = Tru
     if input_norm is None:
         x = g.op("Sub", [x, g.const("mean_rgb", mean.astype(np.float32).reshape(1, 3, 1, 1))], "minus_mean")
         x = g.op("Div", [x, g.const("divisor", np.asarray(divisor, np.float32))], "divided")
+    g.reserve("pooled")  # the second output
+    pooled: tuple[str, int] | None = None
     shape = (3, *first.size)  # (k, nr, nc) of x, to size add_prev's zero extension
     tags: dict[int, tuple[str, tuple[int, int, int]]] = {}
     skip_next = False
@@ -155,6 +158,7 @@ def dlib_graph(network: Any, *, fold_affine: bool = True, fold_input: bool = Tru
         elif layer.kind == "avg_pool_everything":
             x = g.op("GlobalAveragePool", [x], f"avg_pool_everything_{tag}")
             shape = (shape[0], 1, 1)
+            pooled = (x, shape[0])
         elif layer.kind == "tag":
             tags[layer.tag] = (x, shape)
         elif layer.kind == "skip":
@@ -169,8 +173,11 @@ def dlib_graph(network: Any, *, fold_affine: bool = True, fold_input: bool = Tru
             shape = (layer.num_outputs, 1, 1)
         else:
             raise ValueError(f"layer {i}: unsupported kind {layer.kind!r}")
-    output = g.onnx.helper.make_tensor_value_info(x, g.onnx.TensorProto.FLOAT, ["n", shape[0]])
-    return g.model([graph_input], [output], "dlib_face_resnet", "dlib's face recognition ResNet (dlib_face_recognition_resnet_model_v1.dat)")
+    outputs = [g.onnx.helper.make_tensor_value_info(x, g.onnx.TensorProto.FLOAT, ["n", shape[0]])]
+    if pooled is not None:
+        flat = g.op("Flatten", [pooled[0]], "pooled", output="pooled", axis=1)
+        outputs.append(g.onnx.helper.make_tensor_value_info(flat, g.onnx.TensorProto.FLOAT, ["n", pooled[1]]))
+    return g.model([graph_input], outputs, "dlib_face_resnet", "dlib's face recognition ResNet (dlib_face_recognition_resnet_model_v1.dat)")
 
 
 def _dlib_conv(

@@ -62,7 +62,7 @@ class FrozenHead:
     @property
     def backbone_output(self) -> str:
         """The backbone output whose rows :meth:`fit` and :meth:`predict_proba` take (:data:`gender_lib.backbones.OUTPUTS`)."""
-        return "descriptor+mirror" if self.flip else "descriptor"
+        return f"{self.config.head_input}+mirror" if self.flip else self.config.head_input
 
     def _views(self, x: np.ndarray) -> np.ndarray:
         """(n, views, dim) float64: the descriptor of each face (and of its mirror image with flip averaging)."""
