@@ -149,6 +149,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.data_root:
         result = stages.cross_evaluate(config, args.data_root, head=args.head_path, progress=_progress(args))
+    elif args.leave_one_source_out:
+        held = stages.leave_one_source_out(config, head=args.head_path, progress=_progress(args))
+        print(held.summary())
+        print(f"report: {held.report}")
+        return 0
     else:
         result = stages.evaluate(config, head=args.head_path)
     print(result.summary())
@@ -280,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"the model to evaluate (default: the work folder's current one; with --data-root, {p.default_head.name})",
     )
     evaluate.add_argument("--data-root", default=None, help="a labelled folder in any supported layout (cross-dataset evaluation)")
+    evaluate.add_argument(
+        "--leave-one-source-out",
+        action="store_true",
+        help="retrain the model's recipe without each source of the manifest and score it on that source's test split",
+    )
     _add_config_flags(evaluate, ["layout", "n_boot", "min_confidence"])
     evaluate.add_argument("--quiet", action="store_true", help="no progress bars")
 

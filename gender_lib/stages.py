@@ -325,10 +325,29 @@ def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, outp
 
 
 def _fit_answers(config: Config, estimator: Any, data: Inputs) -> None:
+    """Age groups and P(correct); on a validation split too small for a level, the shipped model's level."""
     train_rows, val_rows = (data.table["split"] == "train").to_numpy(), (data.table["split"] == "val").to_numpy()
+    table = data.table
     estimator.fit_answers(
-        data.x[train_rows], data.table["age_group"][train_rows], *data.split("val"), data.table["group"][val_rows], config.head.target_accuracy
+        data.x[train_rows],
+        table["age_group"][train_rows],
+        *data.split("val"),
+        table["group"][val_rows],
+        config.head.target_accuracy,
+        table["source"][val_rows],
+        _shipped_level(),
     )
+
+
+def _shipped_level() -> float | None:
+    """The committed model's level (the fallback of a validation split too small to choose one), if there is one."""
+    from gender_lib.config import paths
+
+    side = paths().default_head.with_suffix(".json")
+    try:
+        return float(json.loads(side.read_text())["answers"]["min_confidence"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @_stage
@@ -563,6 +582,70 @@ def cross_evaluate(
     shutil.copyfile(target / "excluded.csv", listed) if (target / "excluded.csv").is_file() else listed.write_text("path,reason,detail\n")
     log.info("%s: %d images read, %d scored", name, built.n_read, len(data.table))
     return EvaluateResult(results, reports, int(len(counted)), listed)
+
+
+@dataclasses.dataclass
+class HeldOutResult:
+    """:func:`leave_one_source_out`: per held-out source, what a model trained without it says of it."""
+
+    sources: dict[str, dict[str, Any]]
+    split: str
+    report: Path
+
+    def summary(self) -> str:
+        lines = [f"leave one source out ({self.split} split of the held-out source; level chosen without it):"]
+        for name, r in self.sources.items():
+            lines.append(
+                f"  {name:<8} n={r['n']}: every face {r['accuracy_all']:.3f}; at level {r['level']:.3f} coverage {r['coverage']:.3f}, "
+                f"accuracy on answered {'-' if r['accuracy'] != r['accuracy'] else format(r['accuracy'], '.3f')}; ECE of P(correct) {r['ece_p_correct']:.3f}"
+            )
+        return "\n".join(lines)
+
+    __str__ = summary
+
+
+@_stage
+def leave_one_source_out(
+    config: Config, workdir: str | os.PathLike[str] | None = None, *, head: str | os.PathLike[str] | None = None, split: str = "test", progress: bool = True
+) -> HeldOutResult:
+    """For each source of the work folder's manifest (its ``source`` column: adience, imdb, wiki,
+    utkface, ...), train the recipe of a model (default: the work folder's current one; its head
+    settings, age groups, P(correct) and level rule) on the other sources' train and val splits,
+    and score it on the held-out source's ``split``: how the model and its promised accuracy fare
+    on faces of a source it has never seen. Writes ``<workdir>/reports/leave_one_source_out_<split>.json``.
+    Choose with ``split="val"``; report ``test``. :class:`StageError` for a manifest of one source."""
+    from gender_lib import metrics, modeling
+    from gender_lib.fileio import write_json
+
+    work = _workdir(config, workdir)
+    shipped = modeling.load(_resolve_head(config, head, lambda: current_model(work)))
+    config = dataclasses.replace(config, head=shipped.config, seed=shipped.seed)
+    data = inputs(config, work, shipped.backbone_output, backbone=shipped.meta_["backbone"], progress=progress)
+    source = data.table["source"].astype(str).to_numpy()
+    if len(set(source)) < 2:
+        raise StageError(f"{work}: the manifest has one source ({source[0] if len(source) else 'none'}); leaving it out leaves nothing to train on")
+    out: dict[str, dict[str, Any]] = {}
+    for held in sorted(set(source)):
+        keep = source != held
+        rest = Inputs(data.table[keep].reset_index(drop=True), data.x[keep], data.record, data.manifest_meta)
+        model = modeling.estimator_for(config).fit(*rest.split("train"), *rest.split("val"), progress=False)
+        _fit_answers(config, model, rest)
+        rows = (source == held) & (data.table["split"] == split).to_numpy()
+        said = model.answer(data.x[rows], config.evaluation.min_confidence)
+        correct = (said.p_female >= model.threshold_).astype(int) == metrics.labels_from_genders(data.table["gender"][rows])
+        answered = said.answered
+        out[held] = {
+            "n": int(rows.sum()),
+            "accuracy_all": float(correct.mean()),
+            "level": float(said.level),
+            "coverage": float(answered.mean()),
+            "accuracy": float(correct[answered].mean()) if answered.any() else float("nan"),
+            "ece_p_correct": metrics.calibration_error(correct, said.p_correct),
+            "target": float(config.head.target_accuracy),
+        }
+        log.info("held out %s: %s", held, out[held])
+    report = write_json(work / "reports" / f"leave_one_source_out_{split}.json", {"split": split, "sources": out})
+    return HeldOutResult(out, split, report)
 
 
 def read_evaluation(config: Config, workdir: str | os.PathLike[str] | None = None, name: str = "evaluation") -> dict[str, Any]:

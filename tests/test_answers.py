@@ -76,6 +76,30 @@ def test_p_correct_is_calibrated_out_of_sample():
     assert np.all(np.diff(model.p_correct(np.linspace(0, 5, 20)[:, None])) > 0)  # a larger margin is never less sure
 
 
+def test_the_level_holds_on_each_source_not_only_on_all_of_them_pooled():
+    rng = np.random.default_rng(0)
+    margins = rng.exponential(size=4000)
+    hard = np.arange(4000) >= 3000  # a quarter from a source where the same margin is right less often
+    correct = rng.uniform(size=4000) < 1 / (1 + np.exp(-(2 * margins - np.where(hard, 1.5, -0.5))))
+    sources = np.where(hard, "hard", "easy")
+    people = np.arange(4000).astype(str)
+    pooled = Correctness(0.95).fit(margins[:, None], correct, people)
+    each = Correctness(0.95).fit(margins[:, None], correct, people, sources)
+    assert set(each.levels_) == {"easy", "hard"} and each.min_confidence_ == max(each.levels_.values()) > pooled.min_confidence_
+    answered = each.p_correct(margins[:, None]) >= each.min_confidence_
+    assert correct[answered & hard].mean() >= 0.94 > correct[(pooled.p_correct(margins[:, None]) >= pooled.min_confidence_) & hard].mean()
+    assert "highest of its sources' levels" in each.rule_
+
+
+def test_a_validation_split_too_small_for_the_target_takes_the_fallback_level_and_says_so():
+    rng = np.random.default_rng(0)
+    margins, correct = rng.exponential(size=47), np.ones(47, bool)
+    correct[:2] = False
+    model = Correctness(0.985).fit(margins[:, None], correct, np.arange(47).astype(str), fallback=0.83)
+    assert model.min_confidence_ == 0.83 and "47 validation faces are too few" in model.rule_ and "667" in model.rule_
+    assert Correctness(0.985).fit(margins[:, None], correct, np.arange(47).astype(str)).min_confidence_ != 0.83  # no fallback: chosen anyway
+
+
 def test_children_are_uncertain_for_the_stated_reason_and_adults_are_answered(fitted):
     model, (x, y, age, _) = fitted
     said = model.answer(x)

@@ -106,6 +106,17 @@ def test_mirror_output_is_the_descriptors_of_the_face_and_of_its_mirror_image(dl
     np.testing.assert_allclose(both[:, 128:], dlib.embed(np.ascontiguousarray(chips[:5, :, ::-1])), atol=1e-6)
 
 
+def test_pooled_output_is_another_record_of_the_same_network_and_vggface_has_none(dlib: DlibBackbone, chips: np.ndarray) -> None:
+    from gender_lib import backbones
+
+    pooled = DlibBackbone(output="pooled+mirror")
+    x = pooled.embed(chips[:3])
+    assert x.shape == (3, 512) == (3, pooled.dim) and pooled.id != dlib.id and backbones.same_network(pooled.describe(), dlib.describe())
+    np.testing.assert_allclose(x[:, :256], DlibBackbone(output="pooled").embed(chips[:3]), atol=1e-6)
+    with pytest.raises(ConfigError, match="no pooled output"):
+        backbones.VGGFaceBackbone(None, {"input": {"size": [224, 224]}, "descriptor_layers": {"fc7": {"dim": 4096}}}, output="pooled")
+
+
 def test_prepare_face_with_a_box_and_without(dlib: DlibBackbone, crops: list[np.ndarray]) -> None:
     rgb = crops[5]
     found = detect(rgb, min_face=1)

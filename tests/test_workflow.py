@@ -59,6 +59,41 @@ def test_train_then_evaluate_on_the_test_split_writes_reports(extracted):
     assert stages.read_evaluation(extracted)["models"]["mlp head"]["n"] == head["n"]
 
 
+def _utkface(folder: Path, n: int = 120, seed: int = 5) -> Path:
+    """UTKFace-named faces (the colour gives the gender away), ethnicities White and Black in turn."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(n):
+        female = i % 2
+        pixels = np.clip(rng.normal(180 if female else 70, 35, (40, 40, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{20 + i % 40}_{female}_{(i // 2) % 2}_2017011219{i:07d}.jpg.chip.jpg", format="JPEG")
+    return folder
+
+
+def test_two_data_folders_make_one_dataset_split_per_source_reported_by_ethnicity_and_left_out_in_turn(cfg, tmp_path):
+    both = cfg.replace(data_root=f"{cfg.data.data_root}{os.pathsep}{_utkface(tmp_path / 'utk')}")
+    made = stages.manifest(both, progress=False)
+    table = made.dataset.table
+    assert set(made.dataset.meta["layout"].split("+")) == {"folders", "utkface"}
+    assert table.groupby("source")["split"].nunique().to_dict() == {"faces": 3, "utkface": 3}  # each source split three ways
+    assert set(table.loc[table["source"] == "utkface", "ethnicity"]) == {"White", "Black"} and set(table.loc[table["source"] == "faces", "ethnicity"]) == {""}
+    stages.extract(both, progress=False, backbone=ColourBackbone())
+    stages.train(both, progress=False)
+    evaluation = stages.evaluate(both)
+    ethnicity = evaluation.results["ethnicity"]
+    assert set(ethnicity["by"]) == {"Black", "White"} and ethnicity["n"] == int((table[table["split"] == "test"]["ethnicity"] != "").sum())
+    assert "by ethnicity" in evaluation.summary() and "## By ethnicity and age band" in (both.workdir() / "reports" / "evaluation.md").read_text()
+    held = stages.leave_one_source_out(both, progress=False)
+    assert set(held.sources) == {"faces", "utkface"} and all(r["n"] > 0 and 0 <= r["coverage"] <= 1 for r in held.sources.values())
+    assert held.report.is_file() and "leave one source out" in held.summary()
+
+
+def test_leaving_out_the_only_source_is_a_stage_error(extracted):
+    stages.train(extracted, progress=False)
+    with pytest.raises(stages.StageError, match="one source"):
+        stages.leave_one_source_out(extracted, progress=False)
+
+
 def test_same_seed_gives_the_same_metrics(extracted, tmp_path):
     first = stages.train(extracted, output=tmp_path / "a.npz").meta["val_metrics"]
     second = stages.train(extracted, output=tmp_path / "b.npz").meta["val_metrics"]

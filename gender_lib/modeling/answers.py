@@ -138,30 +138,66 @@ def correctness_features(margins: np.ndarray, age_p: np.ndarray | None) -> np.nd
     return m if age_p is None else np.hstack([m, age_p, m * age_p])
 
 
+#: A level is chosen for a target accuracy t only on at least ``MIN_ERRORS / (1 - t)`` faces (667 for
+#: 98.5%): room for ten errors among them. Fewer, and the level is the fallback (the shipped model's).
+MIN_ERRORS = 10
+
+
+def faces_for(target: float) -> int:
+    """The fewest validation faces a level for ``target`` accuracy is chosen on (:data:`MIN_ERRORS`)."""
+    return int(np.ceil(MIN_ERRORS / max(1.0 - float(target), 1e-3)))
+
+
 class Correctness:
     """P(the gender answer is right), and the level above which an answer is given.
 
+    The level is chosen so that the target holds on **each** source of the validation split with
+    enough faces (:func:`faces_for`), not only on all of them pooled: the highest of the sources'
+    levels, so that faces from a source unlike the others are not answered at a level chosen on the
+    others. Where the split is too small for any level, ``fallback`` is used and said.
+
     Fitted attributes: ``linear_``, ``min_confidence_`` (float; 1.0 where no level reaches the
     target on validation), ``target_``, ``val_coverage_`` and ``val_accuracy_`` (out-of-fold, at
-    that level).
+    that level), ``levels_`` (each source's level), ``rule_`` (how the level was chosen, in words).
     """
 
     def __init__(self, target: float = 0.985, seed: int = 0):
         self.target, self.seed = target, seed
 
-    def fit(self, features: np.ndarray, correct: np.ndarray, people: Sequence[str]) -> Correctness:
+    def fit(
+        self, features: np.ndarray, correct: np.ndarray, people: Sequence[str], sources: Sequence[str] | None = None, fallback: float | None = None
+    ) -> Correctness:
         """``features`` (n, f) from :func:`correctness_features` on the validation split; ``correct``
-        0/1 per face; ``people``: person ids, so that out-of-fold folds keep a person together."""
+        0/1 per face; ``people``: person ids, so that out-of-fold folds keep a person together;
+        ``sources``: each face's source (None: one source); ``fallback``: the level where the split
+        has fewer than :func:`faces_for` faces (None: choose anyway)."""
         from sklearn.model_selection import GroupKFold
 
         correct = np.asarray(correct).astype(int)
         people = np.asarray(people).astype(str)
+        sources = np.asarray(sources if sources is not None else [""] * len(correct)).astype(str)
         oof = np.full(len(correct), correct.mean())
         folds = min(FOLDS, len(np.unique(people)))
         if folds >= 2:
             for train, held in GroupKFold(folds).split(features, correct, people):
                 oof[held] = _sigmoid(_Linear.fit(features[train], correct[train], 1.0, self.seed)(features[held])[:, 0])
-        self.min_confidence_, self.val_coverage_, self.val_accuracy_ = choose_level(oof, correct, self.target)
+        need = faces_for(self.target)
+        self.levels_ = {}
+        if fallback is not None and len(correct) < need:
+            level = float(fallback)
+            self.rule_ = f"the fallback level: {len(correct)} validation faces are too few to choose one for {self.target:.1%} (at least {need})"
+        else:
+            level = choose_level(oof, correct, self.target)[0]
+            for source in sorted(set(sources)):
+                rows = sources == source
+                if rows.sum() >= need and len(set(sources)) > 1:
+                    self.levels_[source] = choose_level(oof[rows], correct[rows], self.target)[0]
+            level = max([level, *self.levels_.values()])
+            self.rule_ = "chosen on validation" + (", the highest of its sources' levels" if self.levels_ else "")
+        answered = oof >= level
+        self.min_confidence_ = level
+        self.val_coverage_ = float(answered.mean())
+        self.val_accuracy_ = float(correct[answered].mean()) if answered.any() else float("nan")
         self.target_ = self.target
         self.linear_ = _Linear.fit(features, correct, 1.0, self.seed)
         return self
@@ -180,6 +216,8 @@ class Correctness:
             "min_confidence": float(self.min_confidence_),
             "val_coverage": float(self.val_coverage_),
             "val_accuracy": float(self.val_accuracy_),
+            "levels": {k: float(v) for k, v in self.levels_.items()},
+            "rule": self.rule_,
         }
 
     @classmethod
@@ -190,6 +228,7 @@ class Correctness:
         model.linear_ = _Linear.from_arrays(arrays, "confidence")
         model.target_, model.min_confidence_ = record["target_accuracy"], record["min_confidence"]
         model.val_coverage_, model.val_accuracy_ = record.get("val_coverage", float("nan")), record.get("val_accuracy", float("nan"))
+        model.levels_, model.rule_ = record.get("levels", {}), record.get("rule", "chosen on validation")
         return model
 
 

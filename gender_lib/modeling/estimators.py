@@ -116,11 +116,22 @@ class FrozenHead:
         """Labels ``"M"`` / ``"F"``: P(female) compared with ``threshold_``."""
         return np.where(self.p_female(x) >= self.threshold_, CLASSES[1], CLASSES[0])
 
-    def fit_answers(self, x_train: np.ndarray, age_train: Any, x_val: np.ndarray, y_val: np.ndarray, people_val: Any, target: float = 0.985) -> FrozenHead:
+    def fit_answers(
+        self,
+        x_train: np.ndarray,
+        age_train: Any,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        people_val: Any,
+        target: float = 0.985,
+        sources_val: Any = None,
+        fallback: float | None = None,
+    ) -> FrozenHead:
         """After :meth:`fit`: the age-group model on the train faces (``age_train``: their
         :data:`~gender_lib.modeling.answers.AGE_GROUPS` names; none where fewer than two groups are
         known), then P(correct) and its level for ``target`` accuracy on the val faces (``people_val``:
-        their person ids). The test split is never read."""
+        their person ids; ``sources_val``, ``fallback``: see :meth:`~gender_lib.modeling.answers.Correctness.fit`).
+        The test split is never read."""
         self._check_fitted()
         groups = np.asarray(age_train).astype(str)
         known = set(groups[np.isin(groups, answers.AGE_GROUPS)])
@@ -128,7 +139,7 @@ class FrozenHead:
         p = self.p_female(x_val)
         correct = (p >= self.threshold_).astype(int) == np.asarray(y_val).astype(int)
         features = answers.correctness_features(answers.margin(p, self.threshold_), self._age_p(x_val))
-        self.confidence_ = answers.Correctness(target, self.seed).fit(features, correct, people_val)
+        self.confidence_ = answers.Correctness(target, self.seed).fit(features, correct, people_val, sources_val, fallback)
         return self
 
     def _age_p(self, x: np.ndarray) -> np.ndarray | None:
@@ -250,7 +261,7 @@ class FrozenHead:
         if c is None:
             return f"{age}; no P(correct): every face answered (`gender-lib answers` adds it)"
         return (
-            f"{age}; answers where P(correct) >= {c.min_confidence_:.3f} (chosen on val for {c.target_:.1%} accuracy: "
+            f"{age}; answers where P(correct) >= {c.min_confidence_:.3f} for {c.target_:.1%} accuracy ({c.rule_}; "
             f"out-of-fold val coverage {c.val_coverage_:.3f})"
         )
 

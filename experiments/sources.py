@@ -1,0 +1,118 @@
+"""Training on several sources: the choices of issue 29, made on the validation split only.
+
+Research code, outside the package; ``make results`` runs the shipped recipe it chose::
+
+    python -m experiments.sources inputs --workdir runs/both-person-dlib   # 128-d descriptor vs 256-d pooled
+    python -m experiments.sources age --workdir runs/both-person-dlib      # age groups vs regression in years
+
+Every figure is on the **validation** split of the work folder's manifest (person-disjoint; UTKFace
+has no identity labels, so there each image is its own person). Writes
+``<workdir>/reports/sources_<step>.json`` and prints the rounded figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gender_lib import config, metrics, stages
+from gender_lib.fileio import write_json
+
+
+def _val_figures(model: Any, data: Any) -> dict[str, Any]:
+    """Accuracy every face answered on val, by source, by ethnicity and band; selective coverage/accuracy."""
+    rows = (data.table["split"] == "val").to_numpy()
+    table, x = data.table[rows].reset_index(drop=True), data.x[rows]
+    y = metrics.labels_from_genders(table["gender"])
+    said = model.answer(x)
+    correct = (said.p_female >= model.threshold_).astype(int) == y
+    ethnicity = metrics.by_ethnicity(correct, said.answered, table, n_boot=200)
+    source = {s: float(correct[(table["source"] == s).to_numpy()].mean()) for s in sorted(set(table["source"]))}
+    old = (table["age_group"] == "60+").to_numpy()
+    return {
+        "accuracy": float(correct.mean()),
+        "coverage": float(said.answered.mean()),
+        "accuracy_answered": float(correct[said.answered].mean()),
+        "by_source": source,
+        "over_60": float(correct[old].mean()),
+        "adults_by_ethnicity": {k.split(",")[0]: round(v["accuracy_all"], 4) for k, v in (ethnicity or {}).get("by_band", {}).items() if "15-59" in k},
+        "gap_adults": (ethnicity or {}).get("gap_adults"),
+    }
+
+
+def inputs(work: Path, seed: int = 0) -> dict[str, Any]:
+    """The shipped recipe (flip-averaged frozen head) on each head input; validation figures."""
+    out = {}
+    for head_input in ("descriptor", "pooled"):
+        cfg = config.DEFAULT.replace(seed=seed, head_input=head_input, flip_tta=True)
+        result = stages.train(cfg, work, output=work / f"model_{head_input}.npz", progress=False)
+        data = stages.inputs(cfg, work, result.model.backbone_output, progress=False)
+        out[head_input] = _val_figures(result.model, data)
+        print(head_input, json.dumps(out[head_input], indent=1))
+    return out
+
+
+def age(work: Path, seed: int = 0, head_input: str = "descriptor") -> dict[str, Any]:
+    """Age on val: the shipped age groups (median group, MAE from group midpoints) against a ridge
+    regression in years on the same rows (its prediction binned into the groups for exact/one-off)."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from gender_lib.modeling.answers import AGE_GROUPS, AgeGroups
+    from gender_lib.readers import age_group
+
+    cfg = config.DEFAULT.replace(seed=seed, head_input=head_input, flip_tta=True)
+    data = stages.inputs(cfg, work, f"{head_input}+mirror", progress=False)
+    split = data.table["split"].to_numpy()
+    years = np.array([float(a) if str(a).isdigit() else np.nan for a in data.table["age"]])
+    groups = data.table["age_group"].astype(str).to_numpy()
+    views = data.x.reshape(len(data.x), 2, -1)
+    train, val = split == "train", split == "val"
+    out: dict[str, Any] = {}
+    model = AgeGroups(seed=seed).fit(views[train], groups[train])
+    p = model.full_proba(model.predict_proba(views[val]))
+    out["groups"] = metrics.age_metrics(groups[val], p, data.table["age"][val], n_boot=0)
+    known = train & np.isfinite(years)
+    reg = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 3, 11))).fit(views[known].reshape(-1, views.shape[-1]), np.repeat(years[known], 2))
+    guess = reg.predict(views[val].reshape(-1, views.shape[-1])).reshape(-1, 2).mean(axis=1)
+    guess = np.clip(guess, 0, 100)
+    one_hot = np.zeros((val.sum(), len(AGE_GROUPS)))
+    one_hot[np.arange(val.sum()), [AGE_GROUPS.index(age_group(str(round(g)))) for g in guess]] = 1
+    reg_metrics = metrics.age_metrics(groups[val], one_hot, data.table["age"][val], n_boot=0)
+    v_years = years[val]
+    reg_metrics["mae_years"] = float(np.nanmean(np.abs(guess - v_years)))
+    out["regression"] = reg_metrics
+    for name, r in out.items():
+        by_source = {}
+        for s in sorted(set(data.table["source"][val])):
+            rows = (data.table["source"][val] == s).to_numpy()
+            if name == "groups":
+                g = metrics.age_metrics(groups[val][rows], p[rows], data.table["age"][val][rows], n_boot=0)
+            else:
+                g = metrics.age_metrics(groups[val][rows], one_hot[rows], data.table["age"][val][rows], n_boot=0)
+                g["mae_years"] = float(np.nanmean(np.abs(guess[rows] - v_years[rows]))) if np.isfinite(v_years[rows]).any() else None
+            by_source[s] = {k: g.get(k) for k in ("n", "exact", "one_off", "mae_years")}
+        r["by_source"] = by_source
+        print(name, json.dumps({k: r.get(k) for k in ("n", "exact", "one_off", "mae_years", "by_source")}, indent=1))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("step", choices=("inputs", "age"))
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--head-input", default="descriptor")
+    args = parser.parse_args(argv)
+    result = inputs(args.workdir) if args.step == "inputs" else age(args.workdir, head_input=args.head_input)
+    write_json(args.workdir / "reports" / f"sources_{args.step}.json", json.loads(json.dumps(result, default=str)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
