@@ -4,6 +4,7 @@ Research code, outside the package; ``make results`` runs the shipped recipe it 
 
     python -m experiments.sources inputs --workdir runs/both-person-dlib   # 128-d descriptor vs 256-d pooled
     python -m experiments.sources age --workdir runs/both-person-dlib      # age groups vs regression in years
+    python -m experiments.sources unfamiliar --workdir runs/both-person-dlib  # inputs that flag unfamiliar faces
 
 Every figure is on the **validation** split of the work folder's manifest (person-disjoint; UTKFace
 has no identity labels, so there each image is its own person). Writes
@@ -103,13 +104,74 @@ def age(work: Path, seed: int = 0, head_input: str = "descriptor") -> dict[str, 
     return out
 
 
+def _distance_features(train: np.ndarray, seed: int, k: int = 32) -> Any:
+    """Candidate inputs that flag unfamiliar faces, fitted on the train descriptors (n, d): the
+    descriptor's norm, and the distance to the nearest of ``k`` k-means centroids (in units of
+    the train faces' median distance)."""
+    from sklearn.cluster import KMeans
+
+    centroids = KMeans(k, n_init=3, random_state=seed).fit(train).cluster_centers_
+
+    def nearest(x: np.ndarray) -> np.ndarray:
+        return np.sqrt(((x[:, None, :] - centroids[None]) ** 2).sum(-1)).min(axis=1)
+
+    scale = float(np.median(nearest(train)))
+    return lambda x: np.stack([np.linalg.norm(x, axis=1), nearest(x) / scale], axis=1)
+
+
+def unfamiliar(work: Path, seed: int = 0, head_input: str = "descriptor") -> dict[str, Any]:
+    """Leave one source out on the **val** splits: for each source, the recipe trained without it,
+    then P(correct) with and without inputs that flag unfamiliar faces (:func:`_distance_features`),
+    scored on the held-out source's val faces: answered accuracy at the level, coverage, ECE."""
+    from gender_lib.modeling import FrozenHead, answers
+
+    cfg = config.DEFAULT.replace(seed=seed, head_input=head_input, flip_tta=True)
+    data = stages.inputs(cfg, work, f"{head_input}+mirror", progress=False)
+    table = data.table
+    source, split = table["source"].astype(str).to_numpy(), table["split"].to_numpy()
+    y = metrics.labels_from_genders(table["gender"])
+    out: dict[str, Any] = {}
+    for held in sorted(set(source)):
+        rest = source != held
+        tr, va, ho = rest & (split == "train"), rest & (split == "val"), (source == held) & (split == "val")
+        model = FrozenHead(cfg.head, seed=seed).fit(data.x[tr], y[tr], data.x[va], y[va], progress=False)
+        model.fit_answers(data.x[tr], table["age_group"][tr], data.x[va], y[va], table["group"][va], 0.985, source[va])
+        extra = _distance_features(model.descriptors(data.x[tr]), seed)
+        results = {}
+        for name in ("margin+age", "+norm+distance"):
+
+            def feats(rows: np.ndarray, name: str = name, model: Any = model, extra: Any = extra) -> np.ndarray:
+                p = model.p_female(data.x[rows])
+                base = answers.correctness_features(answers.margin(p, model.threshold_), model._age_p(data.x[rows]))
+                return base if name == "margin+age" else np.hstack([base, extra(model.descriptors(data.x[rows]))])
+
+            correct_va = (model.p_female(data.x[va]) >= model.threshold_).astype(int) == y[va]
+            c = answers.Correctness(0.985, seed).fit(feats(va), correct_va, table["group"][va], source[va])
+            q = c.p_correct(feats(ho))
+            correct = (model.p_female(data.x[ho]) >= model.threshold_).astype(int) == y[ho]
+            answered = q >= c.min_confidence_
+            results[name] = {
+                "n": int(ho.sum()),
+                "accuracy_all": round(float(correct.mean()), 4),
+                "level": round(float(c.min_confidence_), 4),
+                "coverage": round(float(answered.mean()), 4),
+                "accuracy_answered": round(float(correct[answered].mean()), 4) if answered.any() else None,
+                "ece": round(metrics.calibration_error(correct, q), 4),
+            }
+        out[held] = results
+        print(held, json.dumps(results), flush=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("inputs", "age"))
+    parser.add_argument("step", choices=("inputs", "age", "unfamiliar"))
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--head-input", default="descriptor")
     args = parser.parse_args(argv)
-    result = inputs(args.workdir) if args.step == "inputs" else age(args.workdir, head_input=args.head_input)
+    steps = {"inputs": lambda: inputs(args.workdir), "age": lambda: age(args.workdir, head_input=args.head_input)}
+    steps["unfamiliar"] = lambda: unfamiliar(args.workdir, head_input=args.head_input)
+    result = steps[args.step]()
     write_json(args.workdir / "reports" / f"sources_{args.step}.json", json.loads(json.dumps(result, default=str)))
     return 0
 

@@ -187,13 +187,17 @@ class Correctness:
             level = float(fallback)
             self.rule_ = f"the fallback level: {len(correct)} validation faces are too few to choose one for {self.target:.1%} (at least {need})"
         else:
-            level = choose_level(oof, correct, self.target)[0]
+            level, coverage, _ = choose_level(oof, correct, self.target)
             for source in sorted(set(sources)):
                 rows = sources == source
                 if rows.sum() >= need and len(set(sources)) > 1:
                     self.levels_[source] = choose_level(oof[rows], correct[rows], self.target)[0]
-            level = max([level, *self.levels_.values()])
-            self.rule_ = "chosen on validation" + (", the highest of its sources' levels" if self.levels_ else "")
+            reachable = [v for v in self.levels_.values() if v < 1.0]
+            unreachable = sorted(k for k, v in self.levels_.items() if v >= 1.0)
+            level = max([level, *reachable]) if coverage > 0 else level
+            self.rule_ = "chosen on validation" + (", the highest of its sources' levels" if reachable else "")
+            if unreachable:
+                self.rule_ += f" ({', '.join(unreachable)}: no level reaches the target there)"
         answered = oof >= level
         self.min_confidence_ = level
         self.val_coverage_ = float(answered.mean())
