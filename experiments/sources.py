@@ -47,14 +47,18 @@ def _val_figures(model: Any, data: Any) -> dict[str, Any]:
 
 
 def inputs(work: Path, seed: int = 0) -> dict[str, Any]:
-    """The shipped recipe (flip-averaged frozen head) on each head input; validation figures."""
+    """The shipped recipe (flip-averaged frozen head) on each head input: dlib's 128-d descriptor
+    and the 256-d pooled features it projects (the backbone's ``pooled`` output); validation figures."""
+    from gender_lib.modeling import FrozenHead
+
     out = {}
-    for head_input in ("descriptor", "pooled"):
-        cfg = config.DEFAULT.replace(seed=seed, head_input=head_input, flip_tta=True)
-        result = stages.train(cfg, work, output=work / f"model_{head_input}.npz", progress=False)
-        data = stages.inputs(cfg, work, result.model.backbone_output, progress=False)
-        out[head_input] = _val_figures(result.model, data)
-        print(head_input, json.dumps(out[head_input], indent=1))
+    cfg = config.DEFAULT.replace(seed=seed, flip_tta=True)
+    for output in ("descriptor+mirror", "pooled+mirror"):
+        data = stages.inputs(cfg, work, output, progress=False)
+        model = FrozenHead(cfg.head, seed=seed).fit(*data.split("train"), *data.split("val"), progress=False)
+        stages._fit_answers(cfg, model, data)
+        out[output] = _val_figures(model, data)
+        print(output, json.dumps(out[output], indent=1), flush=True)
     return out
 
 
@@ -68,7 +72,7 @@ def age(work: Path, seed: int = 0, head_input: str = "descriptor") -> dict[str, 
     from gender_lib.modeling.answers import AGE_GROUPS, AgeGroups
     from gender_lib.readers import age_group
 
-    cfg = config.DEFAULT.replace(seed=seed, head_input=head_input, flip_tta=True)
+    cfg = config.DEFAULT.replace(seed=seed, flip_tta=True)
     data = stages.inputs(cfg, work, f"{head_input}+mirror", progress=False)
     split = data.table["split"].to_numpy()
     years = np.array([float(a) if str(a).isdigit() else np.nan for a in data.table["age"]])
@@ -125,7 +129,7 @@ def unfamiliar(work: Path, seed: int = 0, head_input: str = "descriptor") -> dic
     scored on the held-out source's val faces: answered accuracy at the level, coverage, ECE."""
     from gender_lib.modeling import FrozenHead, answers
 
-    cfg = config.DEFAULT.replace(seed=seed, head_input=head_input, flip_tta=True)
+    cfg = config.DEFAULT.replace(seed=seed, flip_tta=True)
     data = stages.inputs(cfg, work, f"{head_input}+mirror", progress=False)
     table = data.table
     source, split = table["source"].astype(str).to_numpy(), table["split"].to_numpy()

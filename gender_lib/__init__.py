@@ -1,3 +1,3 @@
 """gender_lib: face gender classification from VGG-Face / dlib descriptors."""
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"

@@ -37,13 +37,12 @@ log = logging.getLogger(__name__)
 
 #: A face box (left, top, right, bottom) in an image's pixels, whole or not.
 FloatBox = tuple[float, float, float, float]
-#: What a backbone returns per face: ``descriptor`` (dlib's 128-d, VGG-Face's fc7/fc8),
-#: ``pooled`` (dlib's 256-d average-pooled features, the input of its last projection), and each
-#: ``+mirror`` (of the face, then of its mirror image: flip averaging). Recorded in ``describe()``
-#: (absent for ``descriptor``, so those ids never changed).
+#: What a backbone returns per face: ``descriptor`` (dlib's 128-d, VGG-Face's fc7/fc8), and
+#: ``pooled`` (dlib's 256-d average-pooled features, the input of its last projection: research,
+#: measured no better as the head's input, docs/results.md), each also ``+mirror`` (of the face,
+#: then of its mirror image: flip averaging). Recorded in ``describe()`` (absent for
+#: ``descriptor``, so those ids never changed).
 OUTPUTS = ("descriptor", "descriptor+mirror", "pooled", "pooled+mirror")
-#: The head inputs (:attr:`gender_lib.config.HeadConfig.head_input`): the outputs without the mirror.
-HEAD_INPUTS = ("descriptor", "pooled")
 #: Record keys that say which output (and, in records of gender_lib 0.1, which engine), not which network and preprocessing.
 OUTPUT_KEYS = ("id", "engine", "output", "dim")
 #: The largest batch one forward pass takes (bigger batches are split: memory stays bounded).
@@ -236,7 +235,7 @@ class VGGFaceBackbone:
             raise ConfigError(f"VGG-Face descriptor layer must be 'fc7' or 'fc8', got {layer!r}")
         _check_output(output)
         if output.startswith("pooled"):
-            raise ConfigError("VGG-Face has no pooled output (its descriptor is fc7 or fc8): use head_input='descriptor'")
+            raise ConfigError("VGG-Face has no pooled output: its descriptor is fc7 or fc8")
         self.runner, self.meta, self.layer, self.output = runner, meta, layer, output
         size = meta["input"]["size"]
         self.input_size = (int(size[0]), int(size[1]))

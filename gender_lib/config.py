@@ -113,7 +113,6 @@ Protocol = Literal["person", "original"]
 BackboneName = Literal["dlib", "vggface", "auto"]
 Align = Literal["chip", "crop", "resize"]
 VggFaceLayer = Literal["fc7", "fc8"]
-HeadInput = Literal["descriptor", "pooled"]
 
 LAYOUTS = get_args(Layout)
 BACKBONES = get_args(BackboneName)
@@ -176,7 +175,6 @@ class HeadConfig:
     both views and average P(female) over them.
     """
 
-    head_input: HeadInput = _param("descriptor", "what the head reads: dlib's 128-d descriptor, or the 256-d pooled features it projects (dlib only)")
     widths: tuple[int, ...] = _param((16, 16), "hidden layer widths of the head")
     dropout: float = _param(0.4, "dropout before the output")
     l2: float = _param(0.0, "L2 weight penalty")

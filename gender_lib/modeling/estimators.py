@@ -62,7 +62,7 @@ class FrozenHead:
     @property
     def backbone_output(self) -> str:
         """The backbone output whose rows :meth:`fit` and :meth:`predict_proba` take (:data:`gender_lib.backbones.OUTPUTS`)."""
-        return f"{self.config.head_input}+mirror" if self.flip else self.config.head_input
+        return "descriptor+mirror" if self.flip else "descriptor"
 
     def _views(self, x: np.ndarray) -> np.ndarray:
         """(n, views, dim) float64: the descriptor of each face (and of its mirror image with flip averaging)."""
