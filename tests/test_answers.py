@@ -76,19 +76,16 @@ def test_p_correct_is_calibrated_out_of_sample():
     assert np.all(np.diff(model.p_correct(np.linspace(0, 5, 20)[:, None])) > 0)  # a larger margin is never less sure
 
 
-def test_the_level_holds_on_each_source_not_only_on_all_of_them_pooled():
+def test_each_source_is_reported_at_the_pooled_level():
     rng = np.random.default_rng(0)
     margins = rng.exponential(size=4000)
     hard = np.arange(4000) >= 3000  # a quarter from a source where the same margin is right less often
     correct = rng.uniform(size=4000) < 1 / (1 + np.exp(-(2 * margins - np.where(hard, 1.5, -0.5))))
-    sources = np.where(hard, "hard", "easy")
-    people = np.arange(4000).astype(str)
-    pooled = Correctness(0.95).fit(margins[:, None], correct, people)
-    each = Correctness(0.95).fit(margins[:, None], correct, people, sources)
-    assert set(each.levels_) == {"easy", "hard"} and each.min_confidence_ == max(each.levels_.values()) > pooled.min_confidence_
-    answered = each.p_correct(margins[:, None]) >= each.min_confidence_
-    assert correct[answered & hard].mean() >= 0.94 > correct[(pooled.p_correct(margins[:, None]) >= pooled.min_confidence_) & hard].mean()
-    assert "highest of its sources' levels" in each.rule_
+    model = Correctness(0.95).fit(margins[:, None], correct, np.arange(4000).astype(str), np.where(hard, "hard", "easy"))
+    by = model.val_by_source_
+    assert set(by) == {"easy", "hard"} and (by["easy"]["n"], by["hard"]["n"]) == (3000, 1000)
+    assert by["hard"]["accuracy"] < model.target_ <= by["easy"]["accuracy"]  # pooled, the hard source misses the target: reported, not hidden
+    assert model.record()["val_by_source"] == by and model.rule_ == "chosen on validation"
 
 
 def test_a_validation_split_too_small_for_the_target_takes_the_fallback_level_and_says_so():

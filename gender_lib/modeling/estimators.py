@@ -144,7 +144,8 @@ class FrozenHead:
         if held_out is not None:
             margins, correct = held_out
         features = answers.correctness_features(margins, self._age_p(x_val))
-        self.confidence_ = answers.Correctness(target, self.seed).fit(features, correct, people_val, sources_val, fallback)
+        rule = "chosen on validation answers of heads that never saw each face's source" if held_out is not None else "chosen on validation"
+        self.confidence_ = answers.Correctness(target, self.seed).fit(features, correct, people_val, sources_val, fallback, rule)
         return self
 
     def _age_p(self, x: np.ndarray) -> np.ndarray | None:
