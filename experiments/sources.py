@@ -108,6 +108,27 @@ def age(work: Path, seed: int = 0, head_input: str = "descriptor") -> dict[str, 
     return out
 
 
+def held_out_answers(estimator: Any, data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(margins, correct) of each validation face as answered by a head of ``estimator``'s recipe
+    trained without the face's source (on the other sources' train split, stopped and thresholded
+    on their val split): what the model's answers look like on a source it has never seen, which
+    is what P(correct) must promise off its home data. One head per source (seconds each)."""
+    from gender_lib import metrics
+    from gender_lib.modeling.answers import margin
+
+    source, split = data.table["source"].astype(str).to_numpy(), data.table["split"].to_numpy()
+    y = metrics.labels_from_genders(data.table["gender"])
+    val = np.flatnonzero(split == "val")
+    margins, correct = np.zeros(len(val)), np.zeros(len(val), bool)
+    for held in sorted(set(source[val])):
+        train, stop = (split == "train") & (source != held), (split == "val") & (source != held)
+        head = type(estimator)(estimator.config, seed=estimator.seed).fit(data.x[train], y[train], data.x[stop], y[stop], progress=False)
+        rows = source[val] == held
+        p = head.p_female(data.x[val[rows]])
+        margins[rows], correct[rows] = margin(p, head.threshold_), (p >= head.threshold_).astype(int) == y[val[rows]]
+    return margins, correct
+
+
 def _distance_features(train: np.ndarray, seed: int, k: int = 32) -> Any:
     """Candidate inputs that flag unfamiliar faces, fitted on the train descriptors (n, d): the
     descriptor's norm, and the distance to the nearest of ``k`` k-means centroids (in units of
@@ -124,9 +145,11 @@ def _distance_features(train: np.ndarray, seed: int, k: int = 32) -> Any:
 
 
 def unfamiliar(work: Path, seed: int = 0, head_input: str = "descriptor") -> dict[str, Any]:
-    """Leave one source out on the **val** splits: for each source, the recipe trained without it,
-    then P(correct) with and without inputs that flag unfamiliar faces (:func:`_distance_features`),
-    scored on the held-out source's val faces: answered accuracy at the level, coverage, ECE."""
+    """Leave one source out on the **val** splits: for each source, the shipped recipe trained
+    without it (P(correct) fitted on held-out-source answers of the other sources, as
+    :func:`gender_lib.stages._fit_answers` does), with and without inputs that flag unfamiliar faces
+    (:func:`_distance_features`), scored on the held-out source's val faces: answered accuracy at
+    the level, coverage, ECE of P(correct)."""
     from gender_lib.modeling import FrozenHead, answers
 
     cfg = config.DEFAULT.replace(seed=seed, flip_tta=True)
@@ -137,22 +160,24 @@ def unfamiliar(work: Path, seed: int = 0, head_input: str = "descriptor") -> dic
     out: dict[str, Any] = {}
     for held in sorted(set(source)):
         rest = source != held
-        tr, va, ho = rest & (split == "train"), rest & (split == "val"), (source == held) & (split == "val")
-        model = FrozenHead(cfg.head, seed=seed).fit(data.x[tr], y[tr], data.x[va], y[va], progress=False)
-        model.fit_answers(data.x[tr], table["age_group"][tr], data.x[va], y[va], table["group"][va], 0.985, source[va])
-        extra = _distance_features(model.descriptors(data.x[tr]), seed)
+        sub = stages.Inputs(table[rest].reset_index(drop=True), data.x[rest], data.record, data.manifest_meta)
+        tr, va = (sub.table["split"] == "train").to_numpy(), (sub.table["split"] == "val").to_numpy()
+        ho = (source == held) & (split == "val")
+        model = FrozenHead(cfg.head, seed=seed).fit(*sub.split("train"), *sub.split("val"), progress=False)
+        model.fit_answers(sub.x[tr], sub.table["age_group"][tr], *sub.split("val"), sub.table["group"][va], 0.985)
+        margins, correct_va = held_out_answers(model, sub)
+        extra = _distance_features(model.descriptors(sub.x[tr]), seed)
+        p_ho = model.p_female(data.x[ho])
+        correct = (p_ho >= model.threshold_).astype(int) == y[ho]
         results = {}
         for name in ("margin+age", "+norm+distance"):
-
-            def feats(rows: np.ndarray, name: str = name, model: Any = model, extra: Any = extra) -> np.ndarray:
-                p = model.p_female(data.x[rows])
-                base = answers.correctness_features(answers.margin(p, model.threshold_), model._age_p(data.x[rows]))
-                return base if name == "margin+age" else np.hstack([base, extra(model.descriptors(data.x[rows]))])
-
-            correct_va = (model.p_female(data.x[va]) >= model.threshold_).astype(int) == y[va]
-            c = answers.Correctness(0.985, seed).fit(feats(va), correct_va, table["group"][va], source[va])
-            q = c.p_correct(feats(ho))
-            correct = (model.p_female(data.x[ho]) >= model.threshold_).astype(int) == y[ho]
+            base_va = answers.correctness_features(margins, model._age_p(sub.x[va]))
+            base_ho = answers.correctness_features(answers.margin(p_ho, model.threshold_), model._age_p(data.x[ho]))
+            if name != "margin+age":
+                base_va = np.hstack([base_va, extra(model.descriptors(sub.x[va]))])
+                base_ho = np.hstack([base_ho, extra(model.descriptors(data.x[ho]))])
+            c = answers.Correctness(0.985, seed).fit(base_va, correct_va, sub.table["group"][va])
+            q = c.p_correct(base_ho)
             answered = q >= c.min_confidence_
             results[name] = {
                 "n": int(ho.sum()),

@@ -325,14 +325,9 @@ def train(config: Config, workdir: str | os.PathLike[str] | None = None, *, outp
 
 
 def _fit_answers(config: Config, estimator: Any, data: Inputs) -> None:
-    """Age groups and P(correct), fitted on answers to sources the head had not seen where the
-    validation split has several (:func:`held_out_answers`); on a validation split too small for a
-    level, the shipped model's level."""
-    from gender_lib.modeling.answers import faces_for
-
+    """Age groups and P(correct); on a validation split too small for a level, the shipped model's level."""
     train_rows, val_rows = (data.table["split"] == "train").to_numpy(), (data.table["split"] == "val").to_numpy()
     table = data.table
-    enough = val_rows.sum() >= faces_for(config.head.target_accuracy) and table["source"][val_rows].nunique() >= 2
     estimator.fit_answers(
         data.x[train_rows],
         table["age_group"][train_rows],
@@ -341,29 +336,7 @@ def _fit_answers(config: Config, estimator: Any, data: Inputs) -> None:
         config.head.target_accuracy,
         table["source"][val_rows],
         _shipped_level(),
-        held_out_answers(estimator, data) if enough else None,
     )
-
-
-def held_out_answers(estimator: Any, data: Inputs) -> tuple[np.ndarray, np.ndarray]:
-    """(margins, correct) of each validation face as answered by a head of ``estimator``'s recipe
-    trained without the face's source (on the other sources' train split, stopped and thresholded
-    on their val split): what the model's answers look like on a source it has never seen, which
-    is what P(correct) must promise off its home data. One head per source (seconds each)."""
-    from gender_lib import metrics
-    from gender_lib.modeling.answers import margin
-
-    source, split = data.table["source"].astype(str).to_numpy(), data.table["split"].to_numpy()
-    y = metrics.labels_from_genders(data.table["gender"])
-    val = np.flatnonzero(split == "val")
-    margins, correct = np.zeros(len(val)), np.zeros(len(val), bool)
-    for held in sorted(set(source[val])):
-        train, stop = (split == "train") & (source != held), (split == "val") & (source != held)
-        head = type(estimator)(estimator.config, seed=estimator.seed).fit(data.x[train], y[train], data.x[stop], y[stop], progress=False)
-        rows = source[val] == held
-        p = head.p_female(data.x[val[rows]])
-        margins[rows], correct[rows] = margin(p, head.threshold_), (p >= head.threshold_).astype(int) == y[val[rows]]
-    return margins, correct
 
 
 def _shipped_level() -> float | None:

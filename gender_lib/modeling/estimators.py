@@ -126,26 +126,20 @@ class FrozenHead:
         target: float = 0.985,
         sources_val: Any = None,
         fallback: float | None = None,
-        held_out: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> FrozenHead:
         """After :meth:`fit`: the age-group model on the train faces (``age_train``: their
         :data:`~gender_lib.modeling.answers.AGE_GROUPS` names; none where fewer than two groups are
         known), then P(correct) and its level for ``target`` accuracy on the val faces (``people_val``:
         their person ids; ``sources_val``, ``fallback``: see :meth:`~gender_lib.modeling.answers.Correctness.fit`).
-        ``held_out``: (margins, correct) of the val faces as heads trained without each face's source
-        answered them (:func:`gender_lib.stages.held_out_answers`): P(correct) is then fitted, and its
-        level chosen, on answers to faces of sources the head had not seen. The test split is never read."""
+        The test split is never read."""
         self._check_fitted()
         groups = np.asarray(age_train).astype(str)
         known = set(groups[np.isin(groups, answers.AGE_GROUPS)])
         self.age_ = answers.AgeGroups(seed=self.seed).fit(self._views(x_train), groups) if len(known) >= 2 else None
         p = self.p_female(x_val)
-        margins, correct = answers.margin(p, self.threshold_), (p >= self.threshold_).astype(int) == np.asarray(y_val).astype(int)
-        if held_out is not None:
-            margins, correct = held_out
-        features = answers.correctness_features(margins, self._age_p(x_val))
-        rule = "chosen on validation answers of heads that never saw each face's source" if held_out is not None else "chosen on validation"
-        self.confidence_ = answers.Correctness(target, self.seed).fit(features, correct, people_val, sources_val, fallback, rule)
+        correct = (p >= self.threshold_).astype(int) == np.asarray(y_val).astype(int)
+        features = answers.correctness_features(answers.margin(p, self.threshold_), self._age_p(x_val))
+        self.confidence_ = answers.Correctness(target, self.seed).fit(features, correct, people_val, sources_val, fallback)
         return self
 
     def _age_p(self, x: np.ndarray) -> np.ndarray | None:
