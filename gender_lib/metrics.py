@@ -427,7 +427,12 @@ def age_lines(report: dict[str, Any]) -> list[str]:
         else "under 15: n/a"
     )
     mae = f"; MAE {report['mae_years']:.1f} years" if report.get("mae_years") is not None else ""
-    return [f"age group (n={report['n']}): exact {_ci(report['exact'], ci, 'exact')}, one-off {_ci(report['one_off'], ci, 'one_off')}; {child}{mae}"]
+    lines = [f"age group (n={report['n']}): exact {_ci(report['exact'], ci, 'exact')}, one-off {_ci(report['one_off'], ci, 'one_off')}; {child}{mae}"]
+    for source, r in report.get("by_source", {}).items():
+        if r.get("n"):
+            years = f", MAE {r['mae_years']:.1f} years" if r.get("mae_years") is not None else ""
+            lines.append(f"  {source}: n={r['n']}, exact {r['exact']:.3f}, one-off {r['one_off']:.3f}{years}")
+    return lines
 
 
 def face_found(box: Sequence[float], face: Sequence[float]) -> bool:

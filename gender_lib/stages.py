@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "model.npz"  # train's default output (its sidecar model.json beside it)
 #: The work folder's current model, named by the last ``train`` (never picked by file time).
 MODEL_RECORD = "current_model.json"
+#: The age figures reported per source.
+AGE_KEYS = ("n", "exact", "one_off", "mae_years")
 #: One extraction record per backbone output: ``<workdir>/extractions/<output>.json``.
 EXTRACTIONS = "extractions"
 
@@ -476,6 +478,13 @@ def _results(config: Config, model: Any, data: Inputs, rows: np.ndarray, title: 
     correct = (p >= model.threshold_).astype(int) == y
     selective = metrics.selective_metrics(correct, said.answered, said.p_correct, said.level, table, n_boot, seed) if model.confidence_ else None
     age = metrics.age_metrics(table["age_group"], said.age_p, table.get("age"), table.get("group"), n_boot, seed) if said.age_p is not None else None
+    if age and table["source"].nunique() > 1:  # each source's own figures (UTKFace's ages are in years, Adience's in ranges)
+        sources = table["source"].to_numpy()
+        age["by_source"] = {
+            s: {k: v for k, v in metrics.age_metrics(table["age_group"][rows], said.age_p[rows], table["age"][rows], n_boot=0).items() if k in AGE_KEYS}
+            for s in sorted(set(sources))
+            if (rows := sources == s).any()
+        }
     ethnicity = metrics.by_ethnicity(correct, said.answered, table, n_boot, seed)
     predictions = {
         "path": table["path"].tolist(),
