@@ -5,6 +5,8 @@ Research code, outside the package; ``make results`` runs the shipped recipe it 
     python -m experiments.sources inputs --workdir runs/both-person-dlib   # 128-d descriptor vs 256-d pooled
     python -m experiments.sources age --workdir runs/both-person-dlib      # age groups vs regression in years
     python -m experiments.sources unfamiliar --workdir runs/both-person-dlib  # inputs that flag unfamiliar faces
+    python -m experiments.sources without --workdir runs/both-person-dlib     # the other sources' val faces, trained with and without UTKFace
+    python -m experiments.sources original --workdir runs/full-person-dlib    # the original sources within the last evaluation
 
 Every figure is on the **validation** split of the work folder's manifest (person-disjoint; UTKFace
 has no identity labels, so there each image is its own person). Writes
@@ -192,14 +194,61 @@ def unfamiliar(work: Path, seed: int = 0, head_input: str = "descriptor") -> dic
     return out
 
 
+def without(work: Path, source: str = "utkface", seed: int = 0) -> dict[str, Any]:
+    """Does a second source cost the others anything? The shipped recipe trained with and without
+    ``source``, scored on the **val** faces of the other sources (accuracy every face, by source)."""
+    from gender_lib.modeling import FrozenHead
+
+    cfg = config.DEFAULT.replace(seed=seed, flip_tta=True)
+    data = stages.inputs(cfg, work, "descriptor+mirror", progress=False)
+    keep = (data.table["source"] != source).to_numpy()
+    others = (data.table["split"] == "val").to_numpy() & keep
+    y = metrics.labels_from_genders(data.table["gender"])
+    out = {}
+    for name, rows in (("with", np.ones(len(keep), bool)), ("without", keep)):
+        sub = stages.Inputs(data.table[rows].reset_index(drop=True), data.x[rows], data.record, data.manifest_meta)
+        model = FrozenHead(cfg.head, seed=seed).fit(*sub.split("train"), *sub.split("val"), progress=False)
+        correct = (model.p_female(data.x[others]) >= model.threshold_).astype(int) == y[others]
+        by = {s: round(float(correct[(data.table["source"][others] == s).to_numpy()].mean()), 4) for s in sorted(set(data.table["source"][others]))}
+        out[name] = {"n": int(others.sum()), "accuracy": round(float(correct.mean()), 4), "by_source": by}
+        print(name, source, json.dumps(out[name]), flush=True)
+    return out
+
+
+def original(work: Path, name: str = "evaluation") -> dict[str, Any]:
+    """The original work's sources (adience, imdb, wiki) within an evaluation's test split
+    (``<workdir>/reports/<name>.json``): every face answered, and selective, with person-bootstrap
+    intervals; for the targets stated on "the original data's person-disjoint test split"."""
+    import pandas as pd
+
+    from gender_lib.manifest import read_manifest
+
+    results = json.loads((work / "reports" / f"{name}.json").read_text())
+    pred = pd.DataFrame(results["predictions"])
+    table = read_manifest(work).table.set_index("path")
+    pred["source"], pred["group"] = table.loc[pred["path"], "source"].to_numpy(), table.loc[pred["path"], "group"].to_numpy()
+    rows = pred["source"].isin(["adience", "imdb", "wiki"]).to_numpy()
+    threshold = results["models"]["mlp head"]["threshold"]
+    correct = (pred["p_female"].to_numpy() >= threshold).astype(int) == metrics.labels_from_genders(pred["gender"])
+    answered = (pred["label"] != "uncertain").to_numpy()
+    figures = metrics.selective_metrics(
+        correct[rows], answered[rows], pred["p_correct"].to_numpy(float)[rows], results["selective"]["min_confidence"], pred[rows]
+    )
+    out = {k: figures[k] for k in ("n", "accuracy_all", "coverage", "accuracy", "intervals_95")}
+    print(json.dumps(out, indent=1))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("step", choices=("inputs", "age", "unfamiliar"))
+    parser.add_argument("step", choices=("inputs", "age", "unfamiliar", "without", "original"))
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--head-input", default="descriptor")
     args = parser.parse_args(argv)
     steps = {"inputs": lambda: inputs(args.workdir), "age": lambda: age(args.workdir, head_input=args.head_input)}
     steps["unfamiliar"] = lambda: unfamiliar(args.workdir, head_input=args.head_input)
+    steps["original"] = lambda: original(args.workdir)
+    steps["without"] = lambda: without(args.workdir)
     result = steps[args.step]()
     write_json(args.workdir / "reports" / f"sources_{args.step}.json", json.loads(json.dumps(result, default=str)))
     return 0
