@@ -93,7 +93,7 @@ def test_a_validation_split_too_small_for_the_target_takes_the_fallback_level_an
     margins, correct = rng.exponential(size=47), np.ones(47, bool)
     correct[:2] = False
     model = Correctness(0.985).fit(margins[:, None], correct, np.arange(47).astype(str), fallback=0.83)
-    assert model.min_confidence_ == 0.83 and "47 validation faces are too few" in model.rule_ and "667" in model.rule_
+    assert model.min_confidence_ == 0.83 and "47 validation faces are too few" in model.rule_ and "at least 667" in model.rule_
     assert Correctness(0.985).fit(margins[:, None], correct, np.arange(47).astype(str)).min_confidence_ != 0.83  # no fallback: chosen anyway
 
 

@@ -192,7 +192,7 @@ class Correctness:
         need = faces_for(self.target)
         if fallback is not None and len(correct) < need:
             level = float(fallback)
-            self.rule_ = f"the fallback level: {len(correct)} validation faces are too few to choose one for {self.target:.1%} (at least {need})"
+            self.rule_ = f"fallback level: {len(correct)} validation faces are too few to choose one, at least {need} for this target"
         else:
             level = choose_level(oof, correct, self.target)[0]
             self.rule_ = "chosen on validation"
