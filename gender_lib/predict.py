@@ -466,6 +466,9 @@ class CsvRows:
 #: The Parquet output's columns: the CSV's, then ``key``, the sha256 of the file's content (what makes
 #: a run resumable; ``path:<name>`` for a file that could not be read and for a file left out).
 PARQUET_COLUMNS = [*CSV_COLUMNS, "key"]
+#: A Parquet output gets a part file every this many files, or this many seconds after the last part,
+#: whichever comes first: a kill loses at most about that much work (redone on the next run).
+PART_FILES, PART_SECONDS = 4096, 60.0
 #: The file in a Parquet output that records what made its rows (a resumed run must be the same).
 PARQUET_SETTINGS = "_gender_lib.json"
 
@@ -481,7 +484,7 @@ class ParquetRows:
     """A prediction run's rows as a folder of Parquet part files, written as the run goes, and resumable.
 
     Rows are added a file at a time (each row carries its file's ``key``). Every ``part_files``
-    files, or ``flush_seconds`` after the last part, the buffered rows become one part file
+    files, or ``flush_seconds`` after the last part (default :data:`PART_FILES`, :data:`PART_SECONDS`), the buffered rows become one part file
     ``part-<ns>-<pid>.parquet``, written to a hidden temp file and renamed into place: a run killed
     at any moment leaves complete parts, whose files' rows are all there, or no part. On opening, the
     ``key`` column of the parts there (only that column is read) says which files are done; a later
@@ -493,7 +496,7 @@ class ParquetRows:
 
     Raises :class:`PredictionError` naming the path."""
 
-    def __init__(self, path: str | os.PathLike[str], settings: dict[str, Any], part_files: int = 4096, flush_seconds: float = 60.0):
+    def __init__(self, path: str | os.PathLike[str], settings: dict[str, Any], part_files: int | None = None, flush_seconds: float | None = None):
         import fcntl
         import json
         import time
@@ -528,7 +531,8 @@ class ParquetRows:
         for temp in self.path.glob(".part-*"):  # a part a killed run was writing: its files are redone
             temp.unlink(missing_ok=True)
         self.done: set[str] = self._keys()
-        self.part_files, self.flush_seconds = part_files, flush_seconds
+        self.part_files = part_files or PART_FILES
+        self.flush_seconds = PART_SECONDS if flush_seconds is None else flush_seconds
         self._rows: list[dict[str, Any]] = []
         self._files = 0
         self._last = time.monotonic()
