@@ -369,10 +369,11 @@ class _Predict:
         return {"key": batch["key"], "rows": np.asarray(rows, dtype=object)}
 
 
-def _predict_pool(ray: Any, actors: int | None) -> tuple[int, float]:
-    """(actors, GPUs per actor): one GPU each where the cluster has GPUs, else one actor per CPU (one thread each)."""
+def _predict_pool(ray: Any, actors: int | None, device: str) -> tuple[int, float]:
+    """(actors, GPUs per actor): one GPU each where the cluster has GPUs (and ``device`` is not ``cpu``),
+    else one actor per CPU (one thread each)."""
     resources = ray.cluster_resources()
-    gpus = int(resources.get("GPU", 0))
+    gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
     if gpus:
         return (actors or gpus), 1.0
     return (actors or max(1, int(resources.get("CPU", 1)))), 0.0
@@ -402,7 +403,7 @@ def predict_ray(
     cluster, one ONNX Runtime thread each), each actor a :class:`~gender_lib.predict.Predictor`
     that reads, decodes, detects, chips, embeds and answers, so rows equal the local path's. Actors
     run on ``device`` (:func:`gender_lib.converters.onnx_graph.providers`: ``auto`` uses CUDA where
-    onnxruntime-gpu is installed on the node). A killed actor is restarted and its batches retried
+    onnxruntime-gpu is installed on the node; ``cpu`` leaves the cluster's GPUs alone). A killed actor is restarted and its batches retried
     (:data:`RETRIES`); a file answered twice is passed on once. ``address``: as :func:`extract_ray`.
     Raises :class:`RayNotInstalledError`, :class:`RayUnreachableError`, and
     :class:`IncompleteExtractionError` where files came back with no rows.
@@ -413,8 +414,8 @@ def predict_ray(
 
     if not items:
         return 0
-    if device != "auto":
-        onnx_graph.providers(device)  # "cuda" where this machine has none: the error here, in seconds
+    if address == "local":
+        onnx_graph.providers(device)  # "cuda" where this machine has none: the error here, in seconds (a cluster's actors say it there)
     ray = _import_ray()
     if address != "local" and not ray.is_initialized():
         _check_reachable(address)
@@ -433,7 +434,7 @@ def predict_ray(
         from ray.data import ActorPoolStrategy, DataContext
         from tqdm.auto import tqdm
 
-        size, gpus = _predict_pool(ray, actors)
+        size, gpus = _predict_pool(ray, actors, device)
         context = DataContext.get_current()
         saved = {name: getattr(context, name, None) for name in ("enable_progress_bars", "print_on_execution_start")}
         for name in saved:

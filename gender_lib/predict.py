@@ -533,10 +533,9 @@ class ParquetRows:
         self.done: set[str] = self._keys()
         self.part_files = part_files or PART_FILES
         self.flush_seconds = PART_SECONDS if flush_seconds is None else flush_seconds
-        self._rows: list[dict[str, Any]] = []
-        self._files = 0
-        self._last = time.monotonic()
         self.count = 0
+        self._columns: dict[str, list[Any]] = {name: [] for name in PARQUET_COLUMNS}
+        self._files, self._last = 0, time.monotonic()
 
     def _keys(self) -> set[str]:
         import pyarrow.dataset as ds
@@ -554,7 +553,8 @@ class ParquetRows:
         """Add the rows of one file (or of files left out), each with its ``key``; a part is written when due."""
         import time
 
-        self._rows.extend(rows)
+        for name, values in self._columns.items():  # kept as columns: a part's worth of rows in little memory
+            values.extend(_parquet_value(name, r.get(name, "")) for r in rows)
         self.done.update(r["key"] for r in rows)
         self._files += 1
         if self._files >= self.part_files or time.monotonic() - self._last >= self.flush_seconds:
@@ -569,9 +569,9 @@ class ParquetRows:
 
         from gender_lib.fileio import atomic_write
 
-        if self._rows:
-            columns = {name: [_parquet_value(name, r.get(name, "")) for r in self._rows] for name in PARQUET_COLUMNS}
-            table = pa.table(columns, schema=_parquet_schema())
+        rows = len(self._columns["key"])
+        if rows:
+            table = pa.table(self._columns, schema=_parquet_schema())
             target = self.path / f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
             try:
                 atomic_write(target, lambda temp: pq.write_table(table, temp))
@@ -579,8 +579,9 @@ class ParquetRows:
                 raise PredictionError(
                     f"{display_path(self.path)}: writing a part file failed after {self.count} rows ({error.strerror or error}); run again to resume"
                 ) from None
-            self.count += len(self._rows)
-        self._rows, self._files, self._last = [], 0, time.monotonic()
+            self.count += rows
+        self._columns = {name: [] for name in PARQUET_COLUMNS}
+        self._files, self._last = 0, time.monotonic()
 
     def close(self) -> None:
         """Write what is buffered and release the folder."""
