@@ -444,7 +444,9 @@ def predict_ray(
         level = data_log.level
         data_log.setLevel(logging.ERROR)
         try:
-            ds = ray.data.from_items([{"path": os.path.abspath(p), "key": k} for p, k in items], override_num_blocks=_blocks(len(items), batch_size))
+            # Blocks of up to 256 files (8 a actor at least): the driver keeps a little for every block, so not one a batch.
+            blocks = max(1, min(math.ceil(len(items) / batch_size), max(8 * size, math.ceil(len(items) / 256))))
+            ds = ray.data.from_items([{"path": os.path.abspath(p), "key": k} for p, k in items], override_num_blocks=blocks)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 ds = ds.map_batches(

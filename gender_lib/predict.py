@@ -604,7 +604,7 @@ def content_key(path: str | os.PathLike[str]) -> str:
 
     try:
         if Path(path).is_file():
-            return sha256_file(path)
+            return sha256_file(path, 1 << 20)
     except OSError:
         pass
     return f"path:{display_path(path)}"
@@ -627,8 +627,14 @@ def plan(paths: Sequence[Path], skipped: Sequence[Skipped], done: set[str], prog
 
     from tqdm.auto import tqdm
 
-    with ThreadPoolExecutor(4, thread_name_prefix="gender_lib-hash") as pool:
-        keys = list(tqdm(pool.map(content_key, paths), total=len(paths), desc="hash", unit="file", disable=not progress, mininterval=1.0))
+    keys: list[str] = []
+    with (
+        ThreadPoolExecutor(4, thread_name_prefix="gender_lib-hash") as pool,
+        tqdm(total=len(paths), desc="hash", unit="file", disable=not progress, mininterval=1.0) as bar,
+    ):
+        for start in range(0, len(paths), 256):  # a few hundred at a time: memory stays flat in the files
+            keys.extend(pool.map(content_key, paths[start : start + 256]))
+            bar.update(len(paths[start : start + 256]))
     first: dict[str, int] = {}
     todo: list[tuple[Path, str, list[str]]] = []
     done_before = 0
