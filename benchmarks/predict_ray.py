@@ -18,10 +18,12 @@ medians reported:
 
 Per run: seconds end to end; ``first_file_s`` (from the call until the first file's rows: the
 models' load, and Ray's start and actors); the steady rate, files per second from the 10th
-percentile file to the last (start-up excluded); the driver's peak RSS (``ru_maxrss``). With
-``--memory N`` (default 10000; 0 skips), ``local`` and ``ray_running`` each run once more on the
-photos and then on a folder of N photos, and the driver's peak RSS (measured before the benchmark's
-own checks read the rows back) is compared (target: within +10%).
+percentile file to the last (start-up excluded; on Ray, rows come back a block at a time, which
+flatters this figure); the driver's peak RSS (``ru_maxrss``). With ``--memory N`` (default 10000;
+0 skips), each way runs once more on the photos and then on a folder of N photos: the driver's peak
+RSS (measured before the benchmark's own checks read the rows back) is compared (target: within
++10%), and the steady rate is taken as the extra files over the extra seconds (start-up and Ray's
+block bursts cancel out; the figure the Ray/local target is judged on).
 Also: the Parquet folder's bytes per row, and whether every run wrote the same rows. Writes
 ``benchmarks/results/predict_ray.json``.
 
@@ -162,17 +164,22 @@ def main() -> None:
         memory: dict = {}
         if args.memory:
             make_folder(scratch / "many", args.memory)
-            for way in ("local", "ray_running"):
+            for way in WAYS:
                 small, big = _run(way, scratch / "photos", scratch), _run(way, scratch / "many", scratch)  # one after the other
                 memory[way] = {
                     f"{args.images}_files_mb": small["driver_peak_rss_mb"],
                     f"{args.memory}_files_mb": big["driver_peak_rss_mb"],
                     "growth": big["driver_peak_rss_mb"] / small["driver_peak_rss_mb"] - 1,
                     "growth_target": 0.10,
+                    # the extra files over the extra seconds: the steady rate, start-up and the bursts of Ray's blocks cancelled out
+                    "steady_files_per_s_from_sizes": (args.memory - args.images) / (big["seconds"] - small["seconds"]),
                     "runs": [small, big],
                 }
-                small, big = small["driver_peak_rss_mb"], big["driver_peak_rss_mb"]
-                print(f"memory {way}: driver {small:.0f} MB at {args.images} files, {big['driver_peak_rss_mb']:.0f} MB at {args.memory}", file=sys.stderr)
+                print(
+                    f"memory {way}: driver {small['driver_peak_rss_mb']:.0f} MB at {args.images} files ({small['seconds']:.1f} s), "
+                    f"{big['driver_peak_rss_mb']:.0f} MB at {args.memory} ({big['seconds']:.1f} s)",
+                    file=sys.stderr,
+                )
 
     every = [r for rs in runs.values() for r in rs]
     timed = ("seconds", "files_per_s", "first_file_s", "steady_files_per_s")
@@ -189,6 +196,11 @@ def main() -> None:
         "steady_ratio_vs_local": {way: median[way]["steady_files_per_s"] / median["local"]["steady_files_per_s"] for way in ("ray", "ray_running")},
         "end_to_end_ratio_vs_local": {way: median["local"]["seconds"] / median[way]["seconds"] for way in ("ray", "ray_running")},
         "steady_target": 0.9,
+        "steady_from_sizes_ratio_vs_local": {
+            way: memory[way]["steady_files_per_s_from_sizes"] / memory["local"]["steady_files_per_s_from_sizes"] for way in ("ray", "ray_running")
+        }
+        if memory
+        else {},
         "ray_startup_s_median": {k: statistics.median(r[k] for r in runs["ray_running"]) for k in ("ray_import_s", "ray_init_s")},
         "parquet_bytes_per_row": local["parquet_bytes"] / local["rows"],
         "faces_per_file": local["faces"] / local["files"],
@@ -202,7 +214,15 @@ def main() -> None:
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     write_json(RESULTS, results)
-    shown = ("median", "steady_ratio_vs_local", "end_to_end_ratio_vs_local", "ray_startup_s_median", "parquet_bytes_per_row", "same_rows_every_run")
+    shown = (
+        "median",
+        "steady_ratio_vs_local",
+        "steady_from_sizes_ratio_vs_local",
+        "end_to_end_ratio_vs_local",
+        "ray_startup_s_median",
+        "parquet_bytes_per_row",
+        "same_rows_every_run",
+    )
     print(json.dumps({k: results[k] for k in shown} | {"driver_memory": {w: {k: v for k, v in m.items() if k != "runs"} for w, m in memory.items()}}, indent=2))
     print(f"wrote {RESULTS}", file=sys.stderr)
 
