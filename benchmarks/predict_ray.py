@@ -19,7 +19,8 @@ medians reported:
 Per run: seconds end to end; ``first_file_s`` (from the call until the first file's rows: the
 models' load, and Ray's start and actors); the steady rate, files per second from the 10th
 percentile file to the last (start-up excluded; on Ray, rows come back a block at a time, which
-flatters this figure); the driver's peak RSS (``ru_maxrss``). With ``--memory N`` (default 10000;
+flatters this figure); the driver's peak RSS (``ru_maxrss``) and, on Ray, the largest
+RSS of a prediction actor (sampled from /proc every 0.5 s). With ``--memory N`` (default 10000;
 0 skips), each way runs once more on the photos and then on a folder of N photos: the driver's peak
 RSS (measured before the benchmark's own checks read the rows back) is compared (target: within
 +10%), and the steady rate is taken as the extra files over the extra seconds (start-up and Ray's
@@ -42,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -80,12 +82,27 @@ def _one(way: str, folder: str, output: str) -> dict:
         out["ray_import_s"], out["ray_init_s"] = imported - begin, time.perf_counter() - imported
     from gender_lib import config, stages
 
+    actors_kb = [0]
+    sampling = threading.Event()
+
+    def sample_actors() -> None:  # the largest RSS of a prediction actor process (this machine's /proc), every 0.5 s
+        while not sampling.wait(0.5):
+            for proc in Path("/proc").iterdir():
+                try:
+                    if proc.name.isdigit() and b"MapBatches(_Predict)" in (proc / "cmdline").read_bytes():
+                        rss = next(line for line in (proc / "status").read_text().splitlines() if line.startswith("VmRSS"))
+                        actors_kb[0] = max(actors_kb[0], int(rss.split()[1]))
+                except (OSError, StopIteration, ValueError):
+                    continue
+
+    threading.Thread(target=sample_actors, daemon=True).start()
     stamps: list[float] = []
     cfg = config.DEFAULT.replace({"ray_address": "local"}) if way != "local" else config.DEFAULT
     start = time.perf_counter()
     result = stages.predict(cfg, [folder], output=output, on_rows=lambda rows: stamps.append(time.perf_counter()))
     seconds = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the checks below read the rows
+    sampling.set()
     if way == "ray_running":
         ray.shutdown()
     import pyarrow.parquet as pq
@@ -100,6 +117,7 @@ def _one(way: str, folder: str, output: str) -> dict:
         first_file_s=stamps[0] - start,
         steady_files_per_s=(len(stamps) - 1 - k) / (stamps[-1] - stamps[k]),
         driver_peak_rss_mb=peak,
+        actor_peak_rss_mb=actors_kb[0] / 1024 if way != "local" else None,
         rows=table.num_rows,
         parquet_bytes=sum(p.stat().st_size for p in Path(output).glob("part-*.parquet")),
         p_female_sum=float(sum(v for v in table.column("p_female").to_pylist() if v is not None)),
@@ -162,8 +180,13 @@ def main() -> None:
                     file=sys.stderr,
                 )
         memory: dict = {}
+        hashing: dict = {}
         if args.memory:
             make_folder(scratch / "many", args.memory)
+            listed, _ = predict.expand_inputs([scratch / "many"])
+            begin = time.perf_counter()
+            predict.plan(listed, [], set())  # what the driver does before any prediction: read and hash every file
+            hashing = {"files": len(listed), "mb": sum(p.stat().st_size for p in listed) / 1e6, "seconds": time.perf_counter() - begin}
             for way in WAYS:
                 small, big = _run(way, scratch / "photos", scratch), _run(way, scratch / "many", scratch)  # one after the other
                 memory[way] = {
@@ -209,6 +232,8 @@ def main() -> None:
         "same_rows_every_run": len({(r["rows"], r["boxes"]) for r in every}) == 1
         and max(r["p_female_sum"] for r in every) - min(r["p_female_sum"] for r in every) <= 1e-6 * local["rows"],
         "driver_memory": memory,
+        "driver_hashing": hashing,
+        "actor_peak_rss_mb_median": statistics.median(r["actor_peak_rss_mb"] for r in runs["ray"] + runs["ray_running"]),
         "columns": predict.PARQUET_COLUMNS,
         "runs": runs,
     }
