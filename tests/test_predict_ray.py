@@ -145,12 +145,13 @@ def test_a_half_written_part_is_discarded_and_its_files_redone(toy_head, album, 
 
 
 def test_killed_three_times_at_random_points_every_file_is_written_once(sample_faces, toy_head, tmp_path):
-    """SIGKILL the CLI three times at random points after its first part file (a part every 3 files),
-    then let it finish: each file's rows are there exactly once, as in one uninterrupted run."""
+    """SIGKILL the CLI three times at random points (0-150 ms after its first part file; a part every
+    3 files), then let it finish: each file's rows are there exactly once."""
     album = _album(sample_faces, tmp_path / "album", 36)
     output = tmp_path / "out.parquet"
-    code = (
-        "import sys; import gender_lib.predict as pr; pr.PART_FILES = 3; from gender_lib import cli; "
+    code = (  # a part every 3 files; each file takes at least 30 ms, so a run of 39 outlasts the kill's random delay
+        "import sys, time; import gender_lib.predict as pr; pr.PART_FILES = 3; rows = pr.Predictor.rows; "
+        "pr.Predictor.rows = lambda self, *a, **k: (time.sleep(0.03), rows(self, *a, **k))[1]; from gender_lib import cli; "
         f"sys.exit(cli.main(['predict', {str(album)!r}, '--head', {str(toy_head)!r}, '--output', {str(output)!r}, '--quiet']))"
     )
     chance = random.Random(31)
@@ -161,12 +162,11 @@ def test_killed_three_times_at_random_points_every_file_is_written_once(sample_f
         deadline = time.monotonic() + 60
         while len(list(output.glob("part-*.parquet"))) == before and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        time.sleep(chance.uniform(0.0, 0.4))
+        time.sleep(chance.uniform(0.0, 0.15))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         assert process.returncode == -signal.SIGKILL, f"the run ended before it was killed: {process.stderr.read()[-2000:]}"
         done_after_kill.append(len(set(pq.read_table(output, columns=["key"]).column("key").to_pylist())))
-    print("done after each kill:", done_after_kill)
     assert 0 < done_after_kill[0] < done_after_kill[-1] < 39, done_after_kill  # of 39 contents: each kill landed mid-run, and runs got further
     finished = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 1 and "already in" in finished.stdout + finished.stderr, finished.stderr[-2000:]  # broken.jpg: 1
