@@ -1,4 +1,8 @@
-"""Descriptor extraction past one machine, on Ray Data (``pip install -e '.[distributed]'``).
+"""Descriptor extraction and prediction past one machine, on Ray Data (``pip install -e '.[distributed]'``).
+
+:func:`predict_ray` streams photos through prediction actors (each a
+:class:`gender_lib.predict.Predictor`) for ``gender-lib predict --ray-address``; the driver
+(:func:`gender_lib.predict.run`) writes the rows as they come. Extraction:
 
 :func:`extract_ray` does what :func:`gender_lib.features.extract` does, with the work spread over
 a Ray cluster (or a local Ray instance), and stores the descriptors in the same content-addressed

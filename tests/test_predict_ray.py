@@ -81,6 +81,11 @@ def local_output(album, toy_head, tmp_path_factory) -> dict:
 # --------------------------------------------------------------------------- Parquet, here
 
 
+def test_importing_the_predict_path_imports_neither_pyarrow_nor_ray():
+    code = "import sys, gender_lib.cli, gender_lib.predict, gender_lib.stages, gender_lib.distributed; print(sorted({'pyarrow', 'ray'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
 def test_the_parquet_rows_are_the_csvs_with_each_files_content_key(local_output, album):
     parquet, csv = _rows(local_output["parquet"]), pd.read_csv(local_output["csv"], keep_default_na=False)
     assert list(pd.read_parquet(local_output["parquet"]).columns) == pr.PARQUET_COLUMNS == [*pr.CSV_COLUMNS, "key"]
