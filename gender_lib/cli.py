@@ -170,8 +170,17 @@ def _predict(args: argparse.Namespace) -> int:
             text, problem = predict.line(row)
             print(terminal_text(text), file=sys.stderr if problem else sys.stdout, flush=True)
 
-    result = stages.predict(_config(args), args.images, head=args.head_path, detect=not args.no_detect, csv=args.csv, on_rows=show)
-    if args.csv or len(result.rows) > 1:
+    result = stages.predict(
+        _config(args),
+        args.images,
+        head=args.head_path,
+        detect=not args.no_detect,
+        csv=args.csv,
+        output=args.output,
+        on_rows=None if args.output else show,  # a Parquet run shows its progress, not each answer
+        progress=bool(args.output) and _progress(args),
+    )
+    if args.csv or args.output or len(result.rows) > 1:
         print(terminal_text(result.summary()), file=sys.stderr if result.exit_code else sys.stdout)
     return result.exit_code
 
@@ -304,7 +313,14 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--head", dest="head_path", default=None, help=f"a trained model (default: the committed {p.default_head.name})")
     predict.add_argument("--no-detect", action="store_true", help="the images are already face crops: skip detection")
     predict.add_argument("--csv", default=None, help="also write one row per face to this CSV")
-    _add_config_flags(predict, ["min_confidence", "min_face", "cache_dir"])
+    predict.add_argument(
+        "--output",
+        default=None,
+        help="write the rows (the CSV's columns and each file's content key) to this folder of Parquet part files as the run goes, "
+        "e.g. results.parquet; a run started again skips the files already there. Shows progress instead of each answer",
+    )
+    predict.add_argument("--quiet", action="store_true", help="with --output: no progress bars")
+    _add_config_flags(predict, ["min_confidence", "min_face", "cache_dir", "ray_address", "device"])
 
     run = command(
         "run",
@@ -401,7 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 INTERRUPTED = {
     "": "nothing partial was saved; run it again",
     "extract": "the descriptors finished are cached: run it again to resume",
-    "predict": "every answer printed above is kept, and in the CSV where one was given; a new run starts over",
+    "predict": "every answer printed above is kept, and in the CSV where one was given; with --output, run it again to resume",
 }
 
 

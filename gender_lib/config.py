@@ -159,10 +159,14 @@ class BackboneConfig:
         "chip", "dlib: 5-point chip in the face box detected in each crop, 5-point chip in the whole crop as the box (no detection), or plain resize"
     )
     ray_address: str = _param(
-        "", "where extraction runs: empty, in this process; local, a local Ray instance; auto or ray://host:10001, a Ray cluster (the distributed extra)"
+        "",
+        "where extraction and predict run: empty, in this process; local, a local Ray instance; auto or ray://host:10001, a Ray cluster (distributed extra)",
     )
     min_face: int = _param(
         16, "the narrowest face box searched for in a photo, px (16: big photos at full resolution; larger values read big photos scaled down, faster)"
+    )
+    device: Literal["auto", "cpu", "cuda"] = _param(
+        "auto", "where ONNX Runtime runs the networks for predict: auto (CUDA where onnxruntime-gpu's provider is installed, else the CPU), cpu, or cuda"
     )
     vggface_layer: VggFaceLayer = _param("fc7", "vggface descriptor layer")
     batch_size: int = _param(32, "images per backbone batch")

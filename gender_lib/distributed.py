@@ -1,4 +1,8 @@
-"""Descriptor extraction past one machine, on Ray Data (``pip install -e '.[distributed]'``).
+"""Descriptor extraction and prediction past one machine, on Ray Data (``pip install -e '.[distributed]'``).
+
+:func:`predict_ray` streams photos through prediction actors (each a
+:class:`gender_lib.predict.Predictor`) for ``gender-lib predict --ray-address``; the driver
+(:func:`gender_lib.predict.run`) writes the rows as they come. Extraction:
 
 :func:`extract_ray` does what :func:`gender_lib.features.extract` does, with the work spread over
 a Ray cluster (or a local Ray instance), and stores the descriptors in the same content-addressed
@@ -341,3 +345,151 @@ def _run(
         for name, value in saved.items():
             if hasattr(context, name):
                 setattr(context, name, value)
+
+
+# --------------------------------------------------------------------------- prediction on Ray
+
+
+class _Predict:
+    """A prediction actor: a :class:`gender_lib.predict.Predictor` (detector, backbone and model
+    loaded once, in the constructor) on ``device``, each network with ``threads`` intra-op threads;
+    a batch of (path, key) rows -> each file's rows as JSON (they hold '' and numbers in one column)."""
+
+    def __init__(self, head_path: str, root: str, vggface_path: str | None, min_face: int, min_confidence: float, detect: bool, device: str, threads: int):
+        from gender_lib.converters import onnx_graph
+        from gender_lib.predict import Predictor
+
+        onnx_graph.use(device, threads)
+        self.root, self.detect = root, detect
+        with store.using(root):
+            self.predictor = Predictor(head_path, vggface_path, min_confidence=min_confidence, min_face=min_face, spin=False)
+            self.predictor.backbone.load()
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import json
+
+        with store.using(self.root):
+            rows = [json.dumps(self.predictor.rows(str(path), self.detect)) for path in batch["path"]]
+        return {"key": batch["key"], "rows": np.asarray(rows, dtype=object)}
+
+
+def _predict_pool(ray: Any, actors: int | None, device: str) -> tuple[int, float]:
+    """(actors, GPUs per actor): one GPU each where the cluster has GPUs (and ``device`` is not ``cpu``),
+    else one actor per CPU (one thread each)."""
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0)) if device != "cpu" else 0
+    if gpus:
+        return (actors or gpus), 1.0
+    return (actors or max(1, int(resources.get("CPU", 1)))), 0.0
+
+
+def predict_ray(
+    items: Sequence[tuple[str | os.PathLike[str], str]],
+    on_file: Any,
+    *,
+    head_path: str | os.PathLike[str],
+    vggface_path: str | os.PathLike[str] | None = None,
+    min_face: int = 16,
+    min_confidence: float = -1.0,
+    detect: bool = True,
+    device: str = "auto",
+    address: str = "local",
+    num_cpus: int | None = None,
+    actors: int | None = None,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> int:
+    """Predict the files of ``items`` ((path, content key), keys distinct) on Ray Data; call
+    ``on_file(key, rows)`` on this process as each file's rows (:meth:`gender_lib.predict.Predictor.rows`,
+    their ``path`` as the worker saw it: absolute) come back. Returns how many files came back.
+
+    The files stream through an actor pool (``actors``: default one per GPU, else one per CPU of the
+    cluster, one ONNX Runtime thread each), each actor a :class:`~gender_lib.predict.Predictor`
+    that reads, decodes, detects, chips, embeds and answers, so rows equal the local path's. Actors
+    run on ``device`` (:func:`gender_lib.converters.onnx_graph.providers`: ``auto`` uses CUDA where
+    onnxruntime-gpu is installed on the node; ``cpu`` leaves the cluster's GPUs alone). A killed actor is restarted and its batches retried
+    (:data:`RETRIES`); a file answered twice is passed on once. ``address``: as :func:`extract_ray`.
+    Raises :class:`RayNotInstalledError`, :class:`RayUnreachableError`, and
+    :class:`IncompleteExtractionError` where files came back with no rows.
+    """
+    import json
+
+    from gender_lib.converters import onnx_graph
+
+    if not items:
+        return 0
+    if address == "local":
+        onnx_graph.providers(device)  # "cuda" where this machine has none: the error here, in seconds (a cluster's actors say it there)
+    ray = _import_ray()
+    if address != "local" and not ray.is_initialized():
+        _check_reachable(address)
+    root = str(store.root())
+    from gender_lib import modeling
+    from gender_lib.converters import centerface, dlib_resnet
+
+    networks = [centerface, dlib_resnet] if modeling.load(head_path).meta_["backbone"].get("name") == "dlib" else [centerface]
+    for network in networks:  # converted once here, not by every actor at once
+        try:
+            network.ensure_converted(root)
+        except OSError as error:
+            log.warning("could not convert %s in %s on the driver (%s); the actors will", network.__name__, root, error)
+    started = _start_ray(ray, address, num_cpus)
+    try:
+        from ray.data import ActorPoolStrategy, DataContext
+        from tqdm.auto import tqdm
+
+        size, gpus = _predict_pool(ray, actors, device)
+        context = DataContext.get_current()
+        saved = {name: getattr(context, name, None) for name in ("enable_progress_bars", "print_on_execution_start")}
+        for name in saved:
+            if hasattr(context, name):
+                setattr(context, name, False)
+        data_log = logging.getLogger("ray.data")
+        level = data_log.level
+        data_log.setLevel(logging.ERROR)
+        try:
+            # Blocks of up to 256 files (8 a actor at least): the driver keeps a little for every block, so not one a batch.
+            blocks = max(1, min(math.ceil(len(items) / batch_size), max(8 * size, math.ceil(len(items) / 256))))
+            ds = ray.data.from_items([{"path": os.path.abspath(p), "key": k} for p, k in items], override_num_blocks=blocks)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ds = ds.map_batches(
+                    _Predict,
+                    batch_size=batch_size,
+                    batch_format="numpy",
+                    compute=ActorPoolStrategy(size=size),
+                    fn_constructor_kwargs={
+                        "head_path": os.path.abspath(head_path),
+                        "root": root,
+                        "vggface_path": os.path.abspath(vggface_path) if vggface_path else None,
+                        "min_face": int(min_face),
+                        "min_confidence": float(min_confidence),
+                        "detect": bool(detect),
+                        "device": device,
+                        "threads": 1,
+                    },
+                    num_cpus=1,
+                    num_gpus=gpus,
+                    max_restarts=RETRIES,
+                    max_task_retries=RETRIES,
+                )
+            done: set[str] = set()
+            with tqdm(total=len(items), desc="predict (ray)", unit="file", disable=not progress, mininterval=1.0) as bar:
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    for key, rows in zip(batch["key"], batch["rows"]):
+                        if key not in done:  # a retried batch is passed on once
+                            done.add(key)
+                            on_file(str(key), json.loads(rows))
+                            bar.update(1)
+        finally:
+            data_log.setLevel(level)
+            for name, value in saved.items():
+                if hasattr(context, name):
+                    setattr(context, name, value)
+    finally:
+        if started:
+            ray.shutdown()
+    lost = len({k for _, k in items} - done)
+    if lost:
+        raise IncompleteExtractionError(f"{lost} of {len(items)} files came back from Ray with no rows; run the prediction again to resume")
+    return len(done)

