@@ -91,7 +91,7 @@ def _convert_in_store(args: argparse.Namespace, config: Config) -> int:
     vgg_only = [flag for flag, value in (("--vgg-face-mat", args.vgg_face_mat), ("--vggface-model", args.vggface_model), ("--lenient", args.lenient)) if value]
     if vgg_only:
         raise ConfigError(f"{', '.join(vgg_only)} concern the VGG-Face conversion, not --dlib")
-    root = config.cache_dir()
+    root = store.root()  # the config's, entered by _convert
     path = dlib_resnet.default_path(root)
     meta = None if args.force else dlib_resnet.cached_conversion(root)
     done = "reused (verified when it was converted; --force converts again)" if meta else "saved"

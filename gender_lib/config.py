@@ -334,11 +334,10 @@ class Config:
     def workdir(self) -> Path:
         return Path(self.paths.workdir).expanduser().resolve() if self.paths.workdir else paths().workdir
 
-    def cache_dir(self) -> Path:
-        """The store (:mod:`gender_lib.store`): ``cache_dir`` where set, else the one in use."""
-        from gender_lib import store
-
-        return Path(self.paths.cache_dir).expanduser().resolve() if self.paths.cache_dir else store.root()
+    def cache_dir(self) -> Path | None:
+        """The store (:mod:`gender_lib.store`) ``cache_dir`` names, or None where unset: the one in
+        use (``store.using(config.cache_dir())`` enters the right one either way)."""
+        return Path(self.paths.cache_dir).expanduser().resolve() if self.paths.cache_dir else None
 
     def data_roots(self) -> list[Path]:
         """The data folders (``data_root`` split at ``os.pathsep``), else the embedded sample."""

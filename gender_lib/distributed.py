@@ -355,14 +355,15 @@ class _Predict:
     loaded once, in the constructor) on ``device``, each network with ``threads`` intra-op threads;
     a batch of (path, key) rows -> each file's rows as JSON (they hold '' and numbers in one column)."""
 
-    def __init__(self, head_path: str, root: str, vggface_path: str | None, min_face: int, min_confidence: float, detect: bool, device: str, threads: int):
+    def __init__(
+        self, make: Any, head_path: str, root: str, vggface_path: str | None, min_face: int, min_confidence: float, detect: bool, device: str, threads: int
+    ):
         from gender_lib.converters import onnx_graph
-        from gender_lib.predict import Predictor
 
         onnx_graph.use(device, threads)
         self.root, self.detect = root, detect
         with store.using(root):
-            self.predictor = Predictor(head_path, vggface_path, min_confidence=min_confidence, min_face=min_face, spin=False)
+            self.predictor = make(head_path, vggface_path, min_confidence=min_confidence, min_face=min_face, spin=False)
             self.predictor.backbone.load()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -386,6 +387,7 @@ def _predict_pool(ray: Any, actors: int | None, device: str) -> tuple[int, float
 def predict_ray(
     items: Sequence[tuple[str | os.PathLike[str], str]],
     on_file: Any,
+    make: Any,
     *,
     head_path: str | os.PathLike[str],
     vggface_path: str | os.PathLike[str] | None = None,
@@ -401,7 +403,9 @@ def predict_ray(
 ) -> int:
     """Predict the files of ``items`` ((path, content key), keys distinct) on Ray Data; call
     ``on_file(key, rows)`` on this process as each file's rows (:meth:`gender_lib.predict.Predictor.rows`,
-    their ``path`` as the worker saw it: absolute) come back. Returns how many files came back.
+    their ``path`` as the worker saw it: absolute) come back; ``make``: the
+    :class:`~gender_lib.predict.Predictor` class (passed in, so this module does not import
+    predict, which imports it). Returns how many files came back.
 
     The files stream through an actor pool (``actors``: default one per GPU, else one per CPU of the
     cluster, one ONNX Runtime thread each), each actor a :class:`~gender_lib.predict.Predictor`
@@ -459,6 +463,7 @@ def predict_ray(
                     batch_format="numpy",
                     compute=ActorPoolStrategy(size=size),
                     fn_constructor_kwargs={
+                        "make": make,
                         "head_path": os.path.abspath(head_path),
                         "root": root,
                         "vggface_path": os.path.abspath(vggface_path) if vggface_path else None,

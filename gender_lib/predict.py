@@ -828,6 +828,7 @@ def run(
             distributed.predict_ray(
                 [(path, key) for path, key, _ in work.todo],
                 on_file,
+                Predictor,
                 head_path=head_path,
                 vggface_path=config.vggface_model(),
                 min_face=config.backbone.min_face,

@@ -278,7 +278,7 @@ def test_on_ray_a_killed_actor_is_survived_and_every_file_answered_once(local_ra
         assert key not in got, "a file passed on twice"
         got[key] = rows
 
-    count = distributed.predict_ray(items, on_file, head_path=toy_head, batch_size=2, progress=False)
+    count = distributed.predict_ray(items, on_file, pr.Predictor, head_path=toy_head, batch_size=2, progress=False)
     assert killed and count == len(items) and set(got) == {k for _, k in items}
     local = _rows(local_output["parquet"])
     for path, key in items:
